@@ -1,0 +1,34 @@
+"""espnet-hdmole: HDMoLE (a mixture of LoRA experts with hierarchical routing and dynamic
+thresholds) for LLM-based ASR, as an ESPnet extension.
+
+Importing this package registers the adapter ``hdmole`` in ESPnet's adapter table
+(``espnet2.layers.create_adapter.create_adapter_fn_table``), so that a training YAML can say
+``use_adapter: true``, ``adapter: hdmole``, ``adapter_conf: {...}``.
+"""
+from espnet_hdmole.layers.create_hdmole_adapter import (  # noqa: F401
+    count_parameters,
+    create_hdmole_adapter,
+    hdmole_aux_loss,
+    hdmole_layers,
+    hdmole_state_dict,
+    hdmole_statistics,
+    load_hdmole_state_dict,
+)
+from espnet_hdmole.layers.hdmole_linear import HDMoLELinear  # noqa: F401
+from espnet_hdmole.layers.routing import (  # noqa: F401
+    current_domain_posterior,
+    domain_posterior,
+    oracle_posterior,
+)
+
+__version__ = "0.1.0"
+
+
+def register_espnet_adapter() -> None:
+    """Add ``hdmole`` to ESPnet's adapter table (idempotent)."""
+    from espnet2.layers import create_adapter as _ca
+
+    _ca.create_adapter_fn_table["hdmole"] = create_hdmole_adapter
+
+
+register_espnet_adapter()

@@ -1,0 +1,1 @@
+"""HDMoLE layers and adapter helpers."""

@@ -1,0 +1,159 @@
+"""The ``hdmole`` adapter for ESPnet's adapter table, and helpers over adapted models.
+
+``create_hdmole_adapter(model, target_modules=[...], **layer_conf)`` replaces every
+``torch.nn.Linear`` whose dotted name ends with one of ``target_modules`` by an
+:class:`HDMoLELinear` around it. The MoLE baselines are the same adapter with other settings
+(``global_router: none``, ``activation: topk`` or ``dense``).
+"""
+import inspect
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from espnet_hdmole.layers.hdmole_linear import HDMoLELinear
+
+# the keys of adapter_conf that go to each HDMoLELinear
+LAYER_KEYS = tuple(
+    k for k in inspect.signature(HDMoLELinear.__init__).parameters if k not in ("self", "base", "name")
+)
+ADAPTER_KEYS = ("target_modules", "freeze_non_adapter", "keep_trainable") + LAYER_KEYS
+
+
+def _matches(name: str, targets: List[str]) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def create_hdmole_adapter(
+    model: torch.nn.Module,
+    target_modules: Optional[List[str]] = None,
+    freeze_non_adapter: bool = True,
+    keep_trainable: Optional[List[str]] = None,
+    **layer_conf,
+) -> List[str]:
+    """Wrap the targeted linears of ``model`` with HDMoLE layers, in place.
+
+    Args:
+        model: the model to adapt.
+        target_modules: names (or dotted suffixes of names) of linear layers,
+            e.g. ``["q_proj", "v_proj"]`` or ``["projector.linear1"]``.
+        freeze_non_adapter: freeze every parameter that is not an adapter parameter
+            (the wrapped base weights are frozen in any case).
+        keep_trainable: name prefixes of parameters left trainable by freeze_non_adapter,
+            e.g. ``["accent_head"]`` for the global router.
+        **layer_conf: HDMoLELinear settings (num_domains, experts_per_domain, rank, alpha,
+            dropout_rate, temperature, global_router, combine, activation, top_k, tau_max,
+            threshold_init, mix_init, lb_weight).
+
+    Returns:
+        The names of the wrapped layers.
+    """
+    unknown = sorted(set(layer_conf) - set(LAYER_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) in adapter_conf for adapter 'hdmole': {unknown}; "
+            f"expected some of {list(ADAPTER_KEYS)}"
+        )
+    if not target_modules:
+        raise ValueError("adapter_conf.target_modules is required for adapter 'hdmole' (a list of linear layer names)")
+    if isinstance(target_modules, str):
+        target_modules = [target_modules]
+
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    chosen = [(n, m) for n, m in linears if _matches(n, target_modules) and not isinstance(m, HDMoLELinear)]
+    if not chosen:
+        already = [n for n, m in linears if isinstance(m, HDMoLELinear) and _matches(n, target_modules)]
+        if already:
+            raise ValueError(f"target_modules {target_modules} are already HDMoLE layers: {already}")
+        names = [n for n, _ in linears]
+        shown = ", ".join(names[:60]) + (f", ... ({len(names) - 60} more)" if len(names) > 60 else "")
+        raise ValueError(
+            f"adapter 'hdmole': no linear layer matches target_modules={target_modules} "
+            f"(a name matches when it equals a target or ends with '.<target>'). "
+            f"Linear layers of this model: {shown or '(none)'}"
+        )
+    for name, lin in chosen:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, HDMoLELinear(lin, name=name, **layer_conf))
+
+    if freeze_non_adapter:
+        keep = tuple(keep_trainable or ())
+        adapter_names = set(adapter_state_dict_keys(model))
+        for n, p in model.named_parameters():
+            if n not in adapter_names and not (keep and n.startswith(keep)):
+                p.requires_grad_(False)
+    return [n for n, _ in chosen]
+
+
+def hdmole_layers(model: torch.nn.Module) -> List[Tuple[str, HDMoLELinear]]:
+    """(name, layer) for every HDMoLE layer of the model."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, HDMoLELinear)]
+
+
+def adapter_state_dict_keys(model: torch.nn.Module) -> List[str]:
+    """Full state-dict keys of every adapter parameter of the model."""
+    keys = []
+    for name, layer in hdmole_layers(model):
+        prefix = f"{name}." if name else ""
+        keys += [prefix + k for k in layer.adapter_parameters()]
+    return keys
+
+
+def hdmole_state_dict(model: torch.nn.Module, extra_prefixes: Optional[List[str]] = None) -> Dict[str, torch.Tensor]:
+    """The adapter-only state dict: every HDMoLE adapter parameter (and, optionally, the
+    parameters under ``extra_prefixes``, such as the accent head), detached copies."""
+    full = model.state_dict()
+    keys = set(adapter_state_dict_keys(model))
+    pre = tuple(extra_prefixes or ())
+    return {k: v.detach().clone() for k, v in full.items() if k in keys or (pre and k.startswith(pre))}
+
+
+def load_hdmole_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """Load an adapter-only state dict; every adapter parameter of the model must be in it,
+    and every key of it must exist in the model (no silent partial loads)."""
+    own = model.state_dict()
+    missing = sorted(set(adapter_state_dict_keys(model)) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise KeyError(
+            f"adapter state dict does not fit the model: missing {missing[:10]}"
+            f"{'...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+            f"{'...' if len(unexpected) > 10 else ''}"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def hdmole_aux_loss(model: torch.nn.Module) -> Optional[torch.Tensor]:
+    """Sum of the load-balancing losses of the last forward (None when none was computed)."""
+    losses = [m._aux_loss for _, m in hdmole_layers(model) if m._aux_loss is not None]
+    return torch.stack(losses).sum() if losses else None
+
+
+def hdmole_statistics(model: torch.nn.Module, per_layer: bool = False) -> Dict[str, torch.Tensor]:
+    """Routing statistics of the last forward, for the trainer to log.
+
+    Returns ``hdmole_active`` (mean number of active experts), ``hdmole_tau`` (mean
+    threshold, over layers that have one), ``hdmole_entropy`` (mean router entropy), and with
+    ``per_layer`` the same per layer as ``hdmole_<stat>/<layer name>``; plus ``hdmole_lb``,
+    the load-balancing loss, where it was computed.
+    """
+    out: Dict[str, torch.Tensor] = {}
+    acc: Dict[str, List[torch.Tensor]] = {}
+    for name, layer in hdmole_layers(model):
+        for k, v in layer.routing_statistics().items():
+            acc.setdefault(k, []).append(v)
+            if per_layer:
+                out[f"hdmole_{k}/{name}"] = v
+    for k, vs in acc.items():
+        out[f"hdmole_{k}"] = torch.stack(vs).mean()
+    aux = hdmole_aux_loss(model)
+    if aux is not None:
+        out["hdmole_lb"] = aux.detach()
+    return out
+
+
+def count_parameters(model: torch.nn.Module) -> Tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

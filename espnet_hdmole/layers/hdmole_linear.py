@@ -1,0 +1,260 @@
+"""HDMoLELinear: a frozen linear layer plus a hierarchically routed mixture of LoRA experts.
+
+Math (one token x of utterance u; N = num_domains * experts_per_domain experts, expert i
+belongs to domain dom(i) = i // experts_per_domain):
+
+    E_i(x) = (alpha / r) * B_i A_i dropout(x)            A_i: (r, d_in), B_i: (d_out, r), B_i = 0 at init
+    l      = softmax(router(x) / temperature)             local router, per layer and token
+    p      = combine(l, g_u)                              g_u: utterance domain posterior (global router)
+               product: p_i ~ g_u[dom(i)] * l_i ; mix: (1 - s) l + s expand(g_u) / E ; none: l
+    w      = activation(p)
+               threshold:       tau = tau_max * sigmoid(theta) (theta: this layer's scalar ``threshold``),
+                                w_i = (p_i - tau) on {p_i >= tau}, renormalised
+               token_threshold: the same with tau(x) = tau_max * sigmoid(w_tau . x + b_tau)
+               topk:            the top_k largest p_i, renormalised
+               dense:           w = p
+    y      = W0 x + b + sum_i w_i E_i(x)
+
+tau_max defaults to 1/N, so max_i p_i >= 1/N > tau and at least one expert is always active.
+The experts run batched: A stacked to (N*r, d_in) and B to (d_out, N*r) give two matmuls for
+all experts, whatever N is.
+
+The layer subclasses ``torch.nn.Linear`` and shares the wrapped layer's ``weight`` and ``bias``
+parameters (frozen), so state-dict keys of the base model are unchanged and a checkpoint of the
+base model loads into the adapted one.
+"""
+import math
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from espnet_hdmole.layers.routing import (
+    ACTIVATIONS,
+    COMBINES,
+    GLOBAL_ROUTERS,
+    combine_routers,
+    current_domain_posterior,
+    threshold_weights,
+    topk_weights,
+)
+
+
+class HDMoLELinear(torch.nn.Linear):
+    """A frozen ``torch.nn.Linear`` with an HDMoLE mixture of LoRA experts (see module docstring).
+
+    Args:
+        base: the linear layer to adapt; its weight and bias become this layer's (frozen).
+        num_domains: D, the number of accent domains of the global router.
+        experts_per_domain: E, experts tied to each domain (N = D * E).
+        rank: r, rank of each expert.
+        alpha: LoRA scaling numerator (scale = alpha / r).
+        dropout_rate: dropout on the experts' input.
+        temperature: softmax temperature of the local router.
+        global_router: 'predicted' | 'oracle' (both read the posterior set by
+            ``espnet_hdmole.domain_posterior``) | 'none' (no hierarchy).
+        combine: 'product' | 'mix' | 'none'; default: 'product' with a global router,
+            'none' without one.
+        activation: 'threshold' | 'token_threshold' | 'topk' | 'dense'.
+        top_k: number of experts for 'topk'.
+        tau_max: upper bound of the threshold (default 1/N).
+        threshold_init: initial theta (tau = tau_max * sigmoid(theta)).
+        mix_init: initial logit of the mixing share s for combine 'mix'.
+        lb_weight: weight of the Switch-style load-balancing loss (0 disables it).
+        name: the layer's name in its model, used in error messages and statistics.
+    """
+
+    def __init__(
+        self,
+        base: torch.nn.Linear,
+        num_domains: int = 1,
+        experts_per_domain: int = 1,
+        rank: int = 8,
+        alpha: float = 8.0,
+        dropout_rate: float = 0.0,
+        temperature: float = 1.0,
+        global_router: str = "predicted",
+        combine: Optional[str] = None,
+        activation: str = "threshold",
+        top_k: int = 2,
+        tau_max: Optional[float] = None,
+        threshold_init: float = 0.0,
+        mix_init: float = 0.0,
+        lb_weight: float = 0.0,
+        name: str = "",
+    ):
+        if not isinstance(base, torch.nn.Linear):
+            raise TypeError(f"HDMoLELinear wraps a torch.nn.Linear, got {type(base).__name__} ({name})")
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight = base.weight
+        self.bias = base.bias
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+
+        if global_router not in GLOBAL_ROUTERS:
+            raise ValueError(f"global_router must be one of {GLOBAL_ROUTERS}, got {global_router!r}")
+        if combine is None:
+            combine = "none" if global_router == "none" else "product"
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+        if global_router == "none" and combine != "none":
+            raise ValueError(f"combine={combine!r} needs a global router, but global_router='none'")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if num_domains < 1 or experts_per_domain < 1 or rank < 1:
+            raise ValueError(
+                f"num_domains, experts_per_domain and rank must be >= 1, got "
+                f"{num_domains}, {experts_per_domain}, {rank}"
+            )
+        n = num_domains * experts_per_domain
+        if activation == "topk" and not 1 <= top_k <= n:
+            raise ValueError(f"top_k must lie in [1, {n}] (the number of experts), got {top_k}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+
+        self.name = name
+        self.num_domains, self.experts_per_domain, self.num_experts = num_domains, experts_per_domain, n
+        self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
+        self.temperature = temperature
+        self.global_router, self.combine, self.activation = global_router, combine, activation
+        self.top_k = top_k
+        self.tau_max = 1.0 / n if tau_max is None else float(tau_max)
+        self.lb_weight = lb_weight
+
+        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = torch.nn.Parameter(torch.empty(n, rank, self.in_features, **factory))
+        self.lora_B = torch.nn.Parameter(torch.zeros(n, self.out_features, rank, **factory))
+        self.router = torch.nn.Linear(self.in_features, n, **factory)
+        self.lora_dropout = torch.nn.Dropout(dropout_rate) if dropout_rate > 0 else torch.nn.Identity()
+        if activation == "threshold":
+            self.threshold = torch.nn.Parameter(torch.tensor(float(threshold_init), **factory))
+        elif activation == "token_threshold":
+            self.threshold_proj = torch.nn.Linear(self.in_features, 1, **factory)
+        if combine == "mix":
+            self.mix_logit = torch.nn.Parameter(torch.tensor(float(mix_init), **factory))
+        self.reset_adapter_parameters(threshold_init)
+
+        self._last: Optional[Dict[str, torch.Tensor]] = None
+        self._aux_loss: Optional[torch.Tensor] = None
+
+    def reset_adapter_parameters(self, threshold_init: float = 0.0):
+        """Kaiming-uniform A (as nn.Linear), zero B, small router, theta = threshold_init."""
+        for i in range(self.num_experts):
+            torch.nn.init.kaiming_uniform_(self.lora_A.data[i], a=math.sqrt(5))
+        torch.nn.init.zeros_(self.lora_B)
+        torch.nn.init.normal_(self.router.weight, std=0.02)
+        torch.nn.init.zeros_(self.router.bias)
+        if hasattr(self, "threshold_proj"):
+            torch.nn.init.zeros_(self.threshold_proj.weight)
+            torch.nn.init.constant_(self.threshold_proj.bias, threshold_init)
+
+    # ---- the protocol the adapter helpers use: what is trainable and saved ----
+    def adapter_parameters(self) -> Dict[str, torch.nn.Parameter]:
+        """Every parameter of this layer except the frozen base weight and bias."""
+        return {k: p for k, p in self.named_parameters() if k not in ("weight", "bias")}
+
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.in_features}, out={self.out_features}, experts={self.num_domains}x"
+            f"{self.experts_per_domain}, rank={self.rank}, global_router={self.global_router}, "
+            f"combine={self.combine}, activation={self.activation}"
+        )
+
+    # ---- routing ----
+    def _token_posterior(self, lead: torch.Size, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        if self.global_router == "none":
+            return None
+        g = current_domain_posterior()
+        if g is None:
+            raise RuntimeError(
+                f"HDMoLE layer '{self.name}' has global_router={self.global_router!r} but no domain "
+                "posterior is set: call it inside `with espnet_hdmole.domain_posterior(g):` with g of "
+                "shape (batch, num_domains), or configure global_router: none"
+            )
+        if g.shape[-1] != self.num_domains:
+            raise ValueError(
+                f"HDMoLE layer '{self.name}' has num_domains={self.num_domains}, but the domain "
+                f"posterior has {g.shape[-1]} columns"
+            )
+        if len(lead) == 0 or lead[0] != g.shape[0]:
+            raise ValueError(
+                f"HDMoLE layer '{self.name}': input batch {tuple(lead)[:1]} does not match the "
+                f"domain posterior's batch {g.shape[0]} (the first input dimension must be the batch)"
+            )
+        view = (g.shape[0],) + (1,) * (len(lead) - 1) + (self.num_domains,)
+        return g.to(dtype).view(view).expand(*lead, self.num_domains).reshape(-1, self.num_domains)
+
+    def route(self, xt: torch.Tensor, lead: torch.Size):
+        """Routing weights for flattened tokens xt (T, d_in): returns (w, p, active, tau)."""
+        local = torch.softmax(self.router(xt) / self.temperature, dim=-1)
+        g_tok = self._token_posterior(lead, local.dtype) if self.combine != "none" else None
+        p = combine_routers(
+            local, g_tok, self.combine, self.experts_per_domain, getattr(self, "mix_logit", None)
+        )
+        tau = None
+        if self.activation == "threshold":
+            tau = self.tau_max * torch.sigmoid(self.threshold)
+            w, active = threshold_weights(p, tau)
+        elif self.activation == "token_threshold":
+            tau = self.tau_max * torch.sigmoid(self.threshold_proj(xt))
+            w, active = threshold_weights(p, tau)
+        elif self.activation == "topk":
+            w, active = topk_weights(p, self.top_k)
+        else:
+            w, active = p, None
+        return w, p, local, active, tau
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        lead = x.shape[:-1]
+        xt = x.reshape(-1, self.in_features)
+        t, n, r = xt.shape[0], self.num_experts, self.rank
+        w, p, local, active, tau = self.route(xt, lead)
+
+        # all experts at once: (T, d_in) x (d_in, N*r) -> scale by routing -> x (N*r, d_out)
+        z = F.linear(self.lora_dropout(xt), self.lora_A.reshape(n * r, self.in_features))
+        z = (z.view(t, n, r) * (w * self.scaling).unsqueeze(-1).to(z.dtype)).view(t, n * r)
+        b_all = self.lora_B.permute(1, 0, 2).reshape(self.out_features, n * r)
+        delta = F.linear(z, b_all)
+
+        self._last = {"p": p.detach(), "w": w.detach(), "lead": lead}
+        if active is not None:
+            self._last["active"] = active
+        if tau is not None:
+            self._last["tau"] = tau.detach()
+        if self.training and self.lb_weight > 0:
+            self._aux_loss = self.lb_weight * self.load_balancing_loss(local, w if active is None else active)
+        else:
+            self._aux_loss = None
+        return y + delta.view(*lead, self.out_features)
+
+    def load_balancing_loss(self, local: torch.Tensor, dispatch: torch.Tensor) -> torch.Tensor:
+        """Switch-style loss N * sum_i f_i P_i: f_i the share of token dispatch to expert i
+        (an active expert takes 1/|active| of a token), P_i the mean local-router probability."""
+        d = dispatch.float()
+        f = (d / d.sum(dim=-1, keepdim=True).clamp_min(1e-9)).mean(dim=0).detach()
+        return self.num_experts * (f * local.float().mean(dim=0)).sum()
+
+    def routing_statistics(self) -> Dict[str, torch.Tensor]:
+        """Statistics of the last forward (detached scalars): mean active experts, mean
+        threshold (where there is one) and mean router entropy."""
+        if self._last is None:
+            return {}
+        p = self._last["p"].float()
+        stats = {"entropy": -(p * p.clamp_min(1e-12).log()).sum(-1).mean()}
+        if "active" in self._last:
+            stats["active"] = self._last["active"].float().sum(-1).mean()
+        else:
+            stats["active"] = torch.tensor(float(self.num_experts))
+        if "tau" in self._last:
+            stats["tau"] = self._last["tau"].float().mean()
+        return stats
+
+    def utterance_routing_weights(self) -> Optional[torch.Tensor]:
+        """(batch, N): mean routing weight per utterance and expert in the last forward."""
+        if self._last is None:
+            return None
+        lead = self._last["lead"]
+        return self._last["w"].float().view(lead[0], -1, self.num_experts).mean(dim=1)
