@@ -1,0 +1,247 @@
+"""Accent rules of the offline demo corpus (see make_demo_corpus.py).
+
+The nine domains carry the KeSpeech names.  Each accent is a tone table plus a
+few sound changes written as rewrites of toneless pinyin syllables; each change
+fires per syllable with its own probability, so mergers stay partial.  These
+tables are design parameters chosen to give a learnable, speaker-sized shift
+per domain; they are not dialectology.
+
+A rewrite only takes effect if espeak-ng could read the resulting syllable
+(the syllable table is read back from espeak-ng itself, see
+``make_demo_corpus.build_syllable_table``); otherwise the syllable is kept.
+The one change that pinyin cannot spell, a velar-nasal initial (``ng-``), is
+built from the phoneme ``N`` that espeak-ng uses for the coda of ``ang``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+# Fixed order: accents.txt, --domains and the sentence allocation use it.
+DOMAINS: Tuple[str, ...] = (
+    "Mandarin",
+    "Beijing",
+    "Jiang-Huai",
+    "Jiao-Liao",
+    "Ji-Lu",
+    "Lan-Yin",
+    "Northeastern",
+    "Southwestern",
+    "Zhongyuan",
+)
+# Three-letter codes used as the first part of speaker and utterance ids.
+CODES: Dict[str, str] = {
+    "Mandarin": "MAN",
+    "Beijing": "BEI",
+    "Jiang-Huai": "JHU",
+    "Jiao-Liao": "JLI",
+    "Ji-Lu": "JLU",
+    "Lan-Yin": "LYI",
+    "Northeastern": "NEA",
+    "Southwestern": "SWE",
+    "Zhongyuan": "ZHY",
+}
+SOURCE_CODE = "SRC"
+
+# Tone contours espeak-ng's cmn phoneme table understands; others are mis-parsed.
+VALID_CONTOURS = frozenset({"11", "21", "22", "33", "35", "44", "51", "53", "55", "214"})
+NEUTRAL = "11"
+STRESS = "'"  # espeak-ng's primary-stress mark, written before the vowel
+
+# "ng" is no Mandarin initial, but the zero-initial -> ng- change creates it.
+INITIALS = ("zh", "ch", "sh", "b", "p", "m", "f", "d", "t", "ng", "n", "l", "g", "k", "h",
+            "j", "q", "x", "r", "z", "c", "s", "y", "w")
+
+
+def split_syllable(syl: str) -> Tuple[str, str]:
+    """Toneless pinyin (``v`` for u-umlaut) -> (initial, final); initial '' if none."""
+    if syl in ("m", "n", "ng", "hm", "hng"):  # interjections: no initial/final structure
+        return "", syl
+    for ini in INITIALS:
+        if syl.startswith(ini) and len(syl) > len(ini):
+            return ini, syl[len(ini):]
+    return "", syl
+
+
+# --------------------------------------------------------------------------
+# Sound changes: functions (initial, final) -> new toneless syllable or None.
+# --------------------------------------------------------------------------
+def _initials(mapping: Dict[str, str]) -> Callable[[str, str], Optional[str]]:
+    return lambda ini, fin: mapping[ini] + fin if ini in mapping else None
+
+
+def _syllables(mapping: Dict[str, str]) -> Callable[[str, str], Optional[str]]:
+    return lambda ini, fin: mapping.get(ini + fin)
+
+
+def _zero_initial(prefix: str) -> Callable[[str, str], Optional[str]]:
+    # zero-initial syllables spelled with a/o/e (not er): an -> nan / ngan
+    return lambda ini, fin: (prefix + fin
+                             if ini == "" and fin[:1] in ("a", "o", "e") and fin != "er" else None)
+
+
+def _finals(mapping: Dict[str, str], skip_initials=("y", "w")) -> Callable[[str, str], Optional[str]]:
+    return lambda ini, fin: (ini + mapping[fin]
+                             if fin in mapping and ini not in skip_initials else None)
+
+
+ZH_TO_Z = _initials({"zh": "z", "ch": "c", "sh": "s"})
+Z_TO_ZH = _initials({"z": "zh", "c": "ch", "s": "sh"})
+N_TO_L = _initials({"n": "l"})
+R_TO_Z = _initials({"r": "z"})
+R_TO_Y = _syllables({"ren": "yin", "reng": "ying", "ri": "yi", "rou": "you", "ru": "yu",
+                     "ruan": "yuan", "run": "yun", "ruo": "yue", "rang": "yang",
+                     "ran": "yan", "rao": "yao", "re": "ye", "rong": "yong"})
+RU_TO_LU = lambda ini, fin: "l" + fin if ini == "r" and fin.startswith("u") else None  # noqa: E731
+W_TO_V = lambda ini, fin: (  # noqa: E731
+    "v" + fin if ini == "w" and fin in ("a", "ai", "an", "ang", "ei", "en", "eng") else None)
+ZERO_TO_N = _zero_initial("n")
+ZERO_TO_NG = _zero_initial("ng")  # realised as phoneme N + the syllable (see module doc)
+AI_TO_E = _finals({"ai": "ê"})
+AO_TO_O = _finals({"ao": "o"})
+NG_TO_N = _finals({"ing": "in", "eng": "en"}, skip_initials=())
+N_TO_NG = _finals({"en": "eng", "in": "ing", "an": "ang", "ian": "iang", "uan": "uang",
+                   "un": "ong"}, skip_initials=())
+SHU_TO_FU = _syllables({"shu": "fu", "shui": "fei"})
+GE_TO_GUO = _syllables({"ge": "guo", "ke": "kuo", "he": "huo"})
+GE_TO_GO = _syllables({"ge": "go", "ke": "ko", "he": "ho"})
+HU_TO_F = _syllables({"hu": "fu", "hua": "fa", "hui": "fei", "huan": "fan", "hun": "fen",
+                      "huang": "fang", "huo": "fo", "huai": "fai"})
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    prob: float
+    part: str  # "initial", "final" or "both": a part changed once is not changed again
+    fn: Callable[[str, str], Optional[str]]
+
+
+@dataclass(frozen=True)
+class Accent:
+    tones: Tuple[str, str, str, str]  # contours of tones 1-4
+    rules: Tuple[Rule, ...] = ()
+    sandhi: bool = False  # standard tone-3 sandhi and neutral tone after tone 3
+    extra_neutral: float = 0.0  # chance that a non-first syllable of a word goes neutral
+    rate: float = 1.0  # speaking-rate factor
+
+
+ACCENTS: Dict[str, Accent] = {
+    "Mandarin": Accent(("55", "35", "214", "51"), sandhi=True),
+    "Beijing": Accent(("55", "35", "214", "51"), sandhi=True, extra_neutral=0.25, rate=1.15, rules=(
+        Rule("w->v before a/ai/an/ang/ei/en/eng", 0.6, "initial", W_TO_V),)),
+    "Northeastern": Accent(("33", "35", "214", "53"), rules=(
+        Rule("r->y", 0.8, "both", R_TO_Y),
+        Rule("z/c/s->zh/ch/sh", 0.3, "initial", Z_TO_ZH),
+        Rule("zh/ch/sh->z/c/s", 0.2, "initial", ZH_TO_Z),
+        Rule("zero initial->n", 0.5, "initial", ZERO_TO_N))),
+    "Ji-Lu": Accent(("214", "53", "55", "21"), rules=(
+        Rule("zero initial->ng", 0.8, "initial", ZERO_TO_NG),
+        Rule("ru->lu", 0.7, "initial", RU_TO_LU),
+        Rule("ai->E", 0.7, "final", AI_TO_E),
+        Rule("ao->o", 0.7, "final", AO_TO_O))),
+    "Jiao-Liao": Accent(("21", "55", "214", "55"), rules=(
+        Rule("r->y", 0.9, "both", R_TO_Y),
+        Rule("zh/ch/sh->z/c/s", 0.4, "initial", ZH_TO_Z))),
+    "Zhongyuan": Accent(("35", "51", "53", "214"), rules=(
+        Rule("zero initial->ng", 0.7, "initial", ZERO_TO_NG),
+        Rule("shu/shui->fu/fei", 0.5, "both", SHU_TO_FU),
+        Rule("ge/ke/he->guo/kuo/huo", 0.6, "both", GE_TO_GUO),
+        Rule("ai->E", 0.5, "final", AI_TO_E))),
+    "Lan-Yin": Accent(("21", "53", "44", "35"), rules=(
+        Rule("-n->-ng, un->ong", 0.8, "final", N_TO_NG),
+        Rule("n->l", 0.5, "initial", N_TO_L))),
+    "Jiang-Huai": Accent(("21", "35", "22", "44"), rules=(
+        Rule("n->l", 0.95, "initial", N_TO_L),
+        Rule("ing/eng->in/en", 0.9, "final", NG_TO_N),
+        Rule("zh/ch/sh->z/c/s", 0.5, "initial", ZH_TO_Z))),
+    "Southwestern": Accent(("55", "21", "53", "214"), rules=(
+        Rule("zh/ch/sh->z/c/s", 0.95, "initial", ZH_TO_Z),
+        Rule("n->l", 0.9, "initial", N_TO_L),
+        Rule("ing/eng->in/en", 0.9, "final", NG_TO_N),
+        Rule("hu->f", 0.5, "both", HU_TO_F),
+        Rule("r->z", 0.5, "initial", R_TO_Z),
+        Rule("ge/ke/he->go/ko/ho", 0.8, "both", GE_TO_GO))),
+}
+assert set(ACCENTS) == set(DOMAINS)  # noqa: S101
+for _a in ACCENTS.values():
+    assert set(_a.tones) <= VALID_CONTOURS  # noqa: S101
+
+
+def rule_targets(syllables: Sequence[str]) -> List[str]:
+    """Syllables the rules can reach from ``syllables`` (closure), minus the ``ng-`` ones."""
+    known = set(syllables)
+    todo = list(known)
+    while todo:
+        new_found = []
+        for syl in todo:
+            for accent in ACCENTS.values():
+                for rule in accent.rules:
+                    new = rule.fn(*split_syllable(syl))
+                    if new and new not in known:
+                        known.add(new)
+                        new_found.append(new)
+        todo = new_found
+    return sorted(s for s in known - set(syllables) if not s.startswith("ng"))
+
+
+# --------------------------------------------------------------------------
+# Rendering: words of (syllable, tone) -> espeak-ng phoneme input.
+# --------------------------------------------------------------------------
+Table = Dict[str, Tuple[str, str, str]]  # syllable -> (onset, rhyme, coda) as espeak writes them
+
+
+def apply_rules(syl: str, accent: Accent, table: Table, rng) -> str:
+    """Apply the accent's sound changes to one toneless syllable."""
+    changed = set()
+    for rule in accent.rules:
+        draw = rng.random()  # always drawn: the random stream does not depend on the text
+        parts = {"initial", "final"} if rule.part == "both" else {rule.part}
+        if draw >= rule.prob or parts & changed:
+            continue
+        new = rule.fn(*split_syllable(syl))
+        if new and new != syl and new in table:
+            syl = new
+            changed |= parts
+    return syl
+
+
+def contours(tones: Sequence[int], accent: Accent) -> List[Tuple[str, bool]]:
+    """Tone numbers (1-5, 5 = neutral) of one utterance -> (contour, stressed) pairs."""
+    out = []
+    for i, t in enumerate(tones):
+        nxt = tones[i + 1] if i + 1 < len(tones) else None
+        prev = tones[i - 1] if i > 0 else None
+        if t == 5:  # neutral tones are unstressed, as espeak-ng writes them
+            out.append(("44" if accent.sandhi and prev == 3 else NEUTRAL, False))
+        elif accent.sandhi and t == 3 and nxt is not None:
+            out.append(("35" if nxt == 3 else "21", True))  # 3-3 sandhi; half third otherwise
+        else:
+            out.append((accent.tones[t - 1], True))
+    return out
+
+
+def render(words: Sequence[Sequence[Tuple[str, int]]], domain: str, table: Table, rng):
+    """Words of (toneless syllable, tone) -> (espeak phoneme input, number of changed syllables).
+
+    Only the sound changes: the transcript stays the original characters.
+    """
+    accent = ACCENTS[domain]
+    orig: List[str] = []
+    syls: List[str] = []
+    tones: List[int] = []
+    for word in words:
+        for k, (syl, tone) in enumerate(word):
+            if k > 0 and tone != 5 and rng.random() < accent.extra_neutral:
+                tone = 5
+            orig.append(syl)
+            syls.append(apply_rules(syl, accent, table, rng))
+            tones.append(tone)
+    pieces = []
+    for syl, (contour, stressed) in zip(syls, contours(tones, accent)):
+        onset, rhyme, coda = table[syl]
+        mark = STRESS if stressed else ""
+        pieces.append(f"{onset}{mark}{rhyme}{contour}{coda}")
+    n_changed = sum(a != b for a, b in zip(orig, syls))
+    return "[[" + " ".join(pieces) + "]]", n_changed

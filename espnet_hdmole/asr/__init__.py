@@ -1,0 +1,1 @@
+"""The LLM-based ASR model and its parts."""

@@ -1,0 +1,117 @@
+"""Greedy and beam search over a causal LLM with its KV cache, batched over utterances.
+
+The contexts (prefix, speech embeddings, prompt) differ in length, so they are left-padded:
+every sequence then ends at the same position and each step appends one token to all of them.
+Position ids count only real (unmasked) positions.
+"""
+from contextlib import nullcontext
+from typing import List, Optional, Tuple
+
+import torch
+
+from espnet_hdmole.layers.routing import domain_posterior
+
+
+def _left_pad(ctx: List[torch.Tensor]):
+    lens = [c.shape[0] for c in ctx]
+    n, d = max(lens), ctx[0].shape[1]
+    emb = ctx[0].new_zeros(len(ctx), n, d)
+    mask = torch.zeros(len(ctx), n, dtype=torch.long, device=ctx[0].device)
+    for b, c in enumerate(ctx):
+        emb[b, n - lens[b]:] = c
+        mask[b, n - lens[b]:] = 1
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    return emb, mask, pos
+
+
+def _step(llm, emb, mask, pos, cache, g):
+    with domain_posterior(g) if g is not None else nullcontext():
+        out = llm(inputs_embeds=emb, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                  use_cache=True, logits_to_keep=1)
+    return torch.log_softmax(out.logits[:, -1].float(), dim=-1), out.past_key_values
+
+
+def greedy_search(
+    llm, ctx: List[torch.Tensor], eos_id: int, max_new_tokens: int, g: Optional[torch.Tensor] = None
+) -> List[Tuple[List[int], float]]:
+    """Greedy decoding; returns (token ids without eos, log-probability) per utterance."""
+    emb, mask, pos = _left_pad(ctx)
+    logp, cache = _step(llm, emb, mask, pos, None, g)
+    b = len(ctx)
+    hyps: List[List[int]] = [[] for _ in range(b)]
+    scores = torch.zeros(b)
+    done = torch.zeros(b, dtype=torch.bool)
+    embed = llm.get_input_embeddings()
+    for _ in range(max_new_tokens):
+        tok = logp.argmax(-1)
+        scores += torch.where(done, 0.0, logp.gather(1, tok[:, None])[:, 0]).cpu()
+        for i in range(b):
+            if not done[i] and tok[i] != eos_id:
+                hyps[i].append(int(tok[i]))
+        done |= (tok == eos_id).cpu()
+        if done.all():
+            break
+        mask = torch.cat([mask, mask.new_ones(b, 1)], 1)
+        pos = pos[:, -1:] + 1
+        logp, cache = _step(llm, embed(tok)[:, None].to(emb.dtype), mask, pos, cache, g)
+    return [(h, float(s)) for h, s in zip(hyps, scores)]
+
+
+def beam_search(
+    llm,
+    ctx: List[torch.Tensor],
+    eos_id: int,
+    max_new_tokens: int,
+    beam_size: int,
+    length_penalty: float = 1.0,
+    g: Optional[torch.Tensor] = None,
+) -> List[Tuple[List[int], float]]:
+    """Beam search, all utterances' beams in one batch of B*K sequences sharing one KV cache.
+
+    A finished beam can only be continued by eos at no cost, so it keeps its score and place.
+    The best final hypothesis maximises score / length ** length_penalty (length counts eos).
+    """
+    b, k = len(ctx), beam_size
+    emb, mask, pos = _left_pad(ctx)
+    logp, cache = _step(llm, emb, mask, pos, None, g)
+    v = logp.shape[-1]
+    k = min(k, v)
+    scores, tok = logp.topk(k, dim=-1)  # (B, K)
+    scores, tok = scores.reshape(-1), tok.reshape(-1)
+    cache.batch_repeat_interleave(k)
+    mask, pos = mask.repeat_interleave(k, 0), pos.repeat_interleave(k, 0)
+    gk = g.repeat_interleave(k, 0) if g is not None else None
+    seqs = tok[:, None]
+    done = tok == eos_id
+    lengths = torch.ones(b * k, device=tok.device)
+    embed = llm.get_input_embeddings()
+    base = (torch.arange(b, device=tok.device) * k)[:, None]
+    for _ in range(max_new_tokens - 1):
+        if done.all():
+            break
+        mask = torch.cat([mask, mask.new_ones(b * k, 1)], 1)
+        pos = pos[:, -1:] + 1
+        logp, cache = _step(llm, embed(seqs[:, -1])[:, None].to(emb.dtype), mask, pos, cache, gk)
+        frozen = torch.full_like(logp, float("-inf"))
+        frozen[:, eos_id] = 0.0
+        logp = torch.where(done[:, None], frozen, logp)
+        cand = (scores[:, None] + logp).view(b, k * v)
+        scores, idx = cand.topk(k, dim=-1)
+        src = (base + idx // v).reshape(-1)
+        tok = (idx % v).reshape(-1)
+        scores = scores.reshape(-1)
+        lengths = lengths[src] + (~done[src]).float()
+        done = done[src] | (tok == eos_id)
+        seqs = torch.cat([seqs[src], tok[:, None]], 1)
+        cache.reorder_cache(src)
+        mask, pos = mask[src], pos[src]
+    final = (scores / lengths.pow(length_penalty)).view(b, k)
+    best = final.argmax(-1)
+    out = []
+    for i in range(b):
+        j = i * k + int(best[i])
+        ids = [int(t) for t in seqs[j].tolist()]
+        if eos_id in ids:
+            ids = ids[: ids.index(eos_id)]
+        out.append((ids, float(scores[j])))
+    return out

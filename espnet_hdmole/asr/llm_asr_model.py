@@ -1,0 +1,250 @@
+"""LLM-based ASR as an ESPnet model: speech encoder -> projector -> causal LLM.
+
+    speech --frontend/normalize--> feats --encoder--> h (B, T, d_enc)
+    h --projector (stack k, MLP)--> s (B, T/k, d_llm)
+    LLM(inputs_embeds = [prompt_prefix] [s] [prompt] [transcript] <eos>)   loss on transcript + eos
+
+The accent-identification head (HDMoLE's global router) maps the time-pooled encoder output to
+a posterior over the accent domains (cross-entropy with weight ``aid_weight`` against the
+``accent`` labels when the batch has them). Whenever the model holds HDMoLE layers, the
+projector and the LLM run inside ``espnet_hdmole.domain_posterior(g)``, with g the head's
+posterior (``global_router: predicted``) or the one-hot labels (``oracle``).
+"""
+import logging
+from contextlib import nullcontext
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
+from espnet2.asr.frontend.abs_frontend import AbsFrontend
+from espnet2.asr.specaug.abs_specaug import AbsSpecAug
+from espnet2.layers.abs_normalize import AbsNormalize
+from espnet2.torch_utils.device_funcs import force_gatherable
+from espnet2.train.abs_espnet_model import AbsESPnetModel
+
+from espnet_hdmole.asr.llm_utils import load_causal_lm, load_tokenizer, unencodable_chars
+from espnet_hdmole.asr.projector import FrameStackProjector
+from espnet_hdmole.layers.create_hdmole_adapter import hdmole_aux_loss, hdmole_layers, hdmole_statistics
+from espnet_hdmole.layers.routing import domain_posterior, oracle_posterior
+
+
+class AccentHead(torch.nn.Module):
+    """Mean-pooled encoder output -> Linear -> ReLU -> Linear -> logits over the domains."""
+
+    def __init__(self, input_size: int, num_domains: int, hidden_size: int = 256):
+        super().__init__()
+        self.linear1 = torch.nn.Linear(input_size, hidden_size)
+        self.linear2 = torch.nn.Linear(hidden_size, num_domains)
+
+    def forward(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        mask = (torch.arange(h.shape[1], device=h.device)[None] < lengths[:, None]).to(h.dtype)
+        pooled = (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+        return self.linear2(torch.relu(self.linear1(pooled)))
+
+
+class LLMASRModel(AbsESPnetModel):
+    """Speech encoder -> projector -> causal LLM, trained with the ESPnet trainer.
+
+    Args:
+        frontend, specaug, normalize, encoder: ESPnet components (built by the task from ClassChoices).
+        llm_dir: local directory of a ``transformers`` causal LM and its tokenizer.
+        accent_list: the accent domains, in the order of the global router's outputs.
+        projector_conf: FrameStackProjector settings (stack, hidden_size).
+        prompt_prefix: text placed before the speech embeddings.
+        prompt: text placed between the speech embeddings and the transcript.
+        aid_weight: weight of the accent-ID cross-entropy.
+        use_accent_head: build the accent head (default: when aid_weight > 0).
+        accent_head_hidden: its hidden size.
+        llm_dtype: dtype the LLM is loaded in.
+        frame_shift: seconds per input frame (for the real-time factor; 1/fs for raw audio).
+    """
+
+    def __init__(
+        self,
+        frontend: Optional[AbsFrontend],
+        specaug: Optional[AbsSpecAug],
+        normalize: Optional[AbsNormalize],
+        encoder: AbsEncoder,
+        llm_dir: str,
+        accent_list: Optional[List[str]] = None,
+        projector_conf: Optional[dict] = None,
+        prompt_prefix: str = "",
+        prompt: str = "",
+        aid_weight: float = 0.0,
+        use_accent_head: Optional[bool] = None,
+        accent_head_hidden: int = 256,
+        llm_dtype: str = "float32",
+        frame_shift: float = 0.01,
+    ):
+        super().__init__()
+        self.frontend = frontend
+        self.specaug = specaug
+        self.normalize = normalize
+        self.encoder = encoder
+        self.llm = load_causal_lm(llm_dir, llm_dtype)
+        self.tokenizer = load_tokenizer(llm_dir)
+        d_llm = self.llm.get_input_embeddings().embedding_dim
+        self.projector = FrameStackProjector(encoder.output_size(), d_llm, **(projector_conf or {}))
+        self.accent_list = list(accent_list or [])
+        self.aid_weight = aid_weight
+        if use_accent_head is None:
+            use_accent_head = aid_weight > 0
+        if use_accent_head and len(self.accent_list) < 2:
+            raise ValueError("model_conf.accent_list needs at least 2 domains for the accent head")
+        self.accent_head = (
+            AccentHead(encoder.output_size(), len(self.accent_list), accent_head_hidden) if use_accent_head else None
+        )
+        self.frame_shift = frame_shift
+        self.eos_id = self.tokenizer.eos_token_id
+        for name, text in (("prompt_prefix", prompt_prefix), ("prompt", prompt)):
+            bad = unencodable_chars(self.tokenizer, text) if text else ""
+            if bad:
+                raise ValueError(f"model_conf.{name} {text!r} has characters the tokenizer of {llm_dir} cannot encode: {bad!r}")
+        self.register_buffer("prefix_ids", self._encode(prompt_prefix), persistent=False)
+        self.register_buffer("prompt_ids", self._encode(prompt), persistent=False)
+
+    def _encode(self, text: str) -> torch.Tensor:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        return torch.tensor(ids, dtype=torch.long)
+
+    # ------------------------------------------------------------------ encoder side
+    def encode(self, speech: torch.Tensor, speech_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        feats, feats_lengths = self._extract_feats(speech, speech_lengths)
+        if self.specaug is not None and self.training:
+            feats, feats_lengths = self.specaug(feats, feats_lengths)
+        if self.normalize is not None:
+            feats, feats_lengths = self.normalize(feats, feats_lengths)
+        h, h_lens, _ = self.encoder(feats, feats_lengths)
+        return h, h_lens
+
+    def _extract_feats(self, speech, speech_lengths):
+        speech = speech[:, : speech_lengths.max()]
+        if self.frontend is not None:
+            return self.frontend(speech, speech_lengths)
+        return speech, speech_lengths
+
+    def collect_feats(self, speech, speech_lengths, text=None, text_lengths=None, **kwargs) -> Dict[str, torch.Tensor]:
+        feats, feats_lengths = self._extract_feats(speech, speech_lengths)
+        return {"feats": feats, "feats_lengths": feats_lengths}
+
+    def global_router_mode(self) -> Optional[str]:
+        """'predicted' or 'oracle' when HDMoLE layers need a domain posterior, else None."""
+        modes = {m.global_router for _, m in hdmole_layers(self) if m.global_router != "none"}
+        if len(modes) > 1:
+            raise ValueError(f"HDMoLE layers disagree on global_router: {sorted(modes)}")
+        return modes.pop() if modes else None
+
+    def domain_posterior(
+        self, h: torch.Tensor, h_lens: torch.Tensor, accent: Optional[torch.Tensor]
+    ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(accent logits or None, the posterior the HDMoLE layers read or None)."""
+        logits = self.accent_head(h, h_lens) if self.accent_head is not None else None
+        mode = self.global_router_mode()
+        if mode is None:
+            return logits, None
+        if mode == "oracle":
+            if accent is None:
+                raise ValueError("global_router: oracle needs accent labels (an 'accent' data file, e.g. utt2accent)")
+            return logits, oracle_posterior(accent.reshape(-1), len(self.accent_list)).to(h.dtype)
+        if logits is None:
+            raise ValueError(
+                "global_router: predicted needs the accent head: set model_conf.aid_weight > 0 "
+                "or model_conf.use_accent_head: true"
+            )
+        return logits, torch.softmax(logits, dim=-1)
+
+    # ------------------------------------------------------------------ LLM side
+    def _context_embeddings(self, s: torch.Tensor, s_lens: torch.Tensor) -> List[torch.Tensor]:
+        """Per utterance: [prefix] [speech] [prompt] embeddings, (L_b, d_llm)."""
+        emb = self.llm.get_input_embeddings()
+        pre, post = emb(self.prefix_ids), emb(self.prompt_ids)
+        return [torch.cat([pre.to(s.dtype), s[b, : s_lens[b]], post.to(s.dtype)], 0) for b in range(s.shape[0])]
+
+    def forward(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        text: torch.Tensor,
+        text_lengths: torch.Tensor,
+        accent: Optional[torch.Tensor] = None,
+        **kwargs,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        batch_size = speech.shape[0]
+        h, h_lens = self.encode(speech, speech_lengths)
+        logits_aid, g = self.domain_posterior(h, h_lens, accent)
+        stats: Dict[str, torch.Tensor] = {}
+        with domain_posterior(g) if g is not None else nullcontext():
+            s, s_lens = self.projector(h, h_lens)
+            loss_asr, acc = self._llm_loss(s, s_lens, text, text_lengths)
+        loss = loss_asr
+        stats["loss_asr"] = loss_asr.detach()
+        stats["acc"] = acc
+        if logits_aid is not None and accent is not None:
+            accent = accent.reshape(-1).long()
+            loss_aid = torch.nn.functional.cross_entropy(logits_aid.float(), accent)
+            stats["loss_aid"] = loss_aid.detach()
+            stats["acc_aid"] = (logits_aid.argmax(-1) == accent).float().mean()
+            if self.aid_weight > 0:
+                loss = loss + self.aid_weight * loss_aid
+        aux = hdmole_aux_loss(self)
+        if aux is not None:
+            loss = loss + aux
+        stats.update({k: v for k, v in hdmole_statistics(self).items()})
+        stats["loss"] = loss.detach()
+        loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
+        return loss, stats, weight
+
+    def _llm_loss(self, s, s_lens, text, text_lengths):
+        ctx = self._context_embeddings(s, s_lens)
+        emb = self.llm.get_input_embeddings()
+        eos = torch.full((1,), self.eos_id, dtype=torch.long, device=s.device)
+        seqs, targets = [], []
+        for b, c in enumerate(ctx):
+            tgt = torch.cat([text[b, : text_lengths[b]].long(), eos])
+            seqs.append(torch.cat([c, emb(tgt[:-1]).to(c.dtype)], 0))
+            # position j predicts token j+1: targets start at the last context position
+            targets.append(torch.cat([torch.full((c.shape[0] - 1,), -100, device=s.device), tgt]))
+        lens = torch.tensor([x.shape[0] for x in seqs], device=s.device)
+        inputs = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+        labels = torch.nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=-100)
+        mask = (torch.arange(inputs.shape[1], device=s.device)[None] < lens[:, None]).long()
+        out = self.llm.base_model(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        sel = labels != -100
+        logits = self.llm.get_output_embeddings()(hidden[sel]).float()
+        tgt = labels[sel]
+        loss = torch.nn.functional.cross_entropy(logits, tgt)
+        acc = (logits.argmax(-1) == tgt).float().mean()
+        return loss, acc.detach()
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def recognize(
+        self,
+        speech: torch.Tensor,
+        speech_lengths: torch.Tensor,
+        accent: Optional[torch.Tensor] = None,
+        beam_size: int = 1,
+        max_new_tokens: int = 128,
+        length_penalty: float = 1.0,
+    ) -> List[Dict]:
+        """Decode a batch. Returns per utterance {'token_ids', 'text', 'score', 'accent'}."""
+        from espnet_hdmole.asr.decoding import beam_search, greedy_search
+
+        h, h_lens = self.encode(speech, speech_lengths)
+        logits_aid, g = self.domain_posterior(h, h_lens, accent)
+        with domain_posterior(g) if g is not None else nullcontext():
+            s, s_lens = self.projector(h, h_lens)
+        ctx = self._context_embeddings(s, s_lens)
+        if beam_size <= 1:
+            hyps = greedy_search(self.llm, ctx, self.eos_id, max_new_tokens, g)
+        else:
+            hyps = beam_search(self.llm, ctx, self.eos_id, max_new_tokens, beam_size, length_penalty, g)
+        out = []
+        for b, (ids, score) in enumerate(hyps):
+            r = {"token_ids": ids, "text": self.tokenizer.decode(ids, skip_special_tokens=True), "score": score,
+                 "tokens": self.tokenizer.convert_ids_to_tokens(ids)}
+            if logits_aid is not None and self.accent_list:
+                r["accent"] = self.accent_list[int(logits_aid[b].argmax())]
+            out.append(r)
+        return out

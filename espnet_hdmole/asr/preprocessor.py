@@ -1,0 +1,45 @@
+"""Turns a data item's transcript into LLM token ids and its accent label into a domain index."""
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+from espnet2.train.preprocessor import AbsPreprocessor
+
+from espnet_hdmole.asr.llm_utils import load_tokenizer, unencodable_chars
+
+
+class LLMASRPreprocessor(AbsPreprocessor):
+    def __init__(
+        self,
+        train: bool,
+        llm_dir: str,
+        accent_list: Optional[List[str]] = None,
+        text_name: str = "text",
+        accent_name: str = "accent",
+    ):
+        super().__init__(train)
+        self.tokenizer = load_tokenizer(llm_dir)
+        self.llm_dir = llm_dir
+        self.accent_index = {a: i for i, a in enumerate(accent_list or [])}
+        self.text_name, self.accent_name = text_name, accent_name
+
+    def __call__(self, uid: str, data: Dict[str, Union[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        if self.text_name in data and isinstance(data[self.text_name], str):
+            text = data[self.text_name].strip()
+            if not text:
+                raise ValueError(f"utterance '{uid}' has an empty transcript")
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if self.tokenizer.unk_token_id is not None and self.tokenizer.unk_token_id in ids:
+                raise ValueError(
+                    f"utterance '{uid}': the tokenizer of {self.llm_dir} cannot encode "
+                    f"{unencodable_chars(self.tokenizer, text)!r}"
+                )
+            data[self.text_name] = np.asarray(ids, dtype=np.int64)
+        if self.accent_name in data and isinstance(data[self.accent_name], str):
+            label = data[self.accent_name].strip()
+            if label not in self.accent_index:
+                raise ValueError(
+                    f"utterance '{uid}' has accent label '{label}', not one of model_conf.accent_list "
+                    f"{list(self.accent_index)}"
+                )
+            data[self.accent_name] = np.asarray([self.accent_index[label]], dtype=np.int64)
+        return data

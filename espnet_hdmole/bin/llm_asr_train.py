@@ -1,0 +1,29 @@
+#!/usr/bin/env python3
+"""Train the LLM-based ASR model (speech encoder -> projector -> causal LLM) with ESPnet.
+
+All of ESPnet's training options apply (--config, --resume, --init_param, --freeze_param,
+--use_adapter/--adapter/--adapter_conf, --save_strategy, --ngpu, --dist_*, ...). Task options:
+--model_conf (llm_dir, accent_list, prompt, aid_weight, projector_conf, ...), --encoder
+(conformer | transformer | whisper) with --encoder_conf, --frontend, --normalize, --specaug.
+Data: speech (fbank ark or wav), text (transcripts), optionally accent (utt2accent), e.g.
+  --train_data_path_and_name_and_type dump/train/feats.scp,speech,kaldi_ark
+  --train_data_path_and_name_and_type dump/train/text,text,text
+  --train_data_path_and_name_and_type dump/train/utt2accent,accent,text
+Adapters: `adapter: hdmole` (this project; save_strategy: required_grad_only for adapter-only
+checkpoints) or `adapter: lora` (ESPnet's). Inputs are checked before training starts.
+"""
+from espnet_hdmole.tasks.llm_asr import LLMASRTask
+
+
+def get_parser():
+    parser = LLMASRTask.get_parser()
+    parser.description = __doc__
+    return parser
+
+
+def main(cmd=None):
+    LLMASRTask.main(args=get_parser().parse_args(cmd))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""LLMASRTask: the ESPnet task of the LLM-based ASR model.
+
+It uses ESPnet's AbsTask, Trainer, CommonCollateFn, checkpointing, --resume, n-best averaging,
+--init_param, --freeze_param, --use_adapter/--adapter/--adapter_conf (``hdmole`` and ESPnet's
+``lora``) and its distributed options as they are. On top it adds:
+- ``check_inputs``: the data files, the LLM directory and the YAML keys are checked before
+  training starts, with errors that name the file, line or key;
+- a trainable-parameter report at start (share of full fine-tuning of the same parts);
+- ``build_model_from_file`` that reloads adapter-only checkpoints exactly (base weights from
+  the ``--init_param`` the model was trained from; no silent partial loads).
+"""
+import argparse
+import inspect
+import logging
+from pathlib import Path
+from typing import Callable, Collection, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
+from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+from espnet2.asr.encoder.transformer_encoder import TransformerEncoder
+from espnet2.asr.frontend.abs_frontend import AbsFrontend
+from espnet2.asr.frontend.default import DefaultFrontend
+from espnet2.asr.specaug.abs_specaug import AbsSpecAug
+from espnet2.asr.specaug.specaug import SpecAug
+from espnet2.layers.abs_normalize import AbsNormalize
+from espnet2.layers.global_mvn import GlobalMVN
+from espnet2.layers.utterance_mvn import UtteranceMVN
+from espnet2.tasks.abs_task import AbsTask
+from espnet2.torch_utils.initialize import initialize
+from espnet2.train.class_choices import ClassChoices
+from espnet2.train.collate_fn import CommonCollateFn
+from espnet2.train.trainer import Trainer
+from espnet2.utils.get_default_kwargs import get_default_kwargs
+from espnet2.utils.nested_dict_action import NestedDictAction
+from espnet2.utils.types import int_or_none, str_or_none
+
+import espnet_hdmole  # noqa: F401  (registers the hdmole adapter)
+from espnet_hdmole.asr.llm_asr_model import LLMASRModel
+from espnet_hdmole.asr.llm_utils import check_model_dir, load_tokenizer, unencodable_chars
+from espnet_hdmole.asr.param_report import trainable_parameter_report
+from espnet_hdmole.asr.preprocessor import LLMASRPreprocessor
+
+
+def _whisper_encoder_class():
+    try:
+        from espnet_hdmole.asr.whisper_encoder import WhisperSpeechEncoder
+    except ImportError:  # pragma: no cover
+        return {}
+    return {"whisper": WhisperSpeechEncoder}
+
+
+frontend_choices = ClassChoices(
+    name="frontend", classes=dict(default=DefaultFrontend), type_check=AbsFrontend, default=None, optional=True
+)
+specaug_choices = ClassChoices(
+    name="specaug", classes=dict(specaug=SpecAug), type_check=AbsSpecAug, default=None, optional=True
+)
+normalize_choices = ClassChoices(
+    "normalize", classes=dict(global_mvn=GlobalMVN, utterance_mvn=UtteranceMVN), type_check=AbsNormalize,
+    default=None, optional=True,
+)
+encoder_choices = ClassChoices(
+    "encoder",
+    classes=dict(conformer=ConformerEncoder, transformer=TransformerEncoder, **_whisper_encoder_class()),
+    type_check=AbsEncoder,
+    default="conformer",
+)
+
+
+def _check_conf_keys(conf: dict, cls, key: str, skip: Tuple[str, ...] = ()) -> None:
+    sig = inspect.signature(cls.__init__)
+    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    allowed = [k for k in sig.parameters if k not in ("self",) + skip]
+    unknown = sorted(set(conf or {}) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {key} (for {cls.__name__}); expected some of {allowed}")
+
+
+def _read_kaldi_file(path: str, what: str) -> List[Tuple[str, str]]:
+    """Lines 'uid value' of a Kaldi-style file, checked: exists, ids unique and sorted."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file '{p}' does not exist")
+    rows, prev = [], None
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            uid, _, value = line.partition(" ")
+            if prev is not None and uid <= prev:
+                why = "appears twice" if uid == prev else f"comes after '{prev}' (the file must be sorted by id)"
+                raise ValueError(f"{p}:{n}: utterance id '{uid}' {why}")
+            prev = uid
+            rows.append((uid, value.strip()))
+    if not rows:
+        raise ValueError(f"{what} file '{p}' is empty")
+    return rows
+
+
+class LLMASRTask(AbsTask):
+    num_optimizers: int = 1
+    class_choices_list = [frontend_choices, specaug_choices, normalize_choices, encoder_choices]
+    trainer = Trainer
+
+    @classmethod
+    def add_task_arguments(cls, parser: argparse.ArgumentParser):
+        group = parser.add_argument_group(description="Task related")
+        group.add_argument("--init", type=str_or_none, default=None,
+                           help="Initialisation of the non-LLM parts: chainer, xavier_uniform, ... (default: "
+                                "PyTorch's); the LLM keeps the weights of model_conf.llm_dir")
+        group.add_argument("--input_size", type=int_or_none, default=None,
+                           help="Feature dimension when no frontend is used (precomputed features, e.g. 80 "
+                                "for fbank; 1 for raw audio into the whisper encoder)")
+        group.add_argument("--model_conf", action=NestedDictAction, default=get_default_kwargs(LLMASRModel),
+                           help="LLMASRModel settings: llm_dir (required), accent_list, projector_conf, "
+                                "prompt_prefix, prompt, aid_weight, use_accent_head, llm_dtype, frame_shift")
+        group = parser.add_argument_group(description="Preprocess related")
+        group.add_argument("--use_preprocessor", type=bool, default=True,
+                           help="Tokenise transcripts with the LLM's tokenizer and map accent labels to indices")
+        for class_choices in cls.class_choices_list:
+            class_choices.add_arguments(group)
+
+    @classmethod
+    def build_collate_fn(cls, args: argparse.Namespace, train: bool) -> Callable:
+        return CommonCollateFn(float_pad_value=0.0, int_pad_value=-1, not_sequence=["accent"])
+
+    @classmethod
+    def build_preprocess_fn(cls, args: argparse.Namespace, train: bool):
+        if not args.use_preprocessor:
+            return None
+        mc = args.model_conf
+        return LLMASRPreprocessor(train=train, llm_dir=mc["llm_dir"], accent_list=mc.get("accent_list"))
+
+    @classmethod
+    def required_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
+        return ("speech", "text") if not inference else ("speech",)
+
+    @classmethod
+    def optional_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
+        return ("accent",)
+
+    @classmethod
+    def build_model(cls, args: argparse.Namespace) -> LLMASRModel:
+        mc = dict(args.model_conf or {})
+        _check_conf_keys(mc, LLMASRModel, "model_conf", skip=("frontend", "specaug", "normalize", "encoder"))
+        if not mc.get("llm_dir"):
+            raise ValueError("model_conf.llm_dir is required: a local directory with a transformers causal LM and its tokenizer")
+        check_model_dir(mc["llm_dir"], "LLM (model_conf.llm_dir)")
+
+        if args.frontend is not None:
+            fcls = frontend_choices.get_class(args.frontend)
+            _check_conf_keys(args.frontend_conf, fcls, "frontend_conf")
+            frontend = fcls(**args.frontend_conf)
+            input_size = frontend.output_size()
+        else:
+            if args.input_size is None:
+                raise ValueError("--input_size is required when no frontend is used (e.g. 80 for fbank features)")
+            frontend, input_size = None, args.input_size
+        specaug = None
+        if args.specaug is not None:
+            scls = specaug_choices.get_class(args.specaug)
+            _check_conf_keys(args.specaug_conf, scls, "specaug_conf")
+            specaug = scls(**args.specaug_conf)
+        normalize = None
+        if args.normalize is not None:
+            ncls = normalize_choices.get_class(args.normalize)
+            _check_conf_keys(args.normalize_conf, ncls, "normalize_conf")
+            normalize = ncls(**args.normalize_conf)
+        ecls = encoder_choices.get_class(args.encoder)
+        _check_conf_keys(args.encoder_conf, ecls, "encoder_conf", skip=("input_size",))
+        encoder = ecls(input_size=input_size, **args.encoder_conf)
+
+        model = LLMASRModel(frontend=frontend, specaug=specaug, normalize=normalize, encoder=encoder, **mc)
+        if args.init is not None:
+            for part in (model.encoder, model.projector, model.accent_head):
+                if part is not None and any(p.requires_grad for p in part.parameters()):
+                    initialize(part, args.init)
+        return model
+
+    @classmethod
+    def build_optimizers(cls, args: argparse.Namespace, model: torch.nn.Module) -> List[torch.optim.Optimizer]:
+        # called right after ESPnet has frozen --freeze_param and created the adapter
+        rep = trainable_parameter_report(model)
+        logging.info(rep["text"])
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no trainable parameters: check --freeze_param and the adapter settings")
+        return super().build_optimizers(args, model)
+
+    # ------------------------------------------------------------------ input checks
+    @classmethod
+    def check_inputs(cls, args: argparse.Namespace) -> None:
+        """Check everything a user produced before any training starts."""
+        mc = dict(args.model_conf or {})
+        _check_conf_keys(mc, LLMASRModel, "model_conf", skip=("frontend", "specaug", "normalize", "encoder"))
+        if not mc.get("llm_dir"):
+            raise ValueError("model_conf.llm_dir is required: a local directory with a transformers causal LM and its tokenizer")
+        check_model_dir(mc["llm_dir"], "LLM (model_conf.llm_dir)")
+        if getattr(args, "use_adapter", False):
+            if args.adapter == "hdmole" and args.save_strategy == "adapter_only":
+                raise ValueError(
+                    "save_strategy: adapter_only is ESPnet's path for lora/houlsby only; for adapter: hdmole "
+                    "use save_strategy: required_grad_only (adapter weights and the other trainable parameters)"
+                )
+        tok = load_tokenizer(mc["llm_dir"])
+        accents = list(mc.get("accent_list") or [])
+        for opt in ("train_data_path_and_name_and_type", "valid_data_path_and_name_and_type"):
+            entries = getattr(args, opt, None) or []
+            ids_of: Dict[str, Tuple[str, List[str]]] = {}
+            for path, name, typ in entries:
+                if name == "text":
+                    rows = _read_kaldi_file(path, "transcript")
+                    for n, (uid, text) in enumerate(rows, 1):
+                        if not text:
+                            raise ValueError(f"{path}:{n}: utterance '{uid}' has an empty transcript")
+                    bad = unencodable_chars(tok, "".join(sorted({c for _, t in rows for c in t})))
+                    if bad:
+                        uid = next(u for u, t in rows if any(c in bad for c in t))
+                        raise ValueError(
+                            f"{path}: the tokenizer of {mc['llm_dir']} cannot encode {bad!r} "
+                            f"(first in utterance '{uid}')"
+                        )
+                elif name == "accent":
+                    rows = _read_kaldi_file(path, "accent label")
+                    if not accents:
+                        raise ValueError(f"{path} gives accent labels but model_conf.accent_list is empty")
+                    for n, (uid, lab) in enumerate(rows, 1):
+                        if lab not in accents:
+                            raise ValueError(
+                                f"{path}:{n}: utterance '{uid}' has accent label '{lab}', not one of "
+                                f"model_conf.accent_list {accents}"
+                            )
+                elif typ in ("sound", "kaldi_ark", "npy", "text", "text_int"):
+                    rows = _read_kaldi_file(path, f"'{name}'")
+                else:
+                    continue
+                ids_of[path] = (name, [u for u, _ in rows])
+            files = list(ids_of.items())
+            for path, (name, ids) in files[1:]:
+                p0, (n0, ids0) = files[0]
+                if ids != ids0:
+                    only_a = sorted(set(ids0) - set(ids))[:3]
+                    only_b = sorted(set(ids) - set(ids0))[:3]
+                    raise ValueError(
+                        f"utterance ids of {path} ('{name}') and {p0} ('{n0}') disagree: e.g. only in the "
+                        f"first: {only_b}, only in the second: {only_a}"
+                    )
+
+    @classmethod
+    def main(cls, args: Optional[argparse.Namespace] = None, cmd=None):
+        if args is None:
+            args = cls.get_parser().parse_args(cmd)
+        if not args.print_config and not getattr(args, "collect_stats", False):
+            cls.check_inputs(args)
+        return super().main(args=args)
+
+    # ------------------------------------------------------------------ reloading
+    @classmethod
+    def build_model_from_file(
+        cls,
+        config_file: Union[Path, str, None] = None,
+        model_file: Union[Path, str, None] = None,
+        device: str = "cpu",
+    ):
+        """Build the model from its config.yaml and load a checkpoint, exactly.
+
+        A checkpoint saved with save_strategy ``required_grad_only`` (adapter-only) lacks the
+        frozen base weights: they are loaded first from the ``--init_param`` files of the
+        config, and the checkpoint on top. Keys that neither provides are an error.
+        """
+        model, args = super().build_model_from_file(config_file, None, device)
+        if model_file is None:
+            return model, args
+        state = torch.load(model_file, map_location=device, weights_only=False)
+        own = model.state_dict()
+        unexpected = sorted(set(state) - set(own))
+        if unexpected:
+            raise KeyError(f"{model_file} has keys this model does not: {unexpected[:10]}")
+        missing = {k for k in set(own) - set(state) if not k.startswith("llm.")}  # LLM: from llm_dir
+        if set(own) - set(state):
+            from espnet2.torch_utils.load_pretrained_model import load_pretrained_model
+
+            for spec in args.init_param or []:
+                load_pretrained_model(spec, model, ignore_init_mismatch=False, map_location=device)
+                path, *keys = spec.split(":")
+                src_key = keys[0] if len(keys) > 0 and keys[0] else None
+                dst_key = keys[1] if len(keys) > 1 and keys[1] else None
+                for k in torch.load(path, map_location="cpu", weights_only=False):
+                    if src_key is not None:
+                        if not k.startswith(src_key + "."):
+                            continue
+                        k = k[len(src_key) + 1:]
+                    missing.discard(f"{dst_key}.{k}" if dst_key else k)
+            if missing:
+                raise KeyError(
+                    f"{model_file} is a partial checkpoint and {sorted(missing)[:10]} are given neither by it "
+                    f"nor by --init_param {args.init_param}"
+                )
+            # LoRA base weights were just loaded unmerged: let loralib merge them again on eval
+            for m in model.modules():
+                if hasattr(m, "merged") and hasattr(m, "lora_A"):
+                    m.merged = False
+        model.load_state_dict(state, strict=False)
+        return model, args
