@@ -29,17 +29,17 @@ from espnet_hdmole.layers.routing import domain_posterior, oracle_posterior
 
 
 class AccentHead(torch.nn.Module):
-    """Mean-pooled encoder output -> Linear -> ReLU -> Linear -> logits over the domains."""
+    """Mean-pooled encoder output -> ``hidden`` -> ReLU -> ``output``: logits over the domains."""
 
     def __init__(self, input_size: int, num_domains: int, hidden_size: int = 256):
         super().__init__()
-        self.linear1 = torch.nn.Linear(input_size, hidden_size)
-        self.linear2 = torch.nn.Linear(hidden_size, num_domains)
+        self.hidden = torch.nn.Linear(input_size, hidden_size)
+        self.output = torch.nn.Linear(hidden_size, num_domains)
 
     def forward(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         mask = (torch.arange(h.shape[1], device=h.device)[None] < lengths[:, None]).to(h.dtype)
         pooled = (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
-        return self.linear2(torch.relu(self.linear1(pooled)))
+        return self.output(torch.relu(self.hidden(pooled)))
 
 
 class LLMASRModel(AbsESPnetModel):

@@ -125,6 +125,18 @@ class LLMASRTask(AbsTask):
             class_choices.add_arguments(group)
 
     @classmethod
+    def get_parser(cls):
+        parser = super().get_parser()
+        # ESPnet lists the adapters of its own table as fixed choices; offer ours too
+        from espnet2.layers.create_adapter import create_adapter_fn_table
+
+        for action in parser._actions:
+            if "--adapter" in action.option_strings:
+                action.choices = sorted(create_adapter_fn_table)
+                action.help = f"Adapter name, one of {sorted(create_adapter_fn_table)} (hdmole: this project's)"
+        return parser
+
+    @classmethod
     def build_collate_fn(cls, args: argparse.Namespace, train: bool) -> Callable:
         return CommonCollateFn(float_pad_value=0.0, int_pad_value=-1, not_sequence=["accent"])
 

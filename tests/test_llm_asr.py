@@ -1,0 +1,206 @@
+"""The LLM-based ASR model through ESPnet's task and trainer: overfit, adapt, reload, decode."""
+import sys
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny import ACCENTS, TRANSCRIPTS, make_feats_set, make_llm_dir, train_args, write_kaldi  # noqa: E402
+
+from espnet_hdmole.asr.param_report import trainable_parameter_report  # noqa: E402
+from espnet_hdmole.bin.llm_asr_inference import main as infer_main  # noqa: E402
+from espnet_hdmole.tasks.llm_asr import LLMASRTask  # noqa: E402
+
+
+def read_kaldi(path):
+    with open(path, encoding="utf-8") as f:
+        return dict(line.rstrip("\n").split(" ", 1) for line in f if line.strip())
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    w = tmp_path_factory.mktemp("llmasr")
+    llm = make_llm_dir(w / "llm", "".join(TRANSCRIPTS) + "转写")
+    data = make_feats_set(w / "data", TRANSCRIPTS, ACCENTS * 2, separable=True)
+    return w, llm, data
+
+
+@pytest.fixture(scope="module")
+def pretrained(work):
+    """The full model (encoder, projector, LLM, accent head) trained to overfit six utterances."""
+    w, llm, data = work
+    out = w / "exp_full"
+    LLMASRTask.main(cmd=train_args(out, data, llm, epochs=4, iters=25, extra=["--model_conf", "aid_weight=1.0"]))
+    return out
+
+
+def decode(exp, data, out, beam=1, model="valid.acc.ave.pth", extra=()):
+    infer_main(["--asr_train_config", str(exp / "config.yaml"), "--asr_model_file", str(exp / model),
+                "--output_dir", str(out), "--beam_size", str(beam),
+                "--data_path_and_name_and_type", f"{data}/feats.scp,speech,kaldi_ark", *extra])
+    return read_kaldi(out / "1best_recog" / "text")
+
+
+def test_full_model_overfits_and_decodes_transcripts(work, pretrained):
+    w, llm, data = work
+    ref = read_kaldi(data / "text")
+    assert decode(pretrained, data, w / "dec_greedy") == ref
+    assert decode(pretrained, data, w / "dec_beam", beam=3) == ref
+    rtf = read_kaldi(w / "dec_beam" / "rtf")
+    assert float(rtf["rtf"]) > 0 and int(rtf["utterances"]) == 6
+    # the accent head learned the (separable) labels
+    assert read_kaldi(w / "dec_greedy" / "1best_recog" / "accent") == read_kaldi(data / "utt2accent")
+    stats = torch.load(pretrained / "checkpoint.pth", weights_only=False)["reporter"]["stats"]
+    assert stats[4]["valid"]["acc"] == 1.0 and stats[4]["valid"]["acc_aid"] == 1.0
+    assert stats[4]["valid"]["loss_asr"] < 0.5 * stats[1]["train"]["loss_asr"]
+
+
+def valid_stats(model, data, accents=True):
+    """The model's loss on the whole set as one batch, as the trainer's validation computes it."""
+    from espnet_hdmole.asr.preprocessor import LLMASRPreprocessor
+
+    mc = model.accent_list
+    pre = LLMASRPreprocessor(False, str(Path(data).parent / "llm"), accent_list=mc)
+    feats = dict(kaldiio.load_scp(str(data / "feats.scp")))
+    text, acc = read_kaldi(data / "text"), read_kaldi(data / "utt2accent")
+    items = []
+    for uid in sorted(feats):
+        d = {"speech": np.asarray(feats[uid]), "text": text[uid]}
+        if accents:
+            d["accent"] = acc[uid]
+        items.append((uid, pre(uid, d)))
+    _, batch = LLMASRTask.build_collate_fn(None, False)(items)
+    model.eval()
+    with torch.no_grad():
+        _, stats, _ = model(**batch)
+    return stats
+
+
+SYSTEMS = {
+    "full_ft": ["--freeze_param", "encoder", "accent_head", "--model_conf", "use_accent_head=true"],
+    "lora": ["--freeze_param", "encoder", "projector", "llm", "accent_head", "--model_conf", "use_accent_head=true",
+             "--use_adapter", "true", "--adapter", "lora",
+             "--adapter_conf", "target_modules=['linear1', 'linear2', 'q_proj', 'v_proj']",
+             "--adapter_conf", "rank=4", "--adapter_conf", "alpha=8", "--save_strategy", "adapter_only"],
+    "hdmole": ["--use_adapter", "true", "--adapter", "hdmole", "--save_strategy", "required_grad_only",
+               "--adapter_conf", "target_modules=['linear1', 'linear2', 'q_proj', 'v_proj']",
+               "--adapter_conf", "num_domains=3", "--adapter_conf", "experts_per_domain=2",
+               "--adapter_conf", "rank=4", "--adapter_conf", "keep_trainable=['accent_head']",
+               "--model_conf", "aid_weight=0.5"],
+    "hdmole_oracle": ["--use_adapter", "true", "--adapter", "hdmole", "--save_strategy", "required_grad_only",
+                      "--adapter_conf", "target_modules=['linear2', 'q_proj']",
+                      "--adapter_conf", "num_domains=3", "--adapter_conf", "global_router=oracle",
+                      "--adapter_conf", "activation=topk", "--adapter_conf", "top_k=1",
+                      "--model_conf", "aid_weight=0.5", "--model_conf", "use_accent_head=true"],
+}
+
+
+@pytest.mark.parametrize("system", list(SYSTEMS))
+def test_system_trains_saves_reloads_identically_and_decodes(work, pretrained, system):
+    w, llm, data = work
+    out = w / f"exp_{system}"
+    extra = ["--init_param", str(pretrained / "valid.acc.ave.pth")] + SYSTEMS[system]
+    LLMASRTask.main(cmd=train_args(out, data, llm, epochs=1, iters=6, lr=1e-2, extra=extra))
+    reported = torch.load(out / "checkpoint.pth", weights_only=False)["reporter"]["stats"][1]["valid"]
+
+    saved = torch.load(out / "valid.acc.ave.pth", weights_only=False)
+    n_saved = sum(v.numel() for v in saved.values())
+    model, _ = LLMASRTask.build_model_from_file(out / "config.yaml", out / "valid.acc.ave.pth")
+    if system != "full_ft":  # adapter-only checkpoints: far smaller than the model
+        assert n_saved < 0.5 * sum(p.numel() for p in model.parameters())
+    got = valid_stats(model, data)
+    assert got["loss_asr"].item() == pytest.approx(reported["loss_asr"], rel=1e-5, abs=1e-6)
+    # and the adaptation did something: the pre-trained model's loss differs
+    base, _ = LLMASRTask.build_model_from_file(pretrained / "config.yaml", pretrained / "valid.acc.ave.pth")
+    assert abs(valid_stats(base, data)["loss_asr"].item() - reported["loss_asr"]) > 1e-4
+
+    extra_dec = ["--data_path_and_name_and_type", f"{data}/utt2accent,accent,text"] if "oracle" in system else []
+    hyp = decode(out, data, w / f"dec_{system}", extra=extra_dec)
+    assert sorted(hyp) == sorted(read_kaldi(data / "text"))
+
+
+def test_oracle_system_needs_labels_at_decoding(work, pretrained):
+    w, llm, data = work
+    out = w / "exp_hdmole_oracle"
+    if not (out / "valid.acc.ave.pth").exists():
+        pytest.skip("needs the hdmole_oracle system")
+    with pytest.raises(ValueError, match="oracle needs accent labels"):
+        decode(out, data, w / "dec_oracle_nolabel")
+
+
+def test_trainable_parameter_report_matches_a_count(work):
+    w, llm, data = work
+    args = LLMASRTask.get_parser().parse_args(train_args(w / "unused", data, llm, extra=SYSTEMS["hdmole"]))
+    from espnet2.layers.create_adapter import create_adapter
+
+    model = LLMASRTask.build_model(args)
+    proj_base = sum(p.numel() for p in model.projector.parameters())
+    q_v = [m for n, m in model.llm.named_modules() if n.endswith(("q_proj", "v_proj"))]
+    head = sum(p.numel() for p in model.accent_head.parameters())
+    llm_base = sum(p.numel() for p in model.llm.parameters())
+    create_adapter(model, "hdmole", args.adapter_conf)
+    rep = trainable_parameter_report(model)
+
+    def expert_count(d_in, d_out, n=6, r=4):  # A, B, router weight + bias, threshold
+        return n * r * (d_in + d_out) + d_in * n + n + 1
+
+    p1, p2 = model.projector.linear1, model.projector.linear2
+    want = expert_count(p1.in_features, p1.out_features) + expert_count(p2.in_features, p2.out_features)
+    want += sum(expert_count(m.in_features, m.out_features) for m in q_v) + head
+    assert rep["trainable"] == want
+    assert rep["reference"] == proj_base + llm_base + head
+    assert rep["share"] == pytest.approx(100 * want / (proj_base + llm_base + head))
+    assert sorted(rep["touched"]) == ["accent_head", "llm", "projector"]
+
+
+# ---------------------------------------------------------------------- bad input
+def run_main(w, data, llm, extra=(), **kw):
+    LLMASRTask.main(cmd=train_args(w / "exp_bad", data, llm, epochs=1, iters=1, extra=list(extra), **kw))
+
+
+def test_missing_or_incomplete_llm_dir(work, tmp_path):
+    w, llm, data = work
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run_main(w, data, str(tmp_path / "nope"))
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text((Path(llm) / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        run_main(w, data, str(tmp_path / "half"))
+
+
+def test_bad_data_files(work, tmp_path):
+    w, llm, data = work
+    bad = make_feats_set(tmp_path / "d1", ["你好世界", "早上好", "好"], ["Mandarin", "Klingon", "Beijing"])
+    with pytest.raises(ValueError, match=r"utt2accent:2: utterance 'utt001' has accent label 'Klingon'"):
+        run_main(w, bad, llm)
+    bad = make_feats_set(tmp_path / "d2", ["你好世界", "早上好火星", "好"], ACCENTS)
+    with pytest.raises(ValueError, match=r"cannot encode '星火' \(first in utterance 'utt001'\)"):
+        run_main(w, bad, llm)
+    bad = make_feats_set(tmp_path / "d3", ["你好世界", "早上好", "好"], ACCENTS)
+    write_kaldi(bad / "text", {"utt000": "你好", "utt001": "", "utt002": "好"})
+    with pytest.raises(ValueError, match=r"text:2: utterance 'utt001' has an empty transcript"):
+        run_main(w, bad, llm)
+    (bad / "text").write_text("utt001 早上好\nutt000 你好\nutt002 好\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"text:2: utterance id 'utt000' comes after 'utt001'"):
+        run_main(w, bad, llm)
+    write_kaldi(bad / "text", {"utt000": "你好", "utt001": "早上好", "utt009": "好"})
+    with pytest.raises(ValueError, match=r"disagree.*utt009"):
+        run_main(w, bad, llm)
+
+
+def test_unknown_yaml_keys(work, tmp_path):
+    w, llm, data = work
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['promt'\] in model_conf"):
+        run_main(w, data, llm, extra=["--model_conf", "promt=x"])
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['num_block'\] in encoder_conf"):
+        run_main(w, data, llm, extra=["--encoder_conf", "num_block=2"])
+    with pytest.raises(ValueError, match=r"unknown key\(s\) in adapter_conf.*'rnk'"):
+        run_main(w, data, llm, extra=["--use_adapter", "true", "--adapter", "hdmole",
+                                      "--adapter_conf", "target_modules=['q_proj']", "--adapter_conf", "rnk=4"])
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("max_epochs: 3\n")
+    with pytest.raises(SystemExit):
+        run_main(w, data, llm, extra=["--config", str(cfg)])
