@@ -204,3 +204,72 @@ def test_unknown_yaml_keys(work, tmp_path):
     cfg.write_text("max_epochs: 3\n")
     with pytest.raises(SystemExit):
         run_main(w, data, llm, extra=["--config", str(cfg)])
+
+
+def test_whisper_encoder_system_trains_and_decodes(work, tmp_path):
+    """A frozen (tiny) Whisper encoder from a local directory, on raw 16 kHz audio shorter than
+    its 30-s window (here 2 s), under the projector and the LLM."""
+    import soundfile
+    from test_whisper_encoder import tiny_config
+    from transformers import WhisperModel
+
+    w, llm, _ = work
+    torch.manual_seed(0)
+    wdir = tmp_path / "whisper"
+    WhisperModel(tiny_config(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)).save_pretrained(str(wdir))
+    d = tmp_path / "wavdata"
+    d.mkdir()
+    rng = np.random.RandomState(0)
+    scp, text, shape = {}, {}, {}
+    for i, t in enumerate(TRANSCRIPTS):
+        uid = f"utt{i:03d}"
+        n = 8000 + 1600 * i
+        soundfile.write(d / f"{uid}.wav", (0.3 * rng.randn(n)).astype(np.float32), 16000, subtype="PCM_16")
+        scp[uid], text[uid], shape[uid] = str(d / f"{uid}.wav"), t, str(n)
+    write_kaldi(d / "wav.scp", scp)
+    write_kaldi(d / "text", text)
+    write_kaldi(d / "speech_shape", shape)
+    args = train_args(tmp_path / "exp", d, llm, epochs=4, iters=25, accents=False, dim=1)
+    args = [a.replace(f"{d}/feats.scp,speech,kaldi_ark", f"{d}/wav.scp,speech,sound") for a in args]
+    i = args.index("--encoder")
+    args[i + 1] = "whisper"
+    args = [a for j, a in enumerate(args) if not (a.startswith("--encoder_conf") or
+                                                  (j > 0 and args[j - 1] == "--encoder_conf"))]
+    args += ["--encoder_conf", f"whisper_dir={wdir}", "--model_conf", "frame_shift=6.25e-05"]
+    LLMASRTask.main(cmd=args)
+    exp = tmp_path / "exp"
+    model, _ = LLMASRTask.build_model_from_file(exp / "config.yaml", exp / "valid.acc.ave.pth")
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    infer_main(["--asr_train_config", str(exp / "config.yaml"), "--asr_model_file", str(exp / "valid.acc.ave.pth"),
+                "--output_dir", str(tmp_path / "dec"), "--data_path_and_name_and_type", f"{d}/wav.scp,speech,sound"])
+    assert read_kaldi(tmp_path / "dec" / "1best_recog" / "text") == text
+    rtf = read_kaldi(tmp_path / "dec" / "rtf")
+    assert float(rtf["audio_seconds"]) == pytest.approx(sum(int(v) for v in shape.values()) / 16000, rel=1e-3)
+
+
+def test_yaml_config_and_help(work, tmp_path, capsys, caplog):
+    """Training from a YAML file as a recipe does it, and --help of both entry points."""
+    import yaml
+
+    from espnet_hdmole.bin.llm_asr_train import main as train_main
+
+    w, llm, data = work
+    cfg = {"use_adapter": True, "adapter": "hdmole", "save_strategy": "required_grad_only",
+           "adapter_conf": {"target_modules": ["projector.linear2"], "num_domains": 3, "rank": 2,
+                            "global_router": "none", "activation": "dense"}}
+    (tmp_path / "hd.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "exp"
+    caplog.set_level("INFO")
+    train_main(train_args(out, data, llm, epochs=1, iters=2) + ["--config", str(tmp_path / "hd.yaml")])
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written["adapter"] == "hdmole" and written["adapter_conf"]["rank"] == 2
+    report = [r.getMessage() for r in caplog.records if r.getMessage().startswith("trainable parameters:")]
+    assert report and "full fine-tuning of [projector]" in report[0]
+    with pytest.raises(SystemExit) as e:
+        train_main(["--help"])
+    assert e.value.code == 0
+    assert "hdmole" in capsys.readouterr().out
+    from espnet_hdmole.bin.llm_asr_inference import get_parser
+
+    text = get_parser().format_help()
+    assert "--beam_size" in text and "real-time factor" in text

@@ -1,0 +1,294 @@
+"""Tests of the recipe's demo corpus generator (egs2/kespeech_hdmole/asr1/local).
+
+A tiny corpus is synthesised once per module into a temporary directory.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+LOCAL = Path(__file__).resolve().parents[1] / "egs2" / "kespeech_hdmole" / "asr1" / "local"
+SCRIPT = LOCAL / "make_demo_corpus.py"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None,
+    reason="espeak-ng is not installed (apt-get install espeak-ng); the demo corpus needs it")
+
+sys.path.insert(0, str(LOCAL))
+import demo_accents as acc  # noqa: E402
+import make_demo_corpus as mdc  # noqa: E402
+
+FILES = ("wav.scp", "text", "utt2spk", "spk2utt", "utt2accent")
+SOURCE = ("source_train", "source_dev", "source_test")
+TARGET = ("train", "dev") + tuple(f"test_{d}" for d in acc.DOMAINS)
+HANZI = re.compile(r"^[\u4e00-\u9fff]+$")
+
+
+def run_cli(*args, env=None):
+    t0 = time.time()
+    res = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True,
+                         text=True, env=env)
+    return res, time.time() - t0
+
+
+def read_map(path):
+    out = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition(" ")
+        out[key] = value
+    return out
+
+
+def snapshot(root):
+    """{relative path: (mtime_ns, sha1)} of every file under root."""
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = (p.stat().st_mtime_ns,
+                                             hashlib.sha1(p.read_bytes()).hexdigest())
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    res, seconds = run_cli("--out_dir", root / "data", "--wav_dir", root / "wavs",
+                           "--size", "tiny", "--seed", "0", "--nj", "2")
+    assert res.returncode == 0, res.stderr
+    return {"data": root / "data", "wavs": root / "wavs", "seconds": seconds, "root": root,
+            "stderr": res.stderr}
+
+
+def test_help():
+    res, _ = run_cli("--help")
+    assert res.returncode == 0
+    for word in ("--out_dir", "--wav_dir", "--size", "--nj", "--domains", "tiny", "Jiang-Huai"):
+        assert word in res.stdout
+
+
+def test_tiny_is_fast_and_reports_progress(corpus):
+    assert corpus["seconds"] < 45
+    assert "syllable table" in corpus["stderr"] and "train:" in corpus["stderr"]
+
+
+def test_layout(corpus):
+    data = corpus["data"]
+    assert (data / "accents.txt").read_text().split("\n")[:-1] == list(acc.DOMAINS)
+    for name in SOURCE + TARGET:
+        for f in FILES + (".done",):
+            assert (data / name / f).is_file(), f"{name}/{f} missing"
+
+
+def test_files_sorted_and_consistent(corpus):
+    for name in SOURCE + TARGET:
+        d = corpus["data"] / name
+        keys = {}
+        for f in FILES:
+            lines = (d / f).read_text(encoding="utf-8").splitlines()
+            first = [ln.split(" ", 1)[0] for ln in lines]
+            assert first == sorted(first) and len(set(first)) == len(first), f"{name}/{f}"
+            keys[f] = first
+        utts = keys["wav.scp"]
+        assert utts and keys["text"] == utts and keys["utt2spk"] == utts
+        assert keys["utt2accent"] == utts
+        utt2spk = read_map(d / "utt2spk")
+        assert list(utt2spk.values()) == sorted(utt2spk.values())  # sorts with the utt ids
+        for utt, spk in utt2spk.items():
+            assert utt.startswith(spk + "-")
+        spk2utt = {s: u.split() for s, u in read_map(d / "spk2utt").items()}
+        assert sorted(u for us in spk2utt.values() for u in us) == utts
+        for spk, us in spk2utt.items():
+            assert all(utt2spk[u] == spk for u in us)
+
+
+def test_wavs(corpus):
+    import soundfile as sf
+
+    wavs = corpus["wavs"].resolve()
+    n = 0
+    for name in SOURCE + TARGET:
+        for utt, path in read_map(corpus["data"] / name / "wav.scp").items():
+            p = Path(path)
+            assert p.is_absolute() and wavs in p.parents and p.name == f"{utt}.wav"
+            info = sf.info(path)
+            assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+            x, _ = sf.read(path)
+            assert 0.5 < len(x) / 16000 < 10
+            assert np.sqrt(np.mean(x ** 2)) > 0.01, f"{path} is (nearly) silent"
+            n += 1
+    assert n == 60 + 6 + 6 + 9 * (6 + 3 + 3)
+
+
+def test_transcripts_are_chinese_characters(corpus):
+    for name in SOURCE + TARGET:
+        for utt, text in read_map(corpus["data"] / name / "text").items():
+            assert HANZI.match(text), f"{name} {utt}: {text!r}"
+            assert 6 <= len(text) <= 10  # tiny: short sentences
+
+
+def _sentence_sets(data):
+    sets = {name: set(read_map(data / name / "text").values()) for name in SOURCE}
+    for split in ("train", "dev"):
+        text, accent = read_map(data / split / "text"), read_map(data / split / "utt2accent")
+        for d in acc.DOMAINS:
+            sets[f"{d}/{split}"] = {t for u, t in text.items() if accent[u] == d}
+    for d in acc.DOMAINS:
+        sets[f"{d}/test"] = set(read_map(data / f"test_{d}" / "text").values())
+    return sets
+
+
+def test_sentences_disjoint(corpus):
+    sets = _sentence_sets(corpus["data"])
+    names = sorted(sets)
+    for i, a in enumerate(names):
+        assert sets[a], a
+        for b in names[i + 1:]:
+            assert not sets[a] & sets[b], f"{a} and {b} share sentences"
+
+
+def test_speakers_disjoint(corpus):
+    data = corpus["data"]
+
+    def speakers(*names):
+        return {s for n in names for s in read_map(data / n / "utt2spk").values()}
+
+    test_names = [f"test_{d}" for d in acc.DOMAINS]
+    groups = [speakers("train"), speakers("dev"), speakers(*test_names),
+              speakers("source_train"), speakers("source_dev"), speakers("source_test")]
+    for i, a in enumerate(groups):
+        assert a
+        for b in groups[i + 1:]:
+            assert not a & b
+
+
+def test_domains(corpus):
+    data = corpus["data"]
+    for split, per_domain in (("train", 6), ("dev", 3)):
+        accents = list(read_map(data / split / "utt2accent").values())
+        assert sorted(set(accents)) == sorted(acc.DOMAINS)
+        assert all(accents.count(d) == per_domain for d in acc.DOMAINS)
+    for d in acc.DOMAINS:
+        assert set(read_map(data / f"test_{d}" / "utt2accent").values()) == {d}
+    for name in SOURCE:
+        assert set(read_map(data / name / "utt2accent").values()) == {"Mandarin"}
+
+
+def test_deterministic(corpus, tmp_path):
+    """Same seed, a domain subset and --nj 1: the same texts and the same audio."""
+    res, _ = run_cli("--out_dir", tmp_path / "data", "--wav_dir", tmp_path / "wavs",
+                     "--size", "tiny", "--seed", "0", "--nj", "1",
+                     "--domains", "Southwestern", "Mandarin")
+    assert res.returncode == 0, res.stderr
+    a, b = corpus["data"], tmp_path / "data"
+    assert (b / "accents.txt").read_text() == "Mandarin\nSouthwestern\n"
+    for name in SOURCE + ("test_Southwestern", "test_Mandarin"):
+        for f in ("text", "utt2spk", "spk2utt", "utt2accent"):
+            assert (a / name / f).read_bytes() == (b / name / f).read_bytes(), f"{name}/{f}"
+    keep = {"MAN", "SWE"}
+    for split in ("train", "dev"):
+        lines = (a / split / "text").read_text(encoding="utf-8").splitlines()
+        assert [ln for ln in lines if ln[:3] in keep] == \
+            (b / split / "text").read_text(encoding="utf-8").splitlines()
+    assert not (b / "test_Beijing").exists()
+    for name in ("source_train", "test_Southwestern"):
+        utt = sorted(read_map(a / name / "wav.scp"))[0]
+        wa, wb = read_map(a / name / "wav.scp")[utt], read_map(b / name / "wav.scp")[utt]
+        assert Path(wa).read_bytes() == Path(wb).read_bytes()
+
+
+def test_accent_changes_the_sound_not_the_text(corpus):
+    cache = json.loads((corpus["wavs"] / ".espeak" / "syllable_table.json").read_text("utf-8"))
+    table = {k: tuple(v) for k, v in cache["table"].items()}
+    import pypinyin
+
+    texts = list(read_map(corpus["data"] / "train" / "text").values())
+    clauses = {"".join(c): c for c in mdc.load_clauses(mdc.text_corpus_path(), 6, 10)}
+    sents = [mdc.sentence_pinyin(clauses[t], pypinyin.lazy_pinyin, pypinyin.Style.TONE3, table)
+             for t in texts]
+    assert all(sents)
+    readings = {"".join(v) for v in table.values()}
+    for d in acc.DOMAINS[1:]:
+        differ = 0
+        for i, s in enumerate(sents):
+            std, _ = acc.render(s, "Mandarin", table, mdc.seeded_rng(i))
+            acc_, _ = acc.render(s, d, table, mdc.seeded_rng(i))
+            differ += std != acc_
+            # only syllables espeak-ng itself produced, with a stress mark and a contour
+            for syl in acc_[2:-2].split():
+                m = re.fullmatch(r"([^'\d]*)'?([^'\d]+)(214|11|21|22|33|35|44|51|53|55)(\D*)", syl)
+                assert m and "".join(m.group(1, 2, 4)) in readings, syl
+        assert differ >= len(sents) // 2, d
+    # and it sounds different: Southwestern vs standard, same sentence and voice
+    s = sents[0]
+    std = mdc.synthesize(acc.render(s, "Mandarin", table, mdc.seeded_rng(0))[0], "", 175,
+                         exe=shutil.which("espeak-ng"))
+    swe = mdc.synthesize(acc.render(s, "Southwestern", table, mdc.seeded_rng(0))[0], "", 175,
+                         exe=shutil.which("espeak-ng"))
+    assert len(std) > 8000 and len(swe) > 8000
+    assert len(std) != len(swe) or not np.array_equal(std, swe)
+
+
+def test_rules():
+    assert acc.split_syllable("zhuang") == ("zh", "uang")
+    assert acc.split_syllable("ai") == ("", "ai")
+    assert acc.N_TO_L("n", "v") == "lv"
+    assert acc.R_TO_Y("r", "en") == "yin"
+    assert acc.ZH_TO_Z("sh", "i") == "si"
+    assert acc.NG_TO_N("y", "ing") == "yin"
+    assert acc.N_TO_NG("d", "un") == "dong"
+    assert acc.ZERO_TO_NG("", "an") == "ngan" and acc.ZERO_TO_NG("", "er") is None
+    assert acc.W_TO_V("w", "ei") == "vei" and acc.W_TO_V("w", "u") is None
+    table = {"ni": ("n", "i", ""), "li": ("l", "i", ""), "hao": ("X", "Au", "")}
+    rng = np.random.default_rng(0)
+    phon, changed = acc.render([[("ni", 3), ("hao", 3)]], "Mandarin", table, rng)
+    assert phon == "[[n'i35 X'Au214]]" and changed == 0  # tone-3 sandhi
+    phon, changed = acc.render([[("ni", 3), ("hao", 3)]], "Jiang-Huai", table,
+                               np.random.default_rng(0))
+    assert phon.endswith("X'Au22]]")
+
+
+def test_rerun_skips_and_changes_nothing(corpus):
+    before = snapshot(corpus["root"])
+    res, seconds = run_cli("--out_dir", corpus["data"], "--wav_dir", corpus["wavs"],
+                           "--size", "tiny", "--seed", "0", "--nj", "2")
+    assert res.returncode == 0, res.stderr
+    assert "nothing to do" in res.stdout
+    assert seconds < 15
+    assert snapshot(corpus["root"]) == before
+
+
+def test_conflicting_out_dir_is_refused(corpus, tmp_path):
+    before = snapshot(corpus["data"])
+    res, _ = run_cli("--out_dir", corpus["data"], "--wav_dir", corpus["wavs"],
+                     "--size", "tiny", "--seed", "1")
+    assert res.returncode != 0
+    assert "other settings" in res.stderr and "seed" in res.stderr
+    assert snapshot(corpus["data"]) == before
+    # a user's own data (no settings file) is not overwritten either
+    mine = tmp_path / "data" / "train"
+    mine.mkdir(parents=True)
+    (mine / "text").write_text("u1 mine\n")
+    res, _ = run_cli("--out_dir", tmp_path / "data", "--wav_dir", tmp_path / "wavs",
+                     "--size", "tiny")
+    assert res.returncode != 0
+    assert "not made by make_demo_corpus.py" in res.stderr and "train" in res.stderr
+    assert (mine / "text").read_text() == "u1 mine\n"
+    assert not (tmp_path / "wavs" / "train").exists()
+
+
+def test_missing_espeak_is_explained(tmp_path):
+    env = dict(os.environ, PATH=str(tmp_path))  # no espeak-ng on this PATH
+    res, _ = run_cli("--out_dir", tmp_path / "data", "--wav_dir", tmp_path / "wavs",
+                     "--size", "tiny", env=env)
+    assert res.returncode != 0
+    assert "espeak-ng" in res.stderr and "apt-get install espeak-ng" in res.stderr
+    assert not (tmp_path / "data").exists()
