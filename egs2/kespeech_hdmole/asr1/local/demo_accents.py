@@ -81,7 +81,8 @@ def _zero_initial(prefix: str) -> Callable[[str, str], Optional[str]]:
                              if ini == "" and fin[:1] in ("a", "o", "e") and fin != "er" else None)
 
 
-def _finals(mapping: Dict[str, str], skip_initials=("y", "w")) -> Callable[[str, str], Optional[str]]:
+def _finals(mapping: Dict[str, str],
+            skip_initials=("y", "w")) -> Callable[[str, str], Optional[str]]:
     return lambda ini, fin: (ini + mapping[fin]
                              if fin in mapping and ini not in skip_initials else None)
 
@@ -127,35 +128,31 @@ class Accent:
     rate: float = 1.0  # speaking-rate factor
 
 
+# domain: tone contours of T1-T4, then its sound changes with their probabilities
 ACCENTS: Dict[str, Accent] = {
     "Mandarin": Accent(("55", "35", "214", "51"), sandhi=True),
-    "Beijing": Accent(("55", "35", "214", "51"), sandhi=True, extra_neutral=0.25, rate=1.15, rules=(
-        Rule("w->v before a/ai/an/ang/ei/en/eng", 0.6, "initial", W_TO_V),)),
-    "Northeastern": Accent(("33", "35", "214", "53"), rules=(
-        Rule("r->y", 0.8, "both", R_TO_Y),
-        Rule("z/c/s->zh/ch/sh", 0.3, "initial", Z_TO_ZH),
-        Rule("zh/ch/sh->z/c/s", 0.2, "initial", ZH_TO_Z),
-        Rule("zero initial->n", 0.5, "initial", ZERO_TO_N))),
+    "Beijing": Accent(("55", "35", "214", "51"), sandhi=True, extra_neutral=0.25, rate=1.15,
+                      rules=(Rule("w->v before a/ai/an/ang/ei/en/eng", 0.6, "initial", W_TO_V),)),
+    "Jiang-Huai": Accent(("21", "35", "22", "44"), rules=(
+        Rule("n->l", 0.95, "initial", N_TO_L),
+        Rule("ing/eng->in/en", 0.9, "final", NG_TO_N),
+        Rule("zh/ch/sh->z/c/s", 0.5, "initial", ZH_TO_Z))),
+    "Jiao-Liao": Accent(("21", "55", "214", "55"), rules=(
+        Rule("r->y", 0.9, "both", R_TO_Y),
+        Rule("zh/ch/sh->z/c/s", 0.4, "initial", ZH_TO_Z))),
     "Ji-Lu": Accent(("214", "53", "55", "21"), rules=(
         Rule("zero initial->ng", 0.8, "initial", ZERO_TO_NG),
         Rule("ru->lu", 0.7, "initial", RU_TO_LU),
         Rule("ai->E", 0.7, "final", AI_TO_E),
         Rule("ao->o", 0.7, "final", AO_TO_O))),
-    "Jiao-Liao": Accent(("21", "55", "214", "55"), rules=(
-        Rule("r->y", 0.9, "both", R_TO_Y),
-        Rule("zh/ch/sh->z/c/s", 0.4, "initial", ZH_TO_Z))),
-    "Zhongyuan": Accent(("35", "51", "53", "214"), rules=(
-        Rule("zero initial->ng", 0.7, "initial", ZERO_TO_NG),
-        Rule("shu/shui->fu/fei", 0.5, "both", SHU_TO_FU),
-        Rule("ge/ke/he->guo/kuo/huo", 0.6, "both", GE_TO_GUO),
-        Rule("ai->E", 0.5, "final", AI_TO_E))),
     "Lan-Yin": Accent(("21", "53", "44", "35"), rules=(
         Rule("-n->-ng, un->ong", 0.8, "final", N_TO_NG),
         Rule("n->l", 0.5, "initial", N_TO_L))),
-    "Jiang-Huai": Accent(("21", "35", "22", "44"), rules=(
-        Rule("n->l", 0.95, "initial", N_TO_L),
-        Rule("ing/eng->in/en", 0.9, "final", NG_TO_N),
-        Rule("zh/ch/sh->z/c/s", 0.5, "initial", ZH_TO_Z))),
+    "Northeastern": Accent(("33", "35", "214", "53"), rules=(
+        Rule("r->y", 0.8, "both", R_TO_Y),
+        Rule("z/c/s->zh/ch/sh", 0.3, "initial", Z_TO_ZH),
+        Rule("zh/ch/sh->z/c/s", 0.2, "initial", ZH_TO_Z),
+        Rule("zero initial->n", 0.5, "initial", ZERO_TO_N))),
     "Southwestern": Accent(("55", "21", "53", "214"), rules=(
         Rule("zh/ch/sh->z/c/s", 0.95, "initial", ZH_TO_Z),
         Rule("n->l", 0.9, "initial", N_TO_L),
@@ -163,8 +160,13 @@ ACCENTS: Dict[str, Accent] = {
         Rule("hu->f", 0.5, "both", HU_TO_F),
         Rule("r->z", 0.5, "initial", R_TO_Z),
         Rule("ge/ke/he->go/ko/ho", 0.8, "both", GE_TO_GO))),
+    "Zhongyuan": Accent(("35", "51", "53", "214"), rules=(
+        Rule("zero initial->ng", 0.7, "initial", ZERO_TO_NG),
+        Rule("shu/shui->fu/fei", 0.5, "both", SHU_TO_FU),
+        Rule("ge/ke/he->guo/kuo/huo", 0.6, "both", GE_TO_GUO),
+        Rule("ai->E", 0.5, "final", AI_TO_E))),
 }
-assert set(ACCENTS) == set(DOMAINS)  # noqa: S101
+assert tuple(ACCENTS) == DOMAINS  # noqa: S101
 for _a in ACCENTS.values():
     assert set(_a.tones) <= VALID_CONTOURS  # noqa: S101
 
@@ -196,7 +198,7 @@ def apply_rules(syl: str, accent: Accent, table: Table, rng) -> str:
     """Apply the accent's sound changes to one toneless syllable."""
     changed = set()
     for rule in accent.rules:
-        draw = rng.random()  # always drawn: the random stream does not depend on the text
+        draw = rng.random()  # drawn for every rule, whether or not an earlier one fired
         parts = {"initial", "final"} if rule.part == "both" else {rule.part}
         if draw >= rule.prob or parts & changed:
             continue

@@ -52,9 +52,11 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -246,7 +248,7 @@ def build_syllable_table(exe: str, version: str, to_normal, pinyin_dict,
     log(f"syllable table: {len(table)} syllables read back from espeak-ng "
         f"in {time.time() - t0:.1f} s (cached in {cache})")
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"key": key, "espeak": version, "table": table},
                               ensure_ascii=False, indent=0, sort_keys=True), encoding="utf-8")
     os.replace(tmp, cache)
@@ -298,9 +300,11 @@ _ESPEAK = "espeak-ng"
 _PRIVATE: Optional[str] = None
 
 
-def _init_worker(exe: str, private: str) -> None:
+def _init_worker(exe: str, private: str, in_pool: bool = False) -> None:
     global _ESPEAK, _PRIVATE
     _ESPEAK, _PRIVATE = exe, private
+    if in_pool:  # Ctrl-C is handled by the main process, which terminates the pool
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def synthesize(phonemes: str, variant: str, rate: int, exe: str = None,
@@ -368,7 +372,7 @@ def render_job(job: dict) -> Tuple[str, float]:
     pad = np.zeros(int(job["pad"] * FS))
     x = apply_channel(np.concatenate([pad, x, pad]), job["channel"], rng)
     x *= 10 ** (job["gain_db"] / 20) / max(np.max(np.abs(x)), 1e-6)
-    tmp = wav.with_name(wav.name + ".part")
+    tmp = wav.with_name(f"{wav.name}.{os.getpid()}.part")
     sf.write(str(tmp), np.clip(x, -1, 32767 / 32768), FS, subtype="PCM_16", format="WAV")
     os.replace(tmp, wav)
     return job["utt"], len(x) / FS
@@ -458,7 +462,7 @@ def write_text(path: Path, content: str) -> None:
     """Write atomically, and not at all if the file already holds ``content``."""
     if path.is_file() and path.read_text(encoding="utf-8") == content:
         return
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(content, encoding="utf-8")
     os.replace(tmp, path)
 
@@ -571,18 +575,18 @@ def build_corpus(out_dir, wav_dir, size="default", seed=0, nj=2, domains=None,
         f"sentences ({min_chars}-{max_chars} characters) in {time.time() - t0:.1f} s")
 
     n_utt, audio = 0, 0.0
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    pool = ctx.Pool(nj, _init_worker, (exe, str(private))) if nj > 1 else None
     _init_worker(exe, str(private))
-    try:
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    pool = ctx.Pool(nj, _init_worker, (exe, str(private), True)) if nj > 1 else nullcontext()
+    with pool:  # a pool is terminated on leaving, also on errors
         for name in todo:
             jobs = plans[name]
             (wav_dir / name).mkdir(parents=True, exist_ok=True)
             write_text(wav_dir / name / "espeak_input.txt",
                        "".join(f"{j['utt']} {j['variant']} {j['rate']} {j['phonemes']}\n"
                                for j in jobs))
-            t_set, last = time.time(), time.time()
-            results = (pool.imap_unordered(render_job, jobs, chunksize=4) if pool
+            t_set = last = time.time()
+            results = (pool.imap_unordered(render_job, jobs, chunksize=4) if nj > 1
                        else map(render_job, jobs))
             for k, (_, dur) in enumerate(results, 1):
                 audio += dur
@@ -592,10 +596,6 @@ def build_corpus(out_dir, wav_dir, size="default", seed=0, nj=2, domains=None,
                         f"{last - t_set:.1f} s")
             write_kaldi_dir(out_dir / name, jobs)
             n_utt += len(jobs)
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
     elapsed = time.time() - t_start
     return {"utterances": n_utt, "seconds_audio": audio, "seconds": elapsed,
             "skipped": [n for n in names if n not in todo]}
@@ -650,6 +650,10 @@ def main(argv=None) -> int:
     except CorpusError as e:
         print(f"make_demo_corpus.py: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("make_demo_corpus.py: interrupted; run the same command again to resume "
+              "(complete directories and finished WAV files are kept)", file=sys.stderr)
+        return 130
     if s["utterances"] == 0:
         print(f"make_demo_corpus.py: {args.out_dir} is complete; nothing to do "
               f"({s['seconds']:.1f} s)")

@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# HDMoLE recipe: multi-accent adaptation of an LLM-based ASR model, in six stages.
+#
+#   1. data       Kaldi-style dirs: from KeSpeech (--kespeech) or the offline demo corpus
+#   2. features   80-dim fbank (kaldi-native-fbank) into dump/fbank, global CMVN, shapes
+#   3. LLM        character tokenizer + small Qwen2-style LM pre-trained on the training text,
+#                 or a user's model directory (--llm_dir)
+#   4. source     pre-train the LLM-based ASR model on the source domain (standard Mandarin)
+#                 (skipped with --pretrained_model)
+#   5. fine-tune  one multi-accent fine-tuning run per YAML in --train_configs -> exp/<system>
+#   6. decode     every test set and the source test set, CER scoring, exp/*/RESULTS.md + plots
+#
+# Usage: ./hdmole.sh [--name value ...]     (every setting below can be given as --name value)
+set -euo pipefail
+
+# ---------------------------------------------------------------- settings (defaults)
+stage=1                 # first stage to run
+stop_stage=6            # last stage to run
+nj=2                    # parallel jobs for data and features
+seed=0                  # random seed of the demo corpus and of training
+demo_size=default       # demo corpus size: tiny (CI, a few minutes) | small | default
+kespeech=""             # KeSpeech root (default: $KESPEECH from db.sh); empty: the demo corpus
+source_dir=""           # Kaldi-style standard-Mandarin dir for the source test set (KeSpeech only)
+data_dir=data           # stage 1 output
+dump_dir=dump           # stage 2 output
+exp_dir=exp             # stages 3-6 output
+llm_dir=""              # a transformers causal LM + tokenizer dir; empty: pre-train one (stage 3)
+llm_conf=conf/llm_demo.yaml       # stage 3 settings (local/pretrain_llm.py options, as YAML)
+pretrained_model=""     # a source-domain model (.pth; its config.yaml beside it): skips stage 4
+source_config=conf/train_source.yaml   # stage 4 training config
+train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mole_topk.yaml conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml conf/finetune_hdmole_topk.yaml"
+train_args=""           # extra options for every llm_asr_train run, e.g. "--ngpu 1"
+source_train_args=""    # extra options for stage 4 only, e.g. "--max_epoch 20"
+ngpu=0                  # GPUs per training job (ESPnet's --ngpu; >1 uses its distributed training)
+decode_args="--beam_size 1 --batch_size 16"   # options for llm_asr_inference
+decode_model=valid.acc.ave.pth        # checkpoint decoded in stage 6
+test_sets=""            # default: every data/test_* and the source test set
+systems=""              # stage 6 systems (default: source + those of --train_configs)
+python=python3
+
+help_message=$(sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//')
+
+# ---------------------------------------------------------------- option parsing (ours)
+declared=$(sed -n '/^# ---* settings/,/^# ---* option parsing/p' "$0" | grep -oE '^[a-z_]+=' | tr -d '=')
+print_settings() {
+    echo "Settings (--name value):"
+    sed -n '/^# ---* settings/,/^# ---* option parsing/p' "$0" | grep -E '^[a-z_]+=' | sed 's/^/  --/; s/=/ /'
+}
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) echo "$help_message"; echo; print_settings; exit 0 ;;
+        --*=*) name=${1%%=*}; name=${name#--}; value=${1#*=}; shift ;;
+        --*) name=${1#--}
+             if [ $# -lt 2 ]; then echo "$0: option --$name needs a value" >&2; exit 2; fi
+             value=$2; shift 2 ;;
+        *) echo "$0: unexpected argument '$1' (options are --name value; see --help)" >&2; exit 2 ;;
+    esac
+    name=${name//-/_}
+    if ! grep -qx "$name" <<< "$declared"; then
+        echo "$0: unknown option --$name (see --help for the settings)" >&2; exit 2
+    fi
+    printf -v "$name" '%s' "$value"
+done
+
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (hdmole.sh:${BASH_LINENO[0]}) $*"; }
+die() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ERROR: $*" >&2; exit 1; }
+run_logged() {  # run_logged CMD_VAR LOGFILE COMMAND...: run through cmd.sh, show the log tail on failure
+    local runner=$1 logf=$2; shift 2
+    if ! ${runner} "$logf" "$@"; then
+        echo "---- last lines of $logf ----" >&2; tail -n 30 "$logf" >&2
+        die "command failed, see $logf"
+    fi
+}
+
+. ./path.sh
+. ./cmd.sh
+. ./db.sh
+[ -z "$kespeech" ] && kespeech=${KESPEECH:-}
+[ -z "$source_dir" ] && source_dir=${SOURCE_DIR:-}
+case "$demo_size" in tiny|small|default) ;; *) die "--demo_size must be tiny, small or default, not '$demo_size'" ;; esac
+for c in $source_config $train_configs; do [ -f "$c" ] || die "training config '$c' does not exist"; done
+
+system_name() { local b; b=$(basename "$1" .yaml); b=${b#finetune_}; echo "${b#train_}"; }
+stage_start() { STAGE_T0=$(date +%s); log "stage $1: $2"; }
+stage_end() { log "stage $1 done in $(( $(date +%s) - STAGE_T0 )) s"; echo "$1 $(( $(date +%s) - STAGE_T0 ))" >> "${exp_dir}/stage_times.txt"; }
+mkdir -p "$exp_dir"
+
+# ---------------------------------------------------------------- stage 1: data
+if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+    if [ -n "$kespeech" ]; then
+        stage_start 1 "KeSpeech at $kespeech -> $data_dir/{train,dev,test_*,source_test}"
+        args=(--kespeech "$kespeech" --out_dir "$data_dir")
+        [ -n "$source_dir" ] && args+=(--source_dir "$source_dir")
+        run_logged "$train_cmd" "$exp_dir/logs/stage1_data.log" $python local/prepare_kespeech.py "${args[@]}"
+    else
+        stage_start 1 "offline demo corpus (size $demo_size) -> $data_dir/{source_*,train,dev,test_*}"
+        run_logged "$train_cmd" "$exp_dir/logs/stage1_data.log" $python local/make_demo_corpus.py \
+            --out_dir "$data_dir" --wav_dir "$data_dir/wav" --size "$demo_size" --seed "$seed" --nj "$nj"
+    fi
+    sets=$(cd "$data_dir" && ls -d source_* train dev test_* 2>/dev/null || true)
+    run_logged "$train_cmd" "$exp_dir/logs/stage1_validate.log" $python local/data_dir.py \
+        --accents "$data_dir/accents.txt" $(for s in $sets; do echo "$data_dir/$s"; done)
+    log "data sets: $(echo $sets)"
+    stage_end 1
+fi
+
+all_sets() { (cd "$data_dir" && ls -d source_* train dev test_* 2>/dev/null) || true; }
+
+# ---------------------------------------------------------------- stage 2: features
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+    stage_start 2 "fbank features: $data_dir/<set> -> $dump_dir/fbank/<set>"
+    [ -f "$data_dir/accents.txt" ] || die "$data_dir/accents.txt is missing: run stage 1 first"
+    cmvn_set=source_train; [ -d "$data_dir/source_train" ] || cmvn_set=train
+    for s in $(all_sets); do
+        extra=()
+        [ "$s" = "$cmvn_set" ] && extra=(--cmvn_stats "$dump_dir/fbank/cmvn_stats.npz")
+        run_logged "$train_cmd" "$exp_dir/logs/stage2_fbank_$s.log" $python local/compute_fbank.py \
+            "$data_dir/$s" "$dump_dir/fbank/$s" --nj "$nj" "${extra[@]}"
+        log "  $s: $(wc -l < "$dump_dir/fbank/$s/feats.scp") utterances ($(tail -n 1 "$exp_dir/logs/stage2_fbank_$s.log" | grep -o 'skipped' || echo done))"
+    done
+    stage_end 2
+fi
+
+# ---------------------------------------------------------------- stage 3: tokenizer + LLM
+[ -z "$llm_dir" ] && llm_dir_eff="$exp_dir/llm" || llm_dir_eff="$llm_dir"
+if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+    if [ -n "$llm_dir" ]; then
+        stage_start 3 "using the LLM and tokenizer of $llm_dir"
+        $python -c "from espnet_hdmole.asr.llm_utils import check_model_dir, load_tokenizer as t; check_model_dir('$llm_dir', 'LLM (--llm_dir)'); t('$llm_dir')" \
+            || die "--llm_dir $llm_dir is not a usable transformers model directory"
+    else
+        stage_start 3 "character tokenizer + Qwen2-style LM pre-trained on the training text -> $llm_dir_eff"
+        prompts=$($python - "$source_config" $train_configs <<'PY'
+import sys, yaml
+chars = set()
+for f in sys.argv[1:]:
+    mc = (yaml.safe_load(open(f, encoding="utf-8")) or {}).get("model_conf", {}) or {}
+    chars |= set(str(mc.get("prompt", "")) + str(mc.get("prompt_prefix", "")))
+print("".join(sorted(chars)))
+PY
+)
+        llm_opts=$($python -c "import yaml,sys; d=yaml.safe_load(open('$llm_conf')) or {}; print(' '.join(f'--{k} {v}' for k,v in d.items()))")
+        texts=(); for s in source_train train; do [ -f "$data_dir/$s/text" ] && texts+=("$data_dir/$s/text"); done
+        valid=(); for s in source_dev dev; do [ -f "$data_dir/$s/text" ] && valid+=("$data_dir/$s/text"); done
+        plain=(); [ -f "$data_dir/lm_text" ] && plain=(--plain_text "$data_dir/lm_text")
+        run_logged "$train_cmd" "$exp_dir/logs/stage3_llm.log" $python local/pretrain_llm.py \
+            --train_text "${texts[@]}" "${plain[@]}" --valid_text "${valid[@]}" --vocab_text "${valid[@]}" \
+            --extra_chars "$prompts" --out_dir "$llm_dir_eff" --seed "$seed" $llm_opts
+        grep -E "^epoch|parameters" "$exp_dir/logs/stage3_llm.log" | tail -n 2 | sed 's/^/    /'
+    fi
+    stage_end 3
+fi
+
+# common training data options
+train_data_opts() {  # train_data_opts TRAIN_SET VALID_SET
+    local tr=$dump_dir/fbank/$1 va=$dump_dir/fbank/$2
+    echo --train_data_path_and_name_and_type "$tr/feats.scp,speech,kaldi_ark" \
+         --train_data_path_and_name_and_type "$tr/text,text,text" \
+         --train_data_path_and_name_and_type "$tr/utt2accent,accent,text" \
+         --valid_data_path_and_name_and_type "$va/feats.scp,speech,kaldi_ark" \
+         --valid_data_path_and_name_and_type "$va/text,text,text" \
+         --valid_data_path_and_name_and_type "$va/utt2accent,accent,text" \
+         --train_shape_file "$tr/speech_shape" --valid_shape_file "$va/speech_shape"
+}
+common_model_opts() {
+    echo --model_conf "llm_dir=$llm_dir_eff" --model_conf "accent_list=[$(paste -sd, "$data_dir/accents.txt")]" \
+         --normalize global_mvn --normalize_conf "stats_file=$dump_dir/fbank/cmvn_stats.npz" \
+         --input_size 80 --ngpu "$ngpu" --seed "$seed" --resume true
+}
+write_info() {  # write params.json / routing.json of a trained system
+    $python local/model_info.py --exp "$1" --model "$decode_model" --data "$dump_dir/fbank/dev" \
+        --accents "$data_dir/accents.txt" >> "$exp_dir/logs/model_info.log" 2>&1 || die "model_info failed for $1 (see $exp_dir/logs/model_info.log)"
+}
+
+# ---------------------------------------------------------------- stage 4: source model
+source_exp=$exp_dir/source
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+    if [ -n "$pretrained_model" ]; then
+        stage_start 4 "using the pre-trained source model $pretrained_model"
+        [ -f "$pretrained_model" ] || die "--pretrained_model $pretrained_model does not exist"
+        [ -f "$(dirname "$pretrained_model")/config.yaml" ] || die "no config.yaml beside $pretrained_model"
+    else
+        stage_start 4 "source-domain pre-training: $dump_dir/fbank/source_train -> $source_exp"
+        [ -d "$dump_dir/fbank/source_train" ] || die "no source-domain training set ($dump_dir/fbank/source_train); give --pretrained_model"
+        if [ -f "$source_exp/.done" ]; then
+            log "  $source_exp is done, skipped (remove $source_exp/.done to train again)"
+        else
+            run_logged "$train_cmd" "$source_exp/train.log" $python -m espnet_hdmole.bin.llm_asr_train \
+                --config "$source_config" --output_dir "$source_exp" $(common_model_opts) \
+                $(train_data_opts source_train source_dev) $train_args $source_train_args
+            touch "$source_exp/.done"
+        fi
+        write_info "$source_exp"
+        grep -E "epoch results" "$source_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
+    fi
+    stage_end 4
+fi
+init_model=${pretrained_model:-$source_exp/valid.acc.ave.pth}
+
+# ---------------------------------------------------------------- stage 5: multi-accent fine-tuning
+if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
+    stage_start 5 "multi-accent fine-tuning from $init_model: $(for c in $train_configs; do system_name "$c"; done | paste -sd' ')"
+    [ -f "$init_model" ] || die "the source model $init_model does not exist: run stage 4 or give --pretrained_model"
+    for cfg in $train_configs; do
+        sys=$(system_name "$cfg"); out=$exp_dir/$sys
+        if [ -f "$out/.done" ]; then log "  $sys: done, skipped"; continue; fi
+        t0=$(date +%s)
+        log "  $sys: $cfg -> $out (resumes from $out/checkpoint.pth if present)"
+        $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$out/train_config.yaml"
+        run_logged "$train_cmd" "$out/train.log" $python -m espnet_hdmole.bin.llm_asr_train \
+            --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_model" $(common_model_opts) \
+            $(train_data_opts train dev) $train_args
+        touch "$out/.done"
+        write_info "$out"
+        log "  $sys: $(grep -o 'trainable parameters: [^=]*= [0-9.]*%' "$out/train.log" | head -n 1), $(( $(date +%s) - t0 )) s"
+    done
+    stage_end 5
+fi
+
+# ---------------------------------------------------------------- stage 6: decoding and scoring
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+    [ -z "$systems" ] && { systems=source; for c in $train_configs; do systems+=" $(system_name "$c")"; done; }
+    [ -z "$test_sets" ] && test_sets=$(cd "$dump_dir/fbank" && ls -d test_* source_test 2>/dev/null | paste -sd' ')
+    stage_start 6 "decoding [$test_sets] with [$systems]"
+    for sys in $systems; do
+        out=$exp_dir/$sys
+        [ "$sys" = source ] && [ -n "$pretrained_model" ] && continue
+        [ -f "$out/$decode_model" ] || die "$out/$decode_model does not exist: train $sys first (stage 4/5)"
+        for s in $test_sets; do
+            dec=$out/decode_$s
+            if [ -f "$dec/.done" ]; then continue; fi
+            run_logged "$decode_cmd" "$dec/decode.log" $python -m espnet_hdmole.bin.llm_asr_inference \
+                --asr_train_config "$out/config.yaml" --asr_model_file "$out/$decode_model" \
+                --output_dir "$dec" --data_path_and_name_and_type "$dump_dir/fbank/$s/feats.scp,speech,kaldi_ark" \
+                --ngpu "$ngpu" $decode_args
+            run_logged "$decode_cmd" "$dec/score.log" $python local/score_cer.py \
+                --ref "$dump_dir/fbank/$s/text" --hyp "$dec/1best_recog/text" --out_dir "$dec/score_cer"
+            touch "$dec/.done"
+        done
+        log "  $sys: decoded and scored"
+    done
+    run_logged "$decode_cmd" "$exp_dir/logs/stage6_results.log" $python local/make_results.py \
+        --exp_dir "$exp_dir" --systems $systems --accents_file "$data_dir/accents.txt" \
+        --source_set source_test --baseline source
+    log "results: $exp_dir/RESULTS.md and $exp_dir/*/RESULTS.md, plots in $exp_dir/plots"
+    stage_end 6
+fi
+log "finished stages $stage..$stop_stage"

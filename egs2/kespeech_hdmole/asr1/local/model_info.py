@@ -1,0 +1,91 @@
+"""What a trained system is: its trainable parameters (params.json) and, on a labelled set, its
+accent-ID accuracy and, for HDMoLE/MoLE systems, the mean routing weight per accent and expert
+of every adapted layer and the mean number of active experts (routing.json).
+
+    python local/model_info.py --exp exp/hdmole --model valid.acc.ave.pth \\
+        --data dump/fbank/dev --accents data/accents.txt
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--exp", required=True)
+    ap.add_argument("--model", default="valid.acc.ave.pth")
+    ap.add_argument("--data", required=True, help="a dumped set with feats.scp, text, utt2accent")
+    ap.add_argument("--accents", required=True)
+    ap.add_argument("--batch_size", type=int, default=16)
+    a = ap.parse_args(argv)
+    from espnet_hdmole import hdmole_layers, hdmole_statistics
+    from espnet_hdmole.asr.param_report import trainable_parameter_report
+    from espnet_hdmole.tasks.llm_asr import LLMASRTask
+
+    exp = Path(a.exp)
+    model, args = LLMASRTask.build_model_from_file(exp / "config.yaml", exp / a.model)
+    for t in args.freeze_param or []:  # as ESPnet's trainer froze them
+        for k, p in model.named_parameters():
+            if k.startswith(t + ".") or k == t:
+                p.requires_grad_(False)
+    rep = trainable_parameter_report(model)
+    (exp / "params.json").write_text(json.dumps(
+        {"trainable": rep["trainable"], "reference": rep["reference"], "share": rep["share"],
+         "touched": rep["touched"], "full_ft_trainable": None}, indent=1))
+    print(rep["text"], file=sys.stderr)
+
+    accents = [x.strip() for x in Path(a.accents).read_text(encoding="utf-8").splitlines() if x.strip()]
+    data = Path(a.data)
+    loader = LLMASRTask.build_streaming_iterator(
+        data_path_and_name_and_type=[(str(data / "feats.scp"), "speech", "kaldi_ark"),
+                                     (str(data / "text"), "text", "text"),
+                                     (str(data / "utt2accent"), "accent", "text")],
+        dtype="float32", batch_size=a.batch_size, key_file=None, num_workers=0,
+        preprocess_fn=LLMASRTask.build_preprocess_fn(args, False),
+        collate_fn=LLMASRTask.build_collate_fn(args, False), allow_variable_data_keys=False, inference=False)
+    layers = hdmole_layers(model)
+    sums = {n: np.zeros((len(model.accent_list), m.num_experts)) for n, m in layers}
+    counts = np.zeros(len(model.accent_list))
+    active = {n: [] for n, _ in layers}
+    acc_hits, n_utts = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for _, batch in loader:
+            _, stats, _ = model(**batch)
+            lab = batch["accent"].reshape(-1).numpy()
+            b = len(lab)
+            if "acc_aid" in stats:
+                acc_hits += float(stats["acc_aid"]) * b
+            n_utts += b
+            np.add.at(counts, lab, 1)
+            per = hdmole_statistics(model, per_layer=True)
+            for n, m in layers:
+                w = m.utterance_routing_weights().numpy()
+                if w.shape[0] != b:  # a layer fed several positions per utterance in another layout
+                    continue
+                np.add.at(sums[n], lab, w)
+                active[n].append(float(per[f"hdmole_active/{n}"]))
+    info = {"accent_acc": acc_hits / n_utts if model.accent_head is not None and n_utts else None,
+            "set": str(data), "utterances": n_utts}
+    if layers:
+        info["layers"] = {
+            n: {"accents": accents,
+                "mean_weight": (sums[n] / np.maximum(counts, 1)[:, None]).round(5).tolist(),
+                "mean_active": float(np.mean(active[n])) if active[n] else None,
+                "num_domains": m.num_domains, "experts_per_domain": m.experts_per_domain,
+                "activation": m.activation, "global_router": m.global_router}
+            for n, m in layers}
+        (exp / "routing.json").write_text(json.dumps(info, indent=1))
+    (exp / "train_stats.json").write_text(json.dumps(
+        {"accent_acc": info["accent_acc"],
+         "mean_active": {n: v["mean_active"] for n, v in info.get("layers", {}).items()}}, indent=1))
+    print(f"{exp}: accent-ID accuracy {info['accent_acc']}, {len(layers)} adapted layers", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The experiment: pre-train on standard Mandarin, fine-tune every system of conf/tuning on the
+# nine accent domains, decode and score.   ./run.sh [--stage N] [--stop_stage M] [--name value ...]
+# Without $KESPEECH (db.sh) it makes the offline demo corpus. See ./hdmole.sh --help for every setting.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mole_topk.yaml
+  conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml
+  conf/finetune_hdmole_topk.yaml"
+
+./hdmole.sh \
+    --source_config conf/train_source.yaml \
+    --train_configs "$(echo $train_configs)" \
+    --llm_conf conf/llm_demo.yaml \
+    --demo_size default \
+    --decode_args "--beam_size 1 --batch_size 16" \
+    "$@"
