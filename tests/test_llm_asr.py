@@ -273,3 +273,33 @@ def test_yaml_config_and_help(work, tmp_path, capsys, caplog):
 
     text = get_parser().format_help()
     assert "--beam_size" in text and "real-time factor" in text
+
+
+def test_encoder_cache_reuses_outputs_and_changes_nothing(work):
+    """With a frozen encoder, cached encoder outputs give the same loss and skip the encoder."""
+    from espnet_hdmole.asr.preprocessor import LLMASRPreprocessor
+
+    w, llm, data = work
+    args = LLMASRTask.get_parser().parse_args(train_args(w / "unused", data, llm,
+                                                         extra=["--model_conf", "cache_encoder_outputs=true"]))
+    model = LLMASRTask.build_model(args)
+    model.train()
+    feats = dict(kaldiio.load_scp(str(data / "feats.scp")))
+    text = read_kaldi(data / "text")
+    pre = LLMASRPreprocessor(False, llm)
+    items = [(u, pre(u, {"speech": np.asarray(feats[u]), "text": text[u]})) for u in sorted(feats)]
+    ids, batch = LLMASRTask.build_collate_fn(None, True)(items)
+    calls = []
+    model.encoder.register_forward_hook(lambda *a: calls.append(1))
+    # encoder still trainable: no caching
+    model(**batch, utt_id=ids)
+    assert len(calls) == 1 and not model._enc_cache
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    loss1, _, _ = model(**batch, utt_id=ids)
+    loss2, _, _ = model(**batch, utt_id=ids)
+    assert len(calls) == 2 and len(model._enc_cache) == len(ids)  # the second call used the cache
+    torch.testing.assert_close(loss1, loss2)
+    loss3, _, _ = model(**batch)  # no ids: computed afresh, same result (no dropout in the tiny encoder)
+    torch.testing.assert_close(loss1, loss3)
+    assert len(calls) == 3

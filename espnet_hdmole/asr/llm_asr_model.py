@@ -57,6 +57,10 @@ class LLMASRModel(AbsESPnetModel):
         accent_head_hidden: its hidden size.
         llm_dtype: dtype the LLM is loaded in.
         frame_shift: seconds per input frame (for the real-time factor; 1/fs for raw audio).
+        cache_encoder_outputs: when the frontend, normalize and encoder are all frozen, keep each
+            utterance's encoder output (computed once, in eval mode, without gradients) in memory
+            by utterance id and reuse it in later epochs (SpecAugment is then not applied). The
+            trainer passes the ids.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class LLMASRModel(AbsESPnetModel):
         accent_head_hidden: int = 256,
         llm_dtype: str = "float32",
         frame_shift: float = 0.01,
+        cache_encoder_outputs: bool = False,
     ):
         super().__init__()
         self.frontend = frontend
@@ -95,6 +100,8 @@ class LLMASRModel(AbsESPnetModel):
             AccentHead(encoder.output_size(), len(self.accent_list), accent_head_hidden) if use_accent_head else None
         )
         self.frame_shift = frame_shift
+        self.cache_encoder_outputs = cache_encoder_outputs
+        self._enc_cache: Dict[str, torch.Tensor] = {}
         self.eos_id = self.tokenizer.eos_token_id
         for name, text in (("prompt_prefix", prompt_prefix), ("prompt", prompt)):
             bad = unencodable_chars(self.tokenizer, text) if text else ""
@@ -108,9 +115,37 @@ class LLMASRModel(AbsESPnetModel):
         return torch.tensor(ids, dtype=torch.long)
 
     # ------------------------------------------------------------------ encoder side
-    def encode(self, speech: torch.Tensor, speech_lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def encoder_is_frozen(self) -> bool:
+        parts = [m for m in (self.frontend, self.normalize, self.encoder) if m is not None]
+        return not any(p.requires_grad for m in parts for p in m.parameters())
+
+    def encode_cached(self, speech, speech_lengths, utt_id) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``encode``, through the per-utterance cache when it is enabled and allowed."""
+        if not (self.cache_encoder_outputs and utt_id is not None and self.encoder_is_frozen()):
+            return self.encode(speech, speech_lengths)
+        missing = [i for i, u in enumerate(utt_id) if u not in self._enc_cache]
+        if missing:
+            idx = torch.tensor(missing, device=speech.device)
+            modes = [(m, m.training) for m in (self.frontend, self.normalize, self.encoder) if m is not None]
+            try:
+                for m, _ in modes:
+                    m.eval()
+                with torch.no_grad():
+                    h, h_lens = self.encode(speech[idx], speech_lengths[idx], use_specaug=False)
+            finally:
+                for m, mode in modes:
+                    m.train(mode)
+            for j, i in enumerate(missing):
+                self._enc_cache[utt_id[i]] = h[j, : h_lens[j]].detach().clone()
+        hs = [self._enc_cache[u].to(speech.device) for u in utt_id]
+        h_lens = torch.tensor([x.shape[0] for x in hs], device=speech.device)
+        return torch.nn.utils.rnn.pad_sequence(hs, batch_first=True), h_lens
+
+    def encode(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor, use_specaug: bool = True
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         feats, feats_lengths = self._extract_feats(speech, speech_lengths)
-        if self.specaug is not None and self.training:
+        if use_specaug and self.specaug is not None and self.training:
             feats, feats_lengths = self.specaug(feats, feats_lengths)
         if self.normalize is not None:
             feats, feats_lengths = self.normalize(feats, feats_lengths)
@@ -170,7 +205,7 @@ class LLMASRModel(AbsESPnetModel):
         **kwargs,
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
         batch_size = speech.shape[0]
-        h, h_lens = self.encode(speech, speech_lengths)
+        h, h_lens = self.encode_cached(speech, speech_lengths, kwargs.get("utt_id"))
         logits_aid, g = self.domain_posterior(h, h_lens, accent)
         stats: Dict[str, torch.Tensor] = {}
         with domain_posterior(g) if g is not None else nullcontext():

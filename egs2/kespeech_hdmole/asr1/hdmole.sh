@@ -18,11 +18,12 @@ stage=1                 # first stage to run
 stop_stage=6            # last stage to run
 nj=2                    # parallel jobs for data and features
 seed=0                  # random seed of the demo corpus and of training
-demo_size=default       # demo corpus size: tiny (CI, a few minutes) | small | default
+demo_size=default       # demo corpus size: tiny (CI) | small | default
 kespeech=""             # KeSpeech root (default: $KESPEECH from db.sh); empty: the demo corpus
 source_dir=""           # Kaldi-style standard-Mandarin dir for the source test set (KeSpeech only)
 data_dir=data           # stage 1 output
 dump_dir=dump           # stage 2 output
+feats_type=fbank        # fbank (80-dim, for conformer/transformer encoders) | raw (waveforms, for whisper)
 exp_dir=exp             # stages 3-6 output
 llm_dir=""              # a transformers causal LM + tokenizer dir; empty: pre-train one (stage 3)
 llm_conf=conf/llm_demo.yaml       # stage 3 settings (local/pretrain_llm.py options, as YAML)
@@ -36,11 +37,10 @@ decode_args="--beam_size 1 --batch_size 16"   # options for llm_asr_inference
 decode_model=valid.acc.ave.pth        # checkpoint decoded in stage 6
 test_sets=""            # default: every data/test_* and the source test set
 systems=""              # stage 6 systems (default: source + those of --train_configs)
-python=python3
-
-help_message=$(sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//')
+python=python3          # interpreter (path.sh activates tools/venv)
 
 # ---------------------------------------------------------------- option parsing (ours)
+help_message=$(sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//')
 declared=$(sed -n '/^# ---* settings/,/^# ---* option parsing/p' "$0" | grep -oE '^[a-z_]+=' | tr -d '=')
 print_settings() {
     echo "Settings (--name value):"
@@ -108,15 +108,15 @@ all_sets() { (cd "$data_dir" && ls -d source_* train dev test_* 2>/dev/null) || 
 
 # ---------------------------------------------------------------- stage 2: features
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
-    stage_start 2 "fbank features: $data_dir/<set> -> $dump_dir/fbank/<set>"
+    stage_start 2 "$feats_type features: $data_dir/<set> -> $dump_dir/$feats_type/<set>"
     [ -f "$data_dir/accents.txt" ] || die "$data_dir/accents.txt is missing: run stage 1 first"
     cmvn_set=source_train; [ -d "$data_dir/source_train" ] || cmvn_set=train
     for s in $(all_sets); do
         extra=()
-        [ "$s" = "$cmvn_set" ] && extra=(--cmvn_stats "$dump_dir/fbank/cmvn_stats.npz")
-        run_logged "$train_cmd" "$exp_dir/logs/stage2_fbank_$s.log" $python local/compute_fbank.py \
-            "$data_dir/$s" "$dump_dir/fbank/$s" --nj "$nj" "${extra[@]}"
-        log "  $s: $(wc -l < "$dump_dir/fbank/$s/feats.scp") utterances ($(tail -n 1 "$exp_dir/logs/stage2_fbank_$s.log" | grep -o 'skipped' || echo done))"
+        [ "$s" = "$cmvn_set" ] && [ "$feats_type" = fbank ] && extra=(--cmvn_stats "$dump_dir/fbank/cmvn_stats.npz")
+        run_logged "$train_cmd" "$exp_dir/logs/stage2_${feats_type}_$s.log" $python local/compute_fbank.py \
+            "$data_dir/$s" "$dump_dir/$feats_type/$s" --feats_type "$feats_type" --nj "$nj" "${extra[@]}"
+        log "  $s: $(wc -l < "$dump_dir/$feats_type/$s/speech_shape") utterances ($(grep -q 'skipped' "$exp_dir/logs/stage2_${feats_type}_$s.log" && echo skipped, up to date || echo done))"
     done
     stage_end 2
 fi
@@ -146,29 +146,35 @@ PY
         run_logged "$train_cmd" "$exp_dir/logs/stage3_llm.log" $python local/pretrain_llm.py \
             --train_text "${texts[@]}" "${plain[@]}" --valid_text "${valid[@]}" --vocab_text "${valid[@]}" \
             --extra_chars "$prompts" --out_dir "$llm_dir_eff" --seed "$seed" $llm_opts
-        grep -E "^epoch|parameters" "$exp_dir/logs/stage3_llm.log" | tail -n 2 | sed 's/^/    /'
+        grep -E "^epoch|parameters" "$exp_dir/logs/stage3_llm.log" | tail -n 2 | sed 's/^/    /' || true
     fi
     stage_end 3
 fi
 
 # common training data options
+feats=$dump_dir/$feats_type
+if [ "$feats_type" = raw ]; then speech_file=wav.scp; speech_type=sound; else speech_file=feats.scp; speech_type=kaldi_ark; fi
 train_data_opts() {  # train_data_opts TRAIN_SET VALID_SET
-    local tr=$dump_dir/fbank/$1 va=$dump_dir/fbank/$2
-    echo --train_data_path_and_name_and_type "$tr/feats.scp,speech,kaldi_ark" \
+    local tr=$feats/$1 va=$feats/$2
+    echo --train_data_path_and_name_and_type "$tr/$speech_file,speech,$speech_type" \
          --train_data_path_and_name_and_type "$tr/text,text,text" \
          --train_data_path_and_name_and_type "$tr/utt2accent,accent,text" \
-         --valid_data_path_and_name_and_type "$va/feats.scp,speech,kaldi_ark" \
+         --valid_data_path_and_name_and_type "$va/$speech_file,speech,$speech_type" \
          --valid_data_path_and_name_and_type "$va/text,text,text" \
          --valid_data_path_and_name_and_type "$va/utt2accent,accent,text" \
          --train_shape_file "$tr/speech_shape" --valid_shape_file "$va/speech_shape"
 }
 common_model_opts() {
     echo --model_conf "llm_dir=$llm_dir_eff" --model_conf "accent_list=[$(paste -sd, "$data_dir/accents.txt")]" \
-         --normalize global_mvn --normalize_conf "stats_file=$dump_dir/fbank/cmvn_stats.npz" \
-         --input_size 80 --ngpu "$ngpu" --seed "$seed" --resume true
+         --ngpu "$ngpu" --seed "$seed" --resume true
+    if [ "$feats_type" = fbank ]; then
+        echo --normalize global_mvn --normalize_conf "stats_file=$dump_dir/fbank/cmvn_stats.npz" --input_size 80
+    else
+        echo --input_size 1
+    fi
 }
 write_info() {  # write params.json / routing.json of a trained system
-    $python local/model_info.py --exp "$1" --model "$decode_model" --data "$dump_dir/fbank/dev" \
+    $python local/model_info.py --exp "$1" --model "$decode_model" --data "$feats/dev" \
         --accents "$data_dir/accents.txt" >> "$exp_dir/logs/model_info.log" 2>&1 || die "model_info failed for $1 (see $exp_dir/logs/model_info.log)"
 }
 
@@ -180,8 +186,8 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         [ -f "$pretrained_model" ] || die "--pretrained_model $pretrained_model does not exist"
         [ -f "$(dirname "$pretrained_model")/config.yaml" ] || die "no config.yaml beside $pretrained_model"
     else
-        stage_start 4 "source-domain pre-training: $dump_dir/fbank/source_train -> $source_exp"
-        [ -d "$dump_dir/fbank/source_train" ] || die "no source-domain training set ($dump_dir/fbank/source_train); give --pretrained_model"
+        stage_start 4 "source-domain pre-training: $feats/source_train -> $source_exp"
+        [ -d "$feats/source_train" ] || die "no source-domain training set ($feats/source_train); give --pretrained_model"
         if [ -f "$source_exp/.done" ]; then
             log "  $source_exp is done, skipped (remove $source_exp/.done to train again)"
         else
@@ -189,8 +195,8 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
                 --config "$source_config" --output_dir "$source_exp" $(common_model_opts) \
                 $(train_data_opts source_train source_dev) $train_args $source_train_args
             touch "$source_exp/.done"
+            write_info "$source_exp"
         fi
-        write_info "$source_exp"
         grep -E "epoch results" "$source_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
     fi
     stage_end 4
@@ -220,24 +226,36 @@ fi
 # ---------------------------------------------------------------- stage 6: decoding and scoring
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     [ -z "$systems" ] && { systems=source; for c in $train_configs; do systems+=" $(system_name "$c")"; done; }
-    [ -z "$test_sets" ] && test_sets=$(cd "$dump_dir/fbank" && ls -d test_* source_test 2>/dev/null | paste -sd' ')
+    [ -z "$test_sets" ] && test_sets=$(cd "$feats" && ls -d test_* source_test 2>/dev/null | paste -sd' ')
     stage_start 6 "decoding [$test_sets] with [$systems]"
+    # all test sets decoded in one run per system (one model load), then split per set
+    union=$feats/decode_union
+    mkdir -p "$union"
+    for s in $test_sets; do cat "$feats/$s/$speech_file"; done | sort -u -k1,1 > "$union/$speech_file.tmp"
+    mv "$union/$speech_file.tmp" "$union/$speech_file"
     for sys in $systems; do
         out=$exp_dir/$sys
-        [ "$sys" = source ] && [ -n "$pretrained_model" ] && continue
         [ -f "$out/$decode_model" ] || die "$out/$decode_model does not exist: train $sys first (stage 4/5)"
-        for s in $test_sets; do
-            dec=$out/decode_$s
-            if [ -f "$dec/.done" ]; then continue; fi
+        dec=$out/decode_union
+        if [ ! -f "$dec/.done" ] || ! cmp -s "$union/$speech_file" "$dec/.inputs" || [ "$out/$decode_model" -nt "$dec/.done" ]; then
+            rm -rf "$dec"
             run_logged "$decode_cmd" "$dec/decode.log" $python -m espnet_hdmole.bin.llm_asr_inference \
                 --asr_train_config "$out/config.yaml" --asr_model_file "$out/$decode_model" \
-                --output_dir "$dec" --data_path_and_name_and_type "$dump_dir/fbank/$s/feats.scp,speech,kaldi_ark" \
+                --output_dir "$dec" --data_path_and_name_and_type "$union/$speech_file,speech,$speech_type" \
                 --ngpu "$ngpu" $decode_args
-            run_logged "$decode_cmd" "$dec/score.log" $python local/score_cer.py \
-                --ref "$dump_dir/fbank/$s/text" --hyp "$dec/1best_recog/text" --out_dir "$dec/score_cer"
-            touch "$dec/.done"
+            cp "$union/$speech_file" "$dec/.inputs"; touch "$dec/.done"
+        fi
+        for s in $test_sets; do
+            d=$out/decode_$s
+            mkdir -p "$d/1best_recog"
+            for f in "$dec"/1best_recog/*; do
+                awk 'NR==FNR {keep[$1]; next} ($1 in keep)' "$feats/$s/text" "$f" > "$d/1best_recog/$(basename "$f")"
+            done
+            cp "$dec/rtf" "$d/rtf"
+            run_logged "$decode_cmd" "$d/score.log" $python local/score_cer.py \
+                --ref "$feats/$s/text" --hyp "$d/1best_recog/text" --out_dir "$d/score_cer"
         done
-        log "  $sys: decoded and scored"
+        log "  $sys: decoded ($(grep '^rtf' "$dec/rtf")) and scored"
     done
     run_logged "$decode_cmd" "$exp_dir/logs/stage6_results.log" $python local/make_results.py \
         --exp_dir "$exp_dir" --systems $systems --accents_file "$data_dir/accents.txt" \

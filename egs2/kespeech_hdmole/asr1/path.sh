@@ -12,3 +12,5 @@ export PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 export LC_ALL=C.UTF-8
+# the recipe uses the package of its own checkout
+export PYTHONPATH=${MAIN_ROOT}${PYTHONPATH:+:${PYTHONPATH}}

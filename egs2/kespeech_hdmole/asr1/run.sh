@@ -9,10 +9,14 @@ train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mol
   conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml
   conf/finetune_hdmole_topk.yaml"
 
+# the tiny demo (CI) trains for a moment only: it checks the pipeline, not the method
+extra=()
+for a in "$@"; do [ "$a" = tiny ] && extra=(--source_train_args "--max_epoch 2" --train_args "--max_epoch 1"); done
+
 ./hdmole.sh \
     --source_config conf/train_source.yaml \
     --train_configs "$(echo $train_configs)" \
     --llm_conf conf/llm_demo.yaml \
     --demo_size default \
     --decode_args "--beam_size 1 --batch_size 16" \
-    "$@"
+    "${extra[@]}" "$@"

@@ -1,6 +1,10 @@
 """Stage 2: 80-dim log-mel filterbank features (kaldi-native-fbank) for a data directory.
 
     python local/compute_fbank.py data/train dump/fbank/train --nj 2
+    python local/compute_fbank.py data/train dump/raw/train --feats_type raw
+
+With --feats_type raw (for encoders that take waveforms, e.g. whisper) it writes wav.scp and
+speech_shape in samples instead (audio must already be at --fs).
 
 Writes into the output dir: feats.scp + feats.<job>.ark (kaldiio), speech_shape ('uid frames,dim'),
 and copies text, utt2spk, spk2utt, utt2accent. With --cmvn_stats FILE it also writes global CMVN
@@ -63,6 +67,29 @@ def run_job(args):
     return job, shapes
 
 
+def write_raw(data: Path, out: Path, wavs, fs: int, done: Path, fp: str) -> int:
+    import soundfile
+
+    shapes = []
+    for n, (uid, path) in enumerate(wavs, 1):
+        try:
+            info = soundfile.info(path)
+        except Exception as e:  # noqa: BLE001
+            print(f"ERROR: {data / 'wav.scp'}:{n}: cannot read '{path}': {e}", file=sys.stderr)
+            return 1
+        if info.samplerate != fs:
+            print(f"ERROR: {data / 'wav.scp'}:{n}: '{path}' is {info.samplerate} Hz; raw features need {fs} Hz",
+                  file=sys.stderr)
+            return 1
+        shapes.append(f"{uid} {info.frames}")
+    (out / "speech_shape").write_text("\n".join(shapes) + "\n")
+    for name in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2accent"):
+        shutil.copy(data / name, out / name)
+    print(f"{data} -> {out}: {len(shapes)} utterances (raw audio)", file=sys.stderr)
+    done.write_text(fp + "\n")
+    return 0
+
+
 def fingerprint(data_dir: Path, settings: dict) -> str:
     h = hashlib.sha256()
     for name in ("wav.scp", "text", "utt2accent"):
@@ -80,9 +107,10 @@ def main(argv=None):
     ap.add_argument("--fs", type=int, default=16000, help="audio is resampled to this rate")
     ap.add_argument("--cmvn_stats", default=None, help="also write global CMVN stats (npz) here")
     ap.add_argument("--overwrite", default="false", choices=["true", "false"])
+    ap.add_argument("--feats_type", default="fbank", choices=["fbank", "raw"])
     a = ap.parse_args(argv)
     data, out = Path(a.data_dir), Path(a.out_dir)
-    settings = {"num_mel_bins": a.num_mel_bins, "fs": a.fs}
+    settings = {"num_mel_bins": a.num_mel_bins, "fs": a.fs, "feats_type": a.feats_type}
     try:
         validate(data, check_audio=False)
     except DataDirError as e:
@@ -102,6 +130,8 @@ def main(argv=None):
         shutil.rmtree(out)
     out.mkdir(parents=True)
     wavs = list(read_table(data / "wav.scp").items())
+    if a.feats_type == "raw":
+        return write_raw(data, out, wavs, a.fs, done, fp)
     nj = max(1, min(a.nj, len(wavs)))
     chunks = [(j + 1, wavs[j::nj], str(out), a.num_mel_bins, a.fs) for j in range(nj)]
     t0 = time.time()

@@ -28,9 +28,13 @@ def main(argv=None):
 
     exp = Path(a.exp)
     model, args = LLMASRTask.build_model_from_file(exp / "config.yaml", exp / a.model)
-    for t in args.freeze_param or []:  # as ESPnet's trainer froze them
+    # as in training: ESPnet freezes --freeze_param before it creates the adapter, so adapter
+    # parameters stay trainable
+    from espnet_hdmole.asr.param_report import is_adapter_parameter
+
+    for t in args.freeze_param or []:
         for k, p in model.named_parameters():
-            if k.startswith(t + ".") or k == t:
+            if (k.startswith(t + ".") or k == t) and not is_adapter_parameter(k):
                 p.requires_grad_(False)
     rep = trainable_parameter_report(model)
     (exp / "params.json").write_text(json.dumps(

@@ -1,0 +1,664 @@
+#!/usr/bin/env python3
+"""Prepare KeSpeech as Kaldi-style data directories (stage 1 of the recipe, real data).
+
+Where KeSpeech comes from
+-------------------------
+KeSpeech (NeurIPS 2021 Datasets and Benchmarks track: 1,542 hours, 27,237
+speakers, standard Mandarin and 8 Mandarin subdialects) is distributed under a
+licence, not as a public download.  See https://github.com/KeSpeech/KeSpeech:
+you sign the licence agreement there (academic, non-commercial use), send it to
+the maintainers and receive a download link.  Nothing in this recipe downloads
+it; unpack it somewhere and pass that directory as ``--kespeech``.
+
+Layout this script reads (``$KESPEECH`` is the corpus root)::
+
+    $KESPEECH/Audio/<speaker>/phase{1,2}/<utt>.wav
+    $KESPEECH/Tasks/ASR/<subset>/{wav.scp,text,utt2spk,utt2subdialect}
+        subset: train_phase1 train_phase2 dev_phase1 dev_phase2 test
+
+* ``wav.scp``: ``<utt> <path>``, the path RELATIVE to the corpus root
+  (e.g. ``Audio/1000001/phase1/1000001_5a0d7b24.wav``);
+* ``text``: ``<utt> <Chinese transcript>``, possibly with tags such as
+  ``<SPOKEN_NOISE>``, ``<NOISE>``, ``[laughter]`` and punctuation;
+* ``utt2spk``: ``<utt> <speaker>``;
+* ``utt2subdialect``: ``<utt> <label>``, one of the 9 labels Mandarin, Beijing,
+  Jiang-Huai, Jiao-Liao, Ji-Lu, Lan-Yin, Northeastern, Southwestern, Zhongyuan.
+
+What it writes (``DATA`` is ``--out_dir``)::
+
+    DATA/train            union of --train_subsets (all 9 labels)
+    DATA/dev              union of --dev_subsets
+    DATA/test_<Label>     Tasks/ASR/test split by label, e.g. DATA/test_Jiang-Huai
+    DATA/source_test      the source domain (standard Mandarin) test set: the
+                          Kaldi dir given with --source_dir, or else KeSpeech's
+                          own test utterances labelled Mandarin
+    DATA/accents.txt      the 9 labels, one per line, in the fixed order above
+    DATA/.kespeech.json   the settings the directories were prepared with
+
+Each directory holds ``wav.scp text utt2spk spk2utt utt2accent`` sorted by
+utterance id in byte order (``LC_ALL=C sort``) with the same ids in every file,
+plus a ``.done`` marker written last.  ``wav.scp`` paths are absolute;
+``utt2accent`` holds the ``utt2subdialect`` labels (``Mandarin`` for
+--source_dir).  Transcripts are normalised: ``<...>`` and ``[...]`` tags,
+punctuation (Chinese, full-width and ASCII), whitespace and invisible
+control/format characters are removed, every other character is kept
+unchanged.  Utterances left with an empty transcript are dropped and counted
+in the log (stderr).
+
+Everything is validated before anything is written: missing corpus root,
+subset directory or file; malformed lines (with file:line); unknown subdialect
+labels; utterance ids that disagree between the four files of a subset;
+duplicate ids across subsets; audio files that do not exist, or (with
+``--check_audio true``, the default) whose header soundfile cannot read.
+
+Directories are built in a temporary directory under DATA and renamed into
+place.  Re-running with the same settings skips complete directories.  An
+existing directory that is incomplete (no ``.done``), was not written by this
+script, or was prepared with other settings (another corpus root, other
+subsets, another --source_dir; recorded in DATA/.kespeech.json) is never
+overwritten: the script stops and tells you to remove it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import string
+import sys
+import time
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+# Fixed order: accents.txt uses it (and so do the accent ids downstream).
+LABELS: Tuple[str, ...] = (
+    "Mandarin",
+    "Beijing",
+    "Jiang-Huai",
+    "Jiao-Liao",
+    "Ji-Lu",
+    "Lan-Yin",
+    "Northeastern",
+    "Southwestern",
+    "Zhongyuan",
+)
+SOURCE_LABEL = "Mandarin"
+SUBSETS = ("train_phase1", "train_phase2", "dev_phase1", "dev_phase2", "test")
+TEST_SUBSET = "test"
+SUBSET_FILES = ("wav.scp", "text", "utt2spk", "utt2subdialect")
+OUT_FILES = ("wav.scp", "text", "utt2spk", "spk2utt", "utt2accent")
+META_NAME = ".kespeech.json"
+TMP_PREFIX = ".prepare_kespeech.tmp."
+FORMAT_VERSION = 1
+MAX_EXAMPLES = 5
+NAME = "prepare_kespeech.py"
+
+
+class KeSpeechError(RuntimeError):
+    """A problem with the corpus, the arguments or the output directory."""
+
+
+def log(msg: str) -> None:
+    print(f"[prepare_kespeech] {msg}", file=sys.stderr, flush=True)
+
+
+def _examples(items: Sequence[str], n: int = MAX_EXAMPLES) -> str:
+    shown = "\n  ".join(items[:n])
+    more = f"\n  ... and {len(items) - n} more" if len(items) > n else ""
+    return f"\n  {shown}{more}"
+
+
+# --------------------------------------------------------------------------
+# Text normalisation
+# --------------------------------------------------------------------------
+TAG_RE = re.compile(r"<[^<>]*>|\[[^\[\]]*\]")
+_ASCII_PUNCT = frozenset(string.punctuation)
+
+
+@lru_cache(maxsize=None)
+def _drop_char(ch: str) -> bool:
+    """Punctuation (any script, incl. full-width ASCII forms), whitespace, controls."""
+    if ch.isspace() or ch in _ASCII_PUNCT:
+        return True
+    cat = unicodedata.category(ch)
+    if cat[0] == "P" or cat in ("Cc", "Cf"):
+        return True
+    # full-width forms of ASCII symbols (＋ ＝ ～ ｜ ...), category S but punctuation here
+    return 0xFF01 <= ord(ch) <= 0xFF5E and unicodedata.normalize("NFKC", ch) in _ASCII_PUNCT
+
+
+def normalize_text(text: str) -> str:
+    """Remove <...>/[...] tags, punctuation and whitespace; keep everything else."""
+    return "".join(ch for ch in TAG_RE.sub("", text) if not _drop_char(ch))
+
+
+# --------------------------------------------------------------------------
+# Reading and validating
+# --------------------------------------------------------------------------
+@dataclass
+class Utt:
+    id: str
+    wav: str  # absolute path (or a command ending in '|', --source_dir only)
+    text: str  # normalised
+    spk: str
+    accent: str
+    where: str  # "<wav.scp>:<line>", for messages
+
+
+Table = Dict[str, Tuple[str, int]]  # utterance id -> (value, line number)
+
+
+def read_table(path: Path, what: str, allow_empty: bool = False,
+               one_token: bool = False) -> Table:
+    """Read ``<utt> <value>`` lines; KeSpeechError naming file:line when malformed."""
+    if not path.is_file():
+        raise KeSpeechError(f"missing file {path} (expected lines '<utterance-id> <{what}>')")
+    out: Table = {}
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise KeSpeechError(f"{path}:{n}: not valid UTF-8 ({e})") from None
+            if n == 1:
+                line = line.lstrip("\ufeff")
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue  # blank line
+            parts = line.split(None, 1)
+            key = parts[0]
+            value = parts[1].strip() if len(parts) > 1 else ""
+            if line[0].isspace():
+                raise KeSpeechError(f"{path}:{n}: line starts with whitespace; expected "
+                                    f"'<utterance-id> <{what}>', got {line!r}")
+            if not value and not allow_empty:
+                raise KeSpeechError(f"{path}:{n}: expected '<utterance-id> <{what}>', "
+                                    f"got only {line.strip()!r}")
+            if one_token and len(value.split()) != 1:
+                raise KeSpeechError(f"{path}:{n}: expected '<utterance-id> <{what}>' with a "
+                                    f"single {what} (no spaces), got {line!r}")
+            if key in out:
+                raise KeSpeechError(f"{path}:{n}: utterance id {key!r} appears again "
+                                    f"(first at line {out[key][1]}); ids must be unique")
+            out[key] = (value, n)
+    return out
+
+
+def check_ids_agree(d: Path, tables: Dict[str, Table]) -> None:
+    """All files of a data dir must list the same utterance ids."""
+    union = set().union(*tables.values())
+    problems = []
+    for name, table in tables.items():
+        missing = sorted(union - set(table))
+        if not missing:
+            continue
+        ex = []
+        for utt in missing[:MAX_EXAMPLES]:
+            src = next(f"{other}:{t[utt][1]}" for other, t in tables.items() if utt in t)
+            ex.append(f"{utt} (listed in {src})")
+        more = f" and {len(missing) - MAX_EXAMPLES} more" if len(missing) > MAX_EXAMPLES else ""
+        problems.append(f"{len(missing)} id(s) missing from {name} ({len(table)} ids), "
+                        f"e.g. {', '.join(ex)}{more}")
+    if problems:
+        raise KeSpeechError(
+            f"{d}: utterance ids disagree between {', '.join(tables)} (every file must list "
+            f"the same utterances):\n  " + "\n  ".join(problems))
+
+
+def check_labels(path: Path, table: Table) -> None:
+    bad = sorted(((n, utt, lab) for utt, (lab, n) in table.items() if lab not in LABELS))
+    if not bad:
+        return
+    n, utt, lab = bad[0]
+    hint = ""
+    close = [k for k in LABELS if k.lower() == lab.lower()]
+    if close:
+        hint = f" (did you mean {close[0]!r}? labels are case-sensitive)"
+    total = f"; {len(bad)} lines with unknown labels in all" if len(bad) > 1 else ""
+    raise KeSpeechError(
+        f"{path}:{n}: unknown subdialect label {lab!r} for utterance {utt!r}{hint}; "
+        f"expected one of the 9 KeSpeech labels: {', '.join(LABELS)}{total}")
+
+
+def wav_value(path: Path, n: int, value: str, source: bool) -> bool:
+    """-> True if the wav.scp value is a command (allowed for --source_dir only)."""
+    if value.endswith("|"):
+        if source:
+            return True
+        raise KeSpeechError(f"{path}:{n}: expected a path to a WAV file relative to the "
+                            f"corpus root, got a command {value!r}")
+    return False
+
+
+def drop_empty(name: str, utts: List[Utt], empty: List[str]) -> None:
+    if empty:
+        log(f"{name}: dropped {len(empty)} of {len(utts) + len(empty)} utterances whose "
+            f"transcript is empty after removing tags/punctuation (e.g. "
+            f"{', '.join(sorted(empty)[:MAX_EXAMPLES])})")
+
+
+def read_subset(root: Path, name: str, option: str) -> Tuple[List[Utt], List[str]]:
+    """-> (kept utterances, ids dropped for an empty transcript)."""
+    d = root / "Tasks" / "ASR" / name
+    if not d.is_dir():
+        present = sorted(p.name for p in (root / "Tasks" / "ASR").iterdir() if p.is_dir())
+        raise KeSpeechError(
+            f"missing KeSpeech subset directory {d} (asked for by {option}); expected "
+            f"{root}/Tasks/ASR/<subset>/{{{','.join(SUBSET_FILES)}}}. Subsets present: "
+            f"{' '.join(present) or 'none'}")
+    tables = {
+        "wav.scp": read_table(d / "wav.scp", "relative path of the WAV file"),
+        "text": read_table(d / "text", "transcript", allow_empty=True),
+        "utt2spk": read_table(d / "utt2spk", "speaker", one_token=True),
+        "utt2subdialect": read_table(d / "utt2subdialect", "subdialect label", one_token=True),
+    }
+    check_ids_agree(d, tables)
+    check_labels(d / "utt2subdialect", tables["utt2subdialect"])
+    utts, empty = [], []
+    for utt, (rel, n) in tables["wav.scp"].items():
+        wav_value(d / "wav.scp", n, rel, source=False)
+        text = normalize_text(tables["text"][utt][0])
+        if not text:
+            empty.append(utt)
+            continue
+        utts.append(Utt(utt, os.path.join(root, rel), text, tables["utt2spk"][utt][0],
+                        tables["utt2subdialect"][utt][0], f"{d / 'wav.scp'}:{n}"))
+    drop_empty(name, utts, empty)
+    return utts, empty
+
+
+def read_source_dir(src: Path) -> List[Utt]:
+    if not src.is_dir():
+        raise KeSpeechError(f"--source_dir {src} does not exist or is not a directory; "
+                            "expected a Kaldi-style dir with wav.scp, text (and optionally "
+                            "utt2spk)")
+    if (src / "segments").exists():
+        raise KeSpeechError(f"--source_dir {src} has a segments file; only whole-file "
+                            "utterances (wav.scp keyed by utterance id) are supported")
+    tables = {"wav.scp": read_table(src / "wav.scp", "path of the audio file"),
+              "text": read_table(src / "text", "transcript", allow_empty=True)}
+    if (src / "utt2spk").is_file():
+        tables["utt2spk"] = read_table(src / "utt2spk", "speaker", one_token=True)
+    else:
+        log(f"--source_dir {src} has no utt2spk: each utterance is its own speaker")
+    check_ids_agree(src, tables)
+    utts, empty, commands = [], [], 0
+    for utt, (value, n) in tables["wav.scp"].items():
+        is_cmd = wav_value(src / "wav.scp", n, value, source=True)
+        commands += is_cmd
+        text = normalize_text(tables["text"][utt][0])
+        if not text:
+            empty.append(utt)
+            continue
+        spk = tables["utt2spk"][utt][0] if "utt2spk" in tables else utt
+        # relative paths: relative to the current directory, as Kaldi/ESPnet tools read them
+        wav = value if is_cmd else os.path.abspath(value)
+        utts.append(Utt(utt, wav, text, spk, SOURCE_LABEL, f"{src / 'wav.scp'}:{n}"))
+    if commands:
+        log(f"--source_dir: {commands} wav.scp entries are commands ('... |'); "
+            "they are copied as they are and not checked")
+    drop_empty(f"--source_dir {src}", utts, empty)
+    if not utts:
+        raise KeSpeechError(f"--source_dir {src}: no utterances left (wav.scp empty or all "
+                            "transcripts empty after normalisation)")
+    return utts
+
+
+def check_duplicates(groups: Dict[str, List[str]]) -> None:
+    """groups: subset -> all its utterance ids (kept or dropped)."""
+    first: Dict[str, str] = {}
+    dups = []
+    for subset, ids in groups.items():
+        for utt in ids:
+            if utt in first:
+                dups.append(f"{utt!r} is in both {first[utt]} and {subset}")
+            else:
+                first[utt] = subset
+    if dups:
+        raise KeSpeechError(f"{len(dups)} utterance id(s) appear in more than one subset; ids "
+                            f"must be unique across subsets:{_examples(dups)}")
+
+
+def _probe(args: Tuple[str, bool]) -> Tuple[str, Optional[str], Optional[int]]:
+    """-> ('ok' | 'missing' | 'unreadable', error, sample rate)."""
+    path, read_header = args
+    if not os.path.isfile(path):
+        return "missing", None, None
+    if not read_header:
+        return "ok", None, None
+    try:
+        import soundfile
+        info = soundfile.info(path)  # header only, no decoding
+    except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/...
+        return "unreadable", f"{type(e).__name__}: {e}".strip(), None
+    if info.frames <= 0:
+        return "unreadable", "the file holds no audio samples", None
+    return "ok", None, int(info.samplerate)
+
+
+def check_audio(utts: List[Utt], read_header: bool, nj: int, root_hint: str) -> None:
+    todo = [u for u in utts if not u.wav.endswith("|")]
+    t0 = time.time()
+    with ThreadPoolExecutor(max(1, nj)) as ex:
+        results = list(ex.map(_probe, [(u.wav, read_header) for u in todo], chunksize=256))
+    missing = [f"{u.where}: {u.wav} (utterance {u.id})"
+               for u, (st, _, _) in zip(todo, results) if st == "missing"]
+    if missing:
+        raise KeSpeechError(f"{len(missing)} audio file(s) listed in wav.scp do not exist:"
+                            f"{_examples(missing)}\n{root_hint}")
+    bad = [f"{u.where}: {u.wav} (utterance {u.id}): {err}"
+           for u, (st, err, _) in zip(todo, results) if st == "unreadable"]
+    if bad:
+        raise KeSpeechError(f"{len(bad)} audio file(s) are unreadable audio (soundfile could "
+                            f"not read the header; pass --check_audio false to skip this "
+                            f"check):{_examples(bad)}")
+    rates: Dict[int, int] = {}
+    for _, _, sr in results:
+        if sr is not None:
+            rates[sr] = rates.get(sr, 0) + 1
+    what = "exist and have readable headers" if read_header else "exist"
+    rate_txt = (", sample rates: " + ", ".join(f"{k} Hz x {v}" for k, v in sorted(rates.items()))
+                if rates else "")
+    log(f"checked {len(todo)} audio files: all {what}{rate_txt} ({time.time() - t0:.1f} s)")
+
+
+# --------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------
+def write_text(path: Path, content: str) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(content, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_kaldi_dir(d: Path, utts: List[Utt]) -> None:
+    # Python's str order is code point order, which is UTF-8 byte order (LC_ALL=C sort).
+    utts = sorted(utts, key=lambda u: u.id)
+    spk2utt: Dict[str, List[str]] = {}
+    for u in utts:
+        spk2utt.setdefault(u.spk, []).append(u.id)
+    files = {
+        "wav.scp": [f"{u.id} {u.wav}" for u in utts],
+        "text": [f"{u.id} {u.text}" for u in utts],
+        "utt2spk": [f"{u.id} {u.spk}" for u in utts],
+        "spk2utt": [f"{s} {' '.join(ids)}" for s, ids in sorted(spk2utt.items())],
+        "utt2accent": [f"{u.id} {u.accent}" for u in utts],
+    }
+    d.mkdir(parents=True)
+    for name, lines in files.items():
+        (d / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    (d / ".done").write_text(f"{len(utts)} utterances\n", encoding="utf-8")  # last
+
+
+def is_complete(d: Path) -> bool:
+    return (d / ".done").is_file() and all((d / f).is_file() for f in OUT_FILES)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_tmp(out: Path) -> None:
+    for p in out.glob(TMP_PREFIX + "*"):
+        suffix = p.name[len(TMP_PREFIX):]
+        if suffix.isdigit() and int(suffix) != os.getpid() and not _pid_alive(int(suffix)):
+            log(f"removing {p}, left by an interrupted run")
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def check_output(out: Path, settings: dict) -> Optional[dict]:
+    """Refuse foreign/incomplete/conflicting output; -> the recorded metadata, if any."""
+    if out.exists() and not out.is_dir():
+        raise KeSpeechError(f"--out_dir {out} exists and is not a directory")
+    managed = ["train", "dev", "source_test"] + [f"test_{lab}" for lab in LABELS]
+    meta_path = out / META_NAME
+    if not meta_path.is_file():
+        clash = [n for n in managed + ["accents.txt"] if (out / n).exists()]
+        if clash:
+            demo = (f" ({out / '.demo_corpus.json'} says it holds the demo corpus)"
+                    if (out / ".demo_corpus.json").is_file() else "")
+            raise KeSpeechError(
+                f"{out / clash[0]} already exists but was not prepared by {NAME} from KeSpeech "
+                f"(no {meta_path}){demo}. Refusing to overwrite it: remove "
+                f"{' '.join(str(out / c) for c in clash)} (or use another --out_dir) and run "
+                "again.")
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        old = meta["settings"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise KeSpeechError(f"{meta_path} is unreadable ({e}); remove {out} and run "
+                            "again") from None
+    if old != settings:
+        if old.get("kespeech") != settings["kespeech"]:
+            what = (f"was prepared from another corpus root {old.get('kespeech')} (recorded in "
+                    f"{meta_path}), not {settings['kespeech']}")
+        else:
+            diff = "; ".join(f"{k} was {old.get(k)!r}, now {settings[k]!r}"
+                             for k in settings if old.get(k) != settings[k])
+            what = f"was prepared with other settings ({diff}; recorded in {meta_path})"
+        raise KeSpeechError(f"--out_dir {out} {what}. Refusing to overwrite it: remove {out} "
+                            "(or use another --out_dir) and run again.")
+    for n in managed:
+        if (out / n).exists() and not is_complete(out / n):
+            raise KeSpeechError(
+                f"{out / n} exists but is incomplete (no .done marker or missing files; an "
+                f"interrupted or foreign preparation). Refusing to overwrite it: remove "
+                f"{out / n} and run again.")
+    return meta
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+def _unique(option: str, names: Sequence[str]) -> List[str]:
+    seen = []
+    for n in names:
+        if n in seen:
+            raise KeSpeechError(f"{option}: subset {n!r} given twice")
+        if "/" in n or n in (".", ".."):
+            raise KeSpeechError(f"{option}: {n!r} is not a subset name (expected names under "
+                                f"Tasks/ASR such as {' '.join(SUBSETS)})")
+        seen.append(n)
+    return seen
+
+
+def prepare(kespeech: str, out_dir: str, train_subsets: Sequence[str],
+            dev_subsets: Sequence[str], source_dir: Optional[str] = None,
+            check_audio_header: bool = True, nj: int = 8) -> dict:
+    """Prepare (or skip) the data dirs; -> {dir name: number of utterances}."""
+    t0 = time.time()
+    root = Path(os.path.abspath(os.path.expanduser(kespeech)))
+    out = Path(os.path.abspath(os.path.expanduser(out_dir)))
+    src = Path(os.path.abspath(os.path.expanduser(source_dir))) if source_dir else None
+    train_subsets = _unique("--train_subsets", train_subsets)
+    dev_subsets = _unique("--dev_subsets", dev_subsets)
+    overlap = [s for s in train_subsets if s in dev_subsets]
+    if overlap:
+        raise KeSpeechError(f"subset(s) {' '.join(overlap)} given both as --train_subsets "
+                            "and --dev_subsets")
+    if TEST_SUBSET in train_subsets + dev_subsets:
+        raise KeSpeechError(f"'{TEST_SUBSET}' is the test set (written as test_<Label>); do "
+                            "not use it as a train or dev subset")
+    settings = {"script": NAME, "format": FORMAT_VERSION, "kespeech": str(root),
+                "train_subsets": train_subsets, "dev_subsets": dev_subsets,
+                "source_dir": str(src) if src else None}
+
+    meta = check_output(out, settings)
+    if meta is not None:
+        dirs = meta.get("dirs", {})
+        if dirs and all(is_complete(out / d) for d in dirs) and \
+                (out / "accents.txt").is_file():
+            log(f"{out} is complete (prepared from {root}: {' '.join(dirs)}); skipping")
+            return {}
+
+    if not root.is_dir():
+        raise KeSpeechError(f"KeSpeech corpus root {root} does not exist or is not a "
+                            "directory (--kespeech); see https://github.com/KeSpeech/KeSpeech "
+                            "for how to obtain the corpus")
+    if not (root / "Tasks" / "ASR").is_dir():
+        inner = [p for p in root.iterdir() if (p / "Tasks" / "ASR").is_dir()]
+        hint = f" (perhaps --kespeech {inner[0]}?)" if inner else ""
+        raise KeSpeechError(f"{root} has no Tasks/ASR directory: --kespeech must be the "
+                            f"KeSpeech root (the directory holding Audio/ and Tasks/){hint}")
+
+    # read and validate everything before writing anything
+    raw_ids: Dict[str, List[str]] = {}
+    kept: Dict[str, List[Utt]] = {}
+    for option, names in (("--train_subsets", train_subsets), ("--dev_subsets", dev_subsets),
+                          ("the test set", [TEST_SUBSET])):
+        for name in names:
+            utts, empty = read_subset(root, name, option)
+            kept[name] = utts
+            raw_ids[name] = [u.id for u in utts] + empty
+    check_duplicates(raw_ids)
+
+    sets: Dict[str, List[Utt]] = {
+        "train": [u for s in train_subsets for u in kept[s]],
+        "dev": [u for s in dev_subsets for u in kept[s]],
+    }
+    for name in ("train", "dev"):
+        if not sets[name]:
+            raise KeSpeechError(f"{name}: no utterances left in "
+                                f"{' '.join(settings[name + '_subsets'])}")
+    for lab in LABELS:
+        test = [u for u in kept[TEST_SUBSET] if u.accent == lab]
+        if test:
+            sets[f"test_{lab}"] = test
+        else:
+            log(f"warning: Tasks/ASR/{TEST_SUBSET} has no utterances labelled {lab}; "
+                f"test_{lab} is not written")
+    if src is not None:
+        sets["source_test"] = read_source_dir(src)
+        log(f"source domain: --source_dir {src} is copied into source_test "
+            f"({len(sets['source_test'])} utterances)")
+    else:
+        if "test_" + SOURCE_LABEL not in sets:
+            raise KeSpeechError(f"no source-domain dir configured (--source_dir) and "
+                                f"Tasks/ASR/{TEST_SUBSET} has no {SOURCE_LABEL} utterances: "
+                                "give --source_dir")
+        sets["source_test"] = list(sets["test_" + SOURCE_LABEL])
+        log("no source-domain dir configured: KeSpeech's own Mandarin test utterances serve "
+            f"as the source test set ({len(sets['source_test'])} utterances in source_test; "
+            "give --source_dir to use a separate standard-Mandarin test set)")
+
+    odd = sorted(u.id for u in sets["train"] + sets["dev"] + kept[TEST_SUBSET]
+                 if not u.id.startswith(u.spk))
+    if odd:
+        log(f"warning: {len(odd)} utterance ids do not start with their speaker id (e.g. "
+            f"{', '.join(odd[:MAX_EXAMPLES])}); Kaldi tools that need utt2spk and spk2utt "
+            "in the same order may complain")
+    todo = {n: u for n, u in sets.items() if not is_complete(out / n)}
+    for n in sets:
+        if n not in todo:
+            log(f"{out / n} is complete (same settings); kept")
+    check_audio([u for n in todo for u in todo[n]], check_audio_header, nj,
+                f"Is --kespeech {root} the KeSpeech root (the directory holding Audio/ and "
+                "Tasks/)? wav.scp paths are relative to it.")
+
+    # claim the output dir, then write into a temporary dir and rename into place
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out)
+    write_text(out / META_NAME, json.dumps(
+        {"settings": settings, "dirs": {n: len(u) for n, u in sets.items()}},
+        indent=1, ensure_ascii=False) + "\n")
+    tmp = out / f"{TMP_PREFIX}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for name, utts in todo.items():
+            write_kaldi_dir(tmp / name, utts)
+        for name in todo:
+            os.rename(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_text(out / "accents.txt", "".join(lab + "\n" for lab in LABELS))
+    counts = {n: len(u) for n, u in sets.items()}
+    log(f"wrote {len(todo)} directories into {out} in {time.time() - t0:.1f} s: "
+        + ", ".join(f"{n} {c}" for n, c in counts.items()))
+    return counts
+
+
+def str2bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "yes", "1", "y"):
+        return True
+    if v in ("false", "no", "0", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=NAME,
+        description="Prepare the licensed KeSpeech corpus (https://github.com/KeSpeech/KeSpeech;\n"
+                    "obtained by signing its licence agreement) as Kaldi-style data directories\n"
+                    "for the multi-accent (9 labels) LLM-based ASR recipe.",
+        epilog=f"""input (KESPEECH = --kespeech):
+  KESPEECH/Tasks/ASR/<subset>/{{wav.scp,text,utt2spk,utt2subdialect}}
+  wav.scp paths relative to KESPEECH, e.g. Audio/1000001/phase1/1000001_5a0d7b24.wav
+
+output (DATA = --out_dir):
+  DATA/train, DATA/dev      unions of --train_subsets / --dev_subsets
+  DATA/test_<Label>         Tasks/ASR/test split by label, e.g. DATA/test_Jiang-Huai
+  DATA/source_test          --source_dir, or else the KeSpeech test utterances labelled Mandarin
+  DATA/accents.txt          {' '.join(LABELS)}
+  each with wav.scp (absolute paths) text utt2spk spk2utt utt2accent, sorted (LC_ALL=C)
+
+Transcripts lose <...> and [...] tags, punctuation and whitespace; utterances left
+empty are dropped (counted in the log). Re-running skips complete directories; an
+existing output prepared differently or incomplete is refused, never overwritten.""",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kespeech", required=True, metavar="ROOT",
+                   help="KeSpeech corpus root, the directory holding Audio/ and Tasks/")
+    p.add_argument("--out_dir", required=True, metavar="DATA",
+                   help="where the data directories go (e.g. data)")
+    p.add_argument("--train_subsets", nargs="+", default=["train_phase1", "train_phase2"],
+                   metavar="SUBSET", help="subsets of Tasks/ASR merged into DATA/train "
+                   "(default: train_phase1 train_phase2)")
+    p.add_argument("--dev_subsets", nargs="+", default=["dev_phase1", "dev_phase2"],
+                   metavar="SUBSET", help="subsets of Tasks/ASR merged into DATA/dev "
+                   "(default: dev_phase1 dev_phase2)")
+    p.add_argument("--source_dir", default=None, metavar="DIR",
+                   help="Kaldi-style dir (wav.scp, text, optionally utt2spk) of a standard "
+                   "Mandarin test set, copied and normalised into DATA/source_test; relative "
+                   "wav.scp paths are taken relative to the current directory. Default: "
+                   "KeSpeech's own Mandarin test utterances")
+    p.add_argument("--check_audio", type=str2bool, default=True, metavar="true|false",
+                   help="read every audio header with soundfile (not a full decode); false "
+                   "only checks that the files exist (default: true)")
+    p.add_argument("--nj", type=int, default=8,
+                   help="threads for the audio checks (default: %(default)s)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run with command line ``argv``; raises KeSpeechError on bad input."""
+    args = get_parser().parse_args(argv)
+    prepare(args.kespeech, args.out_dir, args.train_subsets, args.dev_subsets,
+            source_dir=args.source_dir, check_audio_header=args.check_audio, nj=args.nj)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeSpeechError as e:
+        print(f"{NAME}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{NAME}: interrupted; nothing half-written is left in place, run the same "
+              "command again", file=sys.stderr)
+        sys.exit(130)
