@@ -143,7 +143,7 @@ def main(argv=None):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            tot, n = tot + float(loss), n + 1
+            tot, n = tot + loss.item(), n + 1
         ppl = evaluate()
         print(f"epoch {epoch}/{a.epochs}: train loss {tot / n:.3f}, valid perplexity {ppl:.2f}, "
               f"{time.time() - t0:.1f} s", file=sys.stderr, flush=True)
