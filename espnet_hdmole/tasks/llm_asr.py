@@ -79,6 +79,16 @@ def _check_conf_keys(conf: dict, cls, key: str, skip: Tuple[str, ...] = ()) -> N
         raise ValueError(f"unknown key(s) {unknown} in {key} (for {cls.__name__}); expected some of {allowed}")
 
 
+def _checked_model_conf(args: argparse.Namespace) -> dict:
+    """model_conf with its keys checked and its LLM directory present."""
+    mc = dict(args.model_conf or {})
+    _check_conf_keys(mc, LLMASRModel, "model_conf", skip=("frontend", "specaug", "normalize", "encoder"))
+    if not mc.get("llm_dir"):
+        raise ValueError("model_conf.llm_dir is required: a local directory with a transformers causal LM and its tokenizer")
+    check_model_dir(mc["llm_dir"], "LLM (model_conf.llm_dir)")
+    return mc
+
+
 def _read_kaldi_file(path: str, what: str) -> List[Tuple[str, str]]:
     """Lines 'uid value' of a Kaldi-style file, checked: exists, ids unique and sorted."""
     p = Path(path)
@@ -157,11 +167,7 @@ class LLMASRTask(AbsTask):
 
     @classmethod
     def build_model(cls, args: argparse.Namespace) -> LLMASRModel:
-        mc = dict(args.model_conf or {})
-        _check_conf_keys(mc, LLMASRModel, "model_conf", skip=("frontend", "specaug", "normalize", "encoder"))
-        if not mc.get("llm_dir"):
-            raise ValueError("model_conf.llm_dir is required: a local directory with a transformers causal LM and its tokenizer")
-        check_model_dir(mc["llm_dir"], "LLM (model_conf.llm_dir)")
+        mc = _checked_model_conf(args)
 
         if args.frontend is not None:
             fcls = frontend_choices.get_class(args.frontend)
@@ -207,11 +213,7 @@ class LLMASRTask(AbsTask):
     @classmethod
     def check_inputs(cls, args: argparse.Namespace) -> None:
         """Check everything a user produced before any training starts."""
-        mc = dict(args.model_conf or {})
-        _check_conf_keys(mc, LLMASRModel, "model_conf", skip=("frontend", "specaug", "normalize", "encoder"))
-        if not mc.get("llm_dir"):
-            raise ValueError("model_conf.llm_dir is required: a local directory with a transformers causal LM and its tokenizer")
-        check_model_dir(mc["llm_dir"], "LLM (model_conf.llm_dir)")
+        mc = _checked_model_conf(args)
         if getattr(args, "use_adapter", False):
             if args.adapter == "hdmole" and args.save_strategy == "adapter_only":
                 raise ValueError(
