@@ -303,3 +303,24 @@ def test_encoder_cache_reuses_outputs_and_changes_nothing(work):
     loss3, _, _ = model(**batch)  # no ids: computed afresh, same result (no dropout in the tiny encoder)
     torch.testing.assert_close(loss1, loss3)
     assert len(calls) == 3
+
+
+def test_ctc_auxiliary_loss(work):
+    """ctc_weight adds a CTC loss on the encoder output; the encoder gets its gradient."""
+    from espnet_hdmole.asr.preprocessor import LLMASRPreprocessor
+
+    w, llm, data = work
+    args = LLMASRTask.get_parser().parse_args(train_args(w / "unused", data, llm,
+                                                         extra=["--model_conf", "ctc_weight=0.3"]))
+    model = LLMASRTask.build_model(args)
+    assert model.ctc.ctc_lo.out_features == len(model.tokenizer) + 1
+    feats = dict(kaldiio.load_scp(str(data / "feats.scp")))
+    text = read_kaldi(data / "text")
+    pre = LLMASRPreprocessor(False, llm)
+    items = [(u, pre(u, {"speech": np.asarray(feats[u]), "text": text[u]})) for u in sorted(feats)]
+    _, batch = LLMASRTask.build_collate_fn(None, True)(items)
+    loss, stats, _ = model(**batch)
+    assert torch.isfinite(stats["loss_ctc"]) and stats["loss_ctc"] > 0
+    torch.testing.assert_close(loss.detach(), stats["loss_asr"] + 0.3 * stats["loss_ctc"])
+    loss.backward()
+    assert model.ctc.ctc_lo.weight.grad.abs().sum() > 0

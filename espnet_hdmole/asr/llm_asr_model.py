@@ -15,6 +15,7 @@ from contextlib import nullcontext
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from espnet2.asr.ctc import CTC
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet2.asr.frontend.abs_frontend import AbsFrontend
 from espnet2.asr.specaug.abs_specaug import AbsSpecAug
@@ -61,6 +62,9 @@ class LLMASRModel(AbsESPnetModel):
             utterance's encoder output (computed once, in eval mode, without gradients) in memory
             by utterance id and reuse it in later epochs (SpecAugment is then not applied). The
             trainer passes the ids.
+        ctc_weight: weight of an auxiliary CTC loss on the encoder output over the LLM's
+            vocabulary (id 0 is the blank; token ids are shifted by one). It gives an encoder
+            trained from scratch a direct signal; 0 builds no CTC head.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class LLMASRModel(AbsESPnetModel):
         llm_dtype: str = "float32",
         frame_shift: float = 0.01,
         cache_encoder_outputs: bool = False,
+        ctc_weight: float = 0.0,
     ):
         super().__init__()
         self.frontend = frontend
@@ -100,6 +105,8 @@ class LLMASRModel(AbsESPnetModel):
             AccentHead(encoder.output_size(), len(self.accent_list), accent_head_hidden) if use_accent_head else None
         )
         self.frame_shift = frame_shift
+        self.ctc_weight = ctc_weight
+        self.ctc = CTC(odim=len(self.tokenizer) + 1, encoder_output_size=encoder.output_size()) if ctc_weight > 0 else None
         self.cache_encoder_outputs = cache_encoder_outputs
         self._enc_cache: Dict[str, torch.Tensor] = {}
         self.eos_id = self.tokenizer.eos_token_id
@@ -214,6 +221,11 @@ class LLMASRModel(AbsESPnetModel):
         loss = loss_asr
         stats["loss_asr"] = loss_asr.detach()
         stats["acc"] = acc
+        if self.ctc is not None:
+            ys = torch.where(text >= 0, text + 1, text)  # blank = 0
+            loss_ctc = self.ctc(h, h_lens, ys, text_lengths)
+            stats["loss_ctc"] = loss_ctc.detach()
+            loss = loss + self.ctc_weight * loss_ctc
         if logits_aid is not None and accent is not None:
             accent = accent.reshape(-1).long()
             loss_aid = torch.nn.functional.cross_entropy(logits_aid.float(), accent)

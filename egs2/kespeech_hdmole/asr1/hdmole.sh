@@ -214,7 +214,7 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         log "  $sys: $cfg -> $out (resumes from $out/checkpoint.pth if present)"
         $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$out/train_config.yaml"
         run_logged "$train_cmd" "$out/train.log" $python -m espnet_hdmole.bin.llm_asr_train \
-            --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_model" $(common_model_opts) \
+            --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_model:::ctc" $(common_model_opts) \
             $(train_data_opts train dev) $train_args
         touch "$out/.done"
         write_info "$out"
