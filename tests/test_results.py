@@ -1,0 +1,368 @@
+"""Tests of the recipe's scoring and reporting (stage 6): local/score_cer.py and
+local/make_results.py, on hand-made decode outputs whose counts are worked out by hand."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LOCAL = Path(__file__).resolve().parents[1] / "egs2" / "kespeech_hdmole" / "asr1" / "local"
+sys.path.insert(0, str(LOCAL))
+import make_results  # noqa: E402
+import score_cer  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def kaldi(rows) -> str:
+    return "".join(f"{k} {v}\n" if v else f"{k}\n" for k, v in rows.items())
+
+
+# --------------------------------------------------------------------------
+# score_cer.py
+# --------------------------------------------------------------------------
+def run_score(tmp_path, ref_rows, hyp_rows, name="t"):
+    ref = write(tmp_path / "data" / "test_X" / "text", kaldi(ref_rows))
+    hyp = write(tmp_path / "exp" / "decode" / "1best_recog" / "text", kaldi(hyp_rows))
+    out = tmp_path / "exp" / "decode" / "score_cer"
+    res = score_cer.main(["--ref", str(ref), "--hyp", str(hyp), "--out_dir", str(out)])
+    return res, out
+
+
+def test_score_one_deletion_one_insertion(tmp_path):
+    res, out = run_score(tmp_path, {"u1": "今天天气很好"}, {"u1": "今天天很好啊"})
+    on_disk = json.loads((out / "result.json").read_text(encoding="utf-8"))
+    assert on_disk == res
+    want = {"utterances": 1, "ref_chars": 6, "hyp_chars": 6, "hits": 5, "substitutions": 0,
+            "deletions": 1, "insertions": 1, "errors": 2, "sentence_errors": 1, "missing_hyp": 0}
+    assert {k: on_disk[k] for k in want} == want
+    assert on_disk["cer"] == 2 / 6
+    assert on_disk["ser"] == 1.0
+    assert on_disk["set"] == "test_X"  # from the directory of --ref
+
+    lines = (out / "per_utt.txt").read_text(encoding="utf-8").splitlines()
+    i = lines.index("id: (u1)")
+    assert lines[i + 1] == "Scores: (#C #S #D #I) 5 0 1 1"
+    assert lines[i + 2] == "CER: 33.33% [ 2 / 6 ]"
+    # one column per aligned position; '**' pads a wide character; marks under the errors
+    assert lines[i + 3] == "REF:  今 天 天 气 很 好 **"
+    assert lines[i + 4] == "HYP:  今 天 天 ** 很 好 啊"
+    assert lines[i + 5] == "Eval:          D        I"
+
+    summary = (out / "result.txt").read_text(encoding="utf-8")
+    assert re.search(r"\|\s*SPKR\s*\|\s*#Snt\s*\|\s*#Wrd\s*\|\s*Corr\s*\|\s*Sub\s*\|\s*Del\s*\|"
+                     r"\s*Ins\s*\|\s*Err\s*\|\s*S\.Err\s*\|", summary)
+    assert re.search(r"\|\s*Sum/Avg \(%\)\s*\|\s*1\s*\|\s*6\s*\|\s*83\.33\s*\|\s*0\.00\s*\|\s*16\.67\s*\|"
+                     r"\s*16\.67\s*\|\s*33\.33\s*\|\s*100\.00\s*\|", summary)
+    assert "%CER 33.33 [ 2 / 6, 1 ins, 1 del, 0 sub ]" in summary
+
+
+def test_score_spaces_removed_substitution_and_totals(tmp_path):
+    # spaces (ASCII and ideographic) are not characters; the set totals add up per utterance
+    res, out = run_score(tmp_path, {"a": "北京 欢迎你", "b": "谢谢大家", "c": "abc"},
+                         {"a": "北京\u3000欢迎您", "b": "谢 谢 大 家", "c": "abd"})
+    assert (res["ref_chars"], res["hits"], res["substitutions"], res["deletions"],
+            res["insertions"]) == (12, 10, 2, 0, 0)
+    assert res["cer"] == 2 / 12
+    assert res["sentence_errors"] == 2 and res["ser"] == 2 / 3
+    text = (out / "per_utt.txt").read_text(encoding="utf-8")
+    assert "REF:  北 京 欢 迎 你\nHYP:  北 京 欢 迎 您\nEval:             S\n" in text
+    assert "REF:  a b c\nHYP:  a b d\nEval:     S\n" in text
+    # per_utt.txt follows the order of --ref
+    assert [m for m in re.findall(r"^id: \((\w+)\)$", text, re.M)] == ["a", "b", "c"]
+
+
+def test_score_missing_hypothesis_warns_and_counts_deletions(tmp_path, capsys):
+    res, out = run_score(tmp_path, {"u1": "今天天气很好", "u2": "你好", "u3": "早上好"},
+                         {"u1": "今天天气很好", "u3": ""})  # u2 absent, u3 empty
+    err = capsys.readouterr().err
+    assert "WARNING: 1 of 3 utterance(s)" in err and "u2" in err
+    assert res["missing_hyp"] == 1
+    assert (res["hits"], res["deletions"], res["insertions"], res["substitutions"]) == (6, 5, 0, 0)
+    assert res["cer"] == 5 / 11
+    text = (out / "per_utt.txt").read_text(encoding="utf-8")
+    block = text[text.index("id: (u2)"):text.index("id: (u3)")]
+    assert "no hypothesis" in block and "HYP:  ** **" in block and "Eval: D  D" in block
+    assert "no hypothesis" not in text[text.index("id: (u3)"):]  # an empty hyp is a hypothesis
+    assert "WARNING: 1 utterance(s) had no hypothesis" in (out / "result.txt").read_text(encoding="utf-8")
+
+
+def test_score_unknown_hyp_id_is_an_error(tmp_path):
+    with pytest.raises(score_cer.ScoringError, match=r"1best_recog/text: 1 utterance id\(s\) not in "
+                                                     r"the reference .*: zz9"):
+        run_score(tmp_path, {"u1": "你好"}, {"u1": "你好", "zz9": "好"})
+    assert not (tmp_path / "exp" / "decode" / "score_cer" / "result.json").exists()
+
+
+def test_score_empty_reference_is_an_error_with_line(tmp_path):
+    with pytest.raises(score_cer.ScoringError, match=r"test_X/text:2: empty reference transcript for 'u2'"):
+        run_score(tmp_path, {"u1": "你好", "u2": "", "u3": "好"}, {"u1": "你好"})
+
+
+def test_score_cli_exit_status_and_message(tmp_path):
+    ref = write(tmp_path / "ref", "u1 你好\n")
+    hyp = write(tmp_path / "hyp", "u1 你好\nu7 好\n")
+    res = subprocess.run([sys.executable, str(LOCAL / "score_cer.py"), "--ref", str(ref), "--hyp",
+                          str(hyp), "--out_dir", str(tmp_path / "o")], capture_output=True, text=True)
+    assert res.returncode == 1
+    assert "score_cer.py: error:" in res.stderr and str(hyp) in res.stderr and "u7" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+# --------------------------------------------------------------------------
+# make_results.py on a fake exp dir
+# --------------------------------------------------------------------------
+ACCENTS = ["Beijing", "Ji-Lu"]
+REFS = {
+    "test_Beijing": {"b1": "今天天气很好", "b2": "北京欢迎你"},            # 11 chars
+    "test_Ji-Lu": {"j1": "我们学习语音识别", "j2": "谢谢大家"},          # 12 chars
+    "source_test": {"s1": "你好世界", "s2": "早上好朋友们"},             # 10 chars
+}
+HYPS = {
+    # Beijing 2/11 (1 del + 1 ins), Ji-Lu 2/12 (1 sub + 1 del), source 0/10
+    "source": {"test_Beijing": {"b1": "今天天很好啊", "b2": "北京欢迎你"},
+               "test_Ji-Lu": {"j1": "我们学习语言识别", "j2": "谢谢大"},
+               "source_test": {"s1": "你好世界", "s2": "早上好朋友们"}},
+    # Beijing 1/11 (1 del), Ji-Lu 0/12, source 2/10 (1 del + 1 sub)
+    "full_ft": {"test_Beijing": {"b1": "今天天气很好", "b2": "北京欢迎"},
+                "test_Ji-Lu": {"j1": "我们学习语音识别", "j2": "谢谢大家"},
+                "source_test": {"s1": "你好世", "s2": "早上好朋友门"}},
+    # Beijing 0/11, Ji-Lu 1/12 (1 ins), source 1/10 (1 sub)
+    "hdmole": {"test_Beijing": {"b1": "今天天气很好", "b2": "北京欢迎你"},
+               "test_Ji-Lu": {"j1": "我们学习语音识别", "j2": "谢谢大家啊"},
+               "source_test": {"s1": "你好是界", "s2": "早上好朋友们"}},
+}
+ROUTING = {
+    "layers": {
+        "llm.layers.0.self_attn.q_proj": {"accents": ACCENTS, "mean_weight": [[0.7, 0.1], [0.2, 0.6]],
+                                          "mean_active": 1.25},
+        "llm.layers.0.self_attn.v_proj": {"accents": ACCENTS, "mean_weight": [[0.5, 0.5], [0.1, 0.9]],
+                                          "mean_active": 1.75},
+    },
+    "accent_acc": 0.9,
+}
+
+
+@pytest.fixture()
+def fake_exp(tmp_path):
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    write(data / "accents.txt", "\n".join(ACCENTS) + "\n")
+    for s, rows in REFS.items():
+        write(data / s / "text", kaldi(rows))
+    dec_s = {"source": 1.0, "full_ft": 2.0, "hdmole": 3.0}
+    for sysname, sets in HYPS.items():
+        for s, rows in sets.items():
+            d = exp / sysname / f"decode_{s}"
+            write(d / "1best_recog" / "text", kaldi(rows))
+            score_cer.main(["--ref", str(data / s / "text"), "--hyp", str(d / "1best_recog" / "text"),
+                            "--out_dir", str(d / "score_cer")])
+            if not (sysname == "hdmole" and s == "source_test"):  # missing rtf -> RTF '-'
+                write(d / "rtf", f"utterances 2\ndecoding_seconds {dec_s[sysname]:.3f}\n"
+                                 f"audio_seconds 10.000\nrtf {dec_s[sysname] / 10:.5f}\nbeam_size 1\n"
+                                 f"threads 4\n")
+    # source: no params.json -> trainable and % '-'
+    write(exp / "full_ft" / "params.json", json.dumps(
+        {"trainable": 1000000, "reference": 1000000, "share": 100.0, "full_ft_trainable": None}))
+    write(exp / "full_ft" / "train_stats.json", json.dumps({"accent_acc": 0.8, "mean_active": {}}))
+    write(exp / "hdmole" / "params.json", json.dumps(
+        {"trainable": 25000, "reference": 900000, "share": 25000 / 9000, "full_ft_trainable": 1000000}))
+    write(exp / "hdmole" / "routing.json", json.dumps(ROUTING))
+    write(exp / "hdmole" / "train_stats.json", json.dumps(
+        {"accent_acc": 0.95, "mean_active": {"llm.layers.0.self_attn.q_proj": 1.5,
+                                             "llm.layers.0.self_attn.v_proj": 2.5}}))
+    return tmp_path
+
+
+def run_results(root, *extra):
+    return make_results.main(["--exp_dir", str(root / "exp"), "--accents_file",
+                              str(root / "data" / "accents.txt"), *extra])
+
+
+def md_tables(text: str):
+    """Markdown tables -> list of {first cell: [other cells]}, header row included."""
+    tables, cur = [], None
+    for line in text.splitlines():
+        if line.startswith("|"):
+            if re.fullmatch(r"\|(:?-+:?\|)+", line):
+                continue  # separator row
+            if cur is None:
+                cur = {}
+                tables.append(cur)
+            cells = [c.strip() for c in line.strip()[1:-1].split("|")]
+            cur[cells[0]] = cells[1:]
+        else:
+            cur = None
+    return tables
+
+
+def md_table(text: str, column: str):
+    """The one table whose header has this column."""
+    found = [t for t in md_tables(text) if column in next(iter(t.values()))]
+    assert len(found) == 1, (column, found)
+    return found[0]
+
+
+def md_rows(text: str):
+    """The only table of the text."""
+    tables = md_tables(text)
+    assert len(tables) == 1
+    return tables[0]
+
+
+SUMMARY_ROWS = {  # worked out by hand from HYPS, params.json, routing.json and rtf above
+    #              Beijing  Ji-Lu   avg        source   Δ source  trainable    % FT     acc            active  RTF
+    "source": ["18.18", "16.67", "17.42", "0.00", "+0.00", "-", "-", "-", "-", "0.1000"],
+    "full_ft": ["9.09", "0.00", "4.55", "20.00", "+20.00", "1,000,000", "100.00", "80.00 (train)", "-",
+                "0.2000"],
+    "hdmole": ["0.00", "8.33", "**4.17**", "10.00", "+10.00", "25,000", "2.50", "90.00", "1.50", "-"],
+}
+
+
+def test_make_results_summary_table(fake_exp, capsys):
+    out = run_results(fake_exp)
+    assert [s["name"] for s in out["systems"]] == ["full_ft", "hdmole", "source"]  # sorted discovery
+    text = (fake_exp / "exp" / "RESULTS.md").read_text(encoding="utf-8")
+    assert text.startswith("<!-- Generated by local/make_results.py on ")
+    assert "Do not edit by hand" in text.splitlines()[0]
+    rows = md_rows(text)
+    assert rows["system"] == ["Beijing", "Ji-Lu", "accent avg", "source", "Δ source vs source",
+                              "trainable params", "% of full FT", "accent-ID acc",
+                              "mean active experts", "RTF"]
+    for name, want in SUMMARY_ROWS.items():
+        assert rows[f"[{name}]({name}/RESULTS.md)"] == want, name
+    assert text.count("**") == 2  # exactly one bold cell: the best accent average
+    for key in ("- python: ", "- torch: ", "- transformers: ", "- espnet: ", "- CPU: ", "- CPU threads: "):
+        assert key in text
+
+
+def test_make_results_per_system_files(fake_exp):
+    run_results(fake_exp)
+    exp = fake_exp / "exp"
+    hd = (exp / "hdmole" / "RESULTS.md").read_text(encoding="utf-8")
+    assert hd.startswith("<!-- Generated by local/make_results.py on ")
+    rows = md_table(hd, "CER %")
+    assert rows["set"] == ["utterances", "characters", "CER %", "Sub", "Del", "Ins"]
+    assert rows["test_Beijing"] == ["2", "11", "0.00", "0", "0", "0"]
+    assert rows["test_Ji-Lu"] == ["2", "12", "8.33", "0", "0", "1"]
+    assert rows["accent average (unweighted mean of 2)"] == ["4", "23", "4.17", "-", "-", "-"]
+    assert rows["accent total (char-weighted)"] == ["4", "23", "4.35", "0", "0", "1"]
+    assert rows["source_test (source domain)"] == ["2", "10", "10.00", "1", "0", "0"]
+    assert "- Δ vs baseline `source` (0.00 %): +10.00 CER points" in hd
+    assert "- trainable: 25,000" in hd
+    assert "- % of full fine-tuning: 2.50 (of the 1,000,000 trainable parameters of system `full_ft`)" in hd
+    assert "- accent-ID accuracy, decoding (routing.json): 90.00 %" in hd
+    assert "- accent-ID accuracy, training (train_stats.json): 95.00 %" in hd
+    rows = md_table(hd, "heat map")
+    assert rows["`llm.layers.0.self_attn.q_proj`"][:2] == ["1.25", "1.50"]
+    assert rows["`llm.layers.0.self_attn.v_proj`"][:2] == ["1.75", "2.50"]
+    assert rows["mean over layers"][:2] == ["1.50", "2.00"]
+    rows = md_table(hd, "RTF")
+    assert rows["set"] == ["utterances", "decoding s", "audio s", "RTF", "beam", "threads"]
+    assert rows["test_Ji-Lu"] == ["2", "3.00", "10.00", "0.3000", "1", "4"]
+    assert rows["source_test"] == ["-"] * 6  # no rtf file for hdmole's source set
+    assert rows["all sets (total decoding s / total audio s)"][3] == "-"
+
+    src_text = (exp / "source" / "RESULTS.md").read_text(encoding="utf-8")
+    src = md_table(src_text, "CER %")
+    assert src["test_Beijing"] == ["2", "11", "18.18", "0", "1", "1"]
+    assert src["test_Ji-Lu"] == ["2", "12", "16.67", "1", "1", "0"]
+    assert src["accent total (char-weighted)"] == ["4", "23", "17.39", "1", "2", "1"]
+    assert md_table(src_text, "RTF")["all sets (total decoding s / total audio s)"][3] == "0.1000"
+    assert "- - (no params.json)" in (exp / "source" / "RESULTS.md").read_text(encoding="utf-8")
+
+
+def test_make_results_missing_inputs_give_dashes(fake_exp):
+    exp = fake_exp / "exp"
+    (exp / "source" / "decode_test_Ji-Lu" / "score_cer" / "result.json").unlink()
+    (exp / "full_ft" / "params.json").unlink()  # % of full FT falls back to params.json share
+    run_results(fake_exp)
+    rows = md_rows((exp / "RESULTS.md").read_text(encoding="utf-8"))
+    assert rows["[source](source/RESULTS.md)"][:3] == ["18.18", "-", "-"]  # no average without Ji-Lu
+    assert rows["[full_ft](full_ft/RESULTS.md)"][2] == "4.55"
+    assert rows["[full_ft](full_ft/RESULTS.md)"][5:7] == ["-", "-"]
+    assert rows["[hdmole](hdmole/RESULTS.md)"][2] == "**4.17**"
+    assert rows["[hdmole](hdmole/RESULTS.md)"][6] == "2.78"  # share = 100 * 25000 / 900000
+    src = md_table((exp / "source" / "RESULTS.md").read_text(encoding="utf-8"), "CER %")
+    assert src["test_Ji-Lu"] == ["-"] * 6
+    assert src["accent average (unweighted mean of 2)"][2] == "-"
+
+
+def test_make_results_bold_moves_and_baseline_missing(fake_exp, capsys):
+    exp = fake_exp / "exp"
+    (exp / "hdmole" / "decode_test_Beijing" / "score_cer" / "result.json").unlink()
+    run_results(fake_exp, "--systems", "hdmole", "full_ft", "--baseline", "nonexistent")
+    assert "baseline system" in capsys.readouterr().err
+    text = (exp / "RESULTS.md").read_text(encoding="utf-8")
+    rows = md_rows(text)
+    assert list(rows)[1:] == ["[hdmole](hdmole/RESULTS.md)", "[full_ft](full_ft/RESULTS.md)"]  # given order
+    assert rows["[full_ft](full_ft/RESULTS.md)"][2] == "**4.55**"
+    assert rows["[hdmole](hdmole/RESULTS.md)"][2] == "-"
+    assert rows["[hdmole](hdmole/RESULTS.md)"][4] == "-" and rows["[full_ft](full_ft/RESULTS.md)"][4] == "-"
+    assert "[source]" not in text
+
+
+def test_make_results_plots_are_png_and_deterministic(fake_exp, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    out = run_results(fake_exp)
+    plots = fake_exp / "exp" / "plots"
+    names = sorted(p.name for p in plots.iterdir())
+    assert names == ["cer_per_accent.png", "routing_hdmole_llm.layers.0.self_attn.q_proj.png",
+                     "routing_hdmole_llm.layers.0.self_attn.v_proj.png"]
+    first = {}
+    for n in names:
+        b = (plots / n).read_bytes()
+        assert b[:8] == PNG_MAGIC and len(b) > 5000, n
+        first[n] = b
+    hd = (fake_exp / "exp" / "hdmole" / "RESULTS.md").read_text(encoding="utf-8")
+    assert "(../plots/routing_hdmole_llm.layers.0.self_attn.q_proj.png)" in hd
+    md = {f: Path(f).read_text(encoding="utf-8") for f in out["files"] if f.endswith(".md")}
+    assert all("on 1970-01-01." in t.splitlines()[0] for t in md.values())
+
+    run_results(fake_exp)
+    for n in names:
+        assert (plots / n).read_bytes() == first[n], n
+    for f, t in md.items():
+        assert Path(f).read_text(encoding="utf-8") == t, f
+
+
+def test_make_results_without_date_override_only_date_line_differs(fake_exp, monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    run_results(fake_exp, "--no_plots")
+    a = (fake_exp / "exp" / "RESULTS.md").read_text(encoding="utf-8").splitlines()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
+    run_results(fake_exp, "--no_plots")
+    b = (fake_exp / "exp" / "RESULTS.md").read_text(encoding="utf-8").splitlines()
+    assert len(a) == len(b) and [i for i, (x, y) in enumerate(zip(a, b)) if x != y] == [0]
+    assert not (fake_exp / "exp" / "plots").exists()
+
+
+def test_make_results_bad_inputs(fake_exp):
+    exp = fake_exp / "exp"
+    write(exp / "hdmole" / "routing.json", json.dumps(
+        {"layers": {"l0": {"accents": ACCENTS, "mean_weight": [[0.5, 0.5]]}}}))
+    with pytest.raises(make_results.ResultsError, match=r"hdmole/routing.json: layer 'l0'"):
+        run_results(fake_exp)
+    write(exp / "hdmole" / "routing.json", json.dumps(dict(ROUTING, accent_acc=90.0)))
+    with pytest.raises(make_results.ResultsError, match=r"accent_acc must be a fraction"):
+        run_results(fake_exp)
+    write(exp / "hdmole" / "routing.json", json.dumps(ROUTING))
+    write(exp / "hdmole" / "decode_test_Beijing" / "rtf", "rtf fast\n")
+    with pytest.raises(make_results.ResultsError, match=r"decode_test_Beijing/rtf:1: value of 'rtf'"):
+        run_results(fake_exp)
+    with pytest.raises(make_results.ResultsError, match=r"nope: system directory not found"):
+        run_results(fake_exp, "--systems", "nope")
+
+
+def test_make_results_discovers_accents_without_file(fake_exp, monkeypatch):
+    monkeypatch.chdir(fake_exp / "exp")  # no data/accents.txt here
+    out = make_results.main(["--exp_dir", str(fake_exp / "exp"), "--no_plots"])
+    assert out["accents"] == ["Beijing", "Ji-Lu"]
