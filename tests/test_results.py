@@ -366,3 +366,21 @@ def test_make_results_discovers_accents_without_file(fake_exp, monkeypatch):
     monkeypatch.chdir(fake_exp / "exp")  # no data/accents.txt here
     out = make_results.main(["--exp_dir", str(fake_exp / "exp"), "--no_plots"])
     assert out["accents"] == ["Beijing", "Ji-Lu"]
+
+
+def test_make_results_reads_model_info_layout_with_nulls(fake_exp):
+    # local/model_info.py writes null for what it could not measure, and extra keys
+    exp = fake_exp / "exp"
+    layer = dict(ROUTING["layers"]["llm.layers.0.self_attn.q_proj"], mean_active=None, num_domains=2,
+                 experts_per_domain=1, activation="threshold", global_router="predicted")
+    write(exp / "hdmole" / "routing.json", json.dumps(
+        {"accent_acc": None, "set": "dump/dev", "utterances": 4, "layers": {"q": layer}}))
+    write(exp / "hdmole" / "train_stats.json", json.dumps({"accent_acc": None, "mean_active": {"q": None}}))
+    out = run_results(fake_exp)
+    rows = md_rows((exp / "RESULTS.md").read_text(encoding="utf-8"))
+    assert rows["[hdmole](hdmole/RESULTS.md)"][7:9] == ["-", "-"]  # accent-ID acc, mean active
+    hd = (exp / "hdmole" / "RESULTS.md").read_text(encoding="utf-8")
+    assert md_table(hd, "heat map")["`q`"] == ["-", "-", "[png](../plots/routing_hdmole_q.png)"]
+    assert "- accent-ID accuracy, decoding (routing.json): - %" in hd
+    png = exp / "plots" / "routing_hdmole_q.png"
+    assert str(png) in out["files"] and png.read_bytes()[:8] == PNG_MAGIC

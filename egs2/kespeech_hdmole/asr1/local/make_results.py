@@ -146,8 +146,11 @@ def load_routing(path: Path) -> Optional[dict]:
                                f"of 'accents'")
         if len({len(row) for row in mw}) != 1 or not mw[0]:
             raise ResultsError(f"{path}: layer {name!r}: rows of 'mean_weight' differ in length")
-        if "mean_active" in L and not isinstance(L["mean_active"], (int, float)):
-            raise ResultsError(f"{path}: layer {name!r}: 'mean_active' must be a number")
+        if L.get("mean_active", 0) is None:  # null (local/model_info.py: not measured) = absent
+            del L["mean_active"]
+        if "mean_active" in L and (not isinstance(L["mean_active"], (int, float))
+                                   or isinstance(L["mean_active"], bool)):
+            raise ResultsError(f"{path}: layer {name!r}: 'mean_active' must be a number or null")
     if r.get("accent_acc") is not None:
         r["accent_acc"] = _fraction(path, r["accent_acc"], "accent_acc")
     return r
@@ -160,9 +163,11 @@ def load_train_stats(path: Path) -> Optional[dict]:
     if t.get("accent_acc") is not None:
         t["accent_acc"] = _fraction(path, t["accent_acc"], "accent_acc")
     ma = t.get("mean_active")
-    if ma is not None and (not isinstance(ma, dict)
-                           or not all(isinstance(v, (int, float)) for v in ma.values())):
-        raise ResultsError(f"{path}: 'mean_active' must be an object {{layer: number}}")
+    if ma is not None and (not isinstance(ma, dict) or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in ma.values())):
+        raise ResultsError(f"{path}: 'mean_active' must be an object {{layer: number or null}}")
+    if ma is not None:  # null (not measured) = absent
+        t["mean_active"] = {k: v for k, v in ma.items() if v is not None}
     return t
 
 
@@ -548,7 +553,14 @@ def plot_cer(systems: Sequence[dict], accents: Sequence[str], path: Path) -> Non
     for i, s in enumerate(systems):
         vals = [s["result"][f"test_{a}"]["cer_pct"] if s["result"][f"test_{a}"] else np.nan
                 for a in accents]
-        ax.bar(x - 0.4 + width * (i + 0.5), vals, width, label=s["name"])
+        xs = x - 0.4 + width * (i + 0.5)
+        ax.bar(xs, vals, width, label=s["name"])
+        if len(systems) * len(accents) <= 60:  # label bars, so 0.00 and "no result" differ
+            for xi, v in zip(xs, vals):
+                ax.annotate("n/a" if np.isnan(v) else f"{v:.1f}", (xi, 0.0 if np.isnan(v) else v),
+                            xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                            fontsize=6, rotation=90 if n > 3 else 0)
+    ax.set_xlim(-0.5, len(accents) - 0.5)  # missing (NaN) bars do not widen the axis
     ax.set_xticks(x)
     ax.set_xticklabels(accents, rotation=30, ha="right")
     ax.set_xlabel("accent (test set)")
@@ -571,10 +583,17 @@ def plot_routing(system: str, layer: str, L: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * n_exp + 2.5), max(3.0, 0.45 * n_acc + 1.5)))
     im = ax.imshow(w, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-9))
     ax.set_xticks(range(n_exp))
-    ax.set_xticklabels([f"E{i}" for i in range(n_exp)])
+    epd, nd = L.get("experts_per_domain"), L.get("num_domains")
+    if (isinstance(epd, int) and isinstance(nd, int) and epd > 0 and nd == n_acc
+            and nd * epd == n_exp):  # expert i belongs to domain i // experts_per_domain
+        ax.set_xticklabels([f"E{i} {L['accents'][i // epd]}" for i in range(n_exp)],
+                           rotation=45, ha="right")
+        ax.set_xlabel("expert (its domain)")
+    else:
+        ax.set_xticklabels([f"E{i}" for i in range(n_exp)])
+        ax.set_xlabel("expert")
     ax.set_yticks(range(n_acc))
     ax.set_yticklabels(L["accents"])
-    ax.set_xlabel("expert")
     ax.set_ylabel("accent")
     title = f"{system}: {layer}"
     if "mean_active" in L:
