@@ -236,7 +236,7 @@ class LLMASRModel(AbsESPnetModel):
         aux = hdmole_aux_loss(self)
         if aux is not None:
             loss = loss + aux
-        stats.update({k: v for k, v in hdmole_statistics(self).items()})
+        stats.update(hdmole_statistics(self))
         stats["loss"] = loss.detach()
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
         return loss, stats, weight
