@@ -324,3 +324,50 @@ def test_ctc_auxiliary_loss(work):
     torch.testing.assert_close(loss.detach(), stats["loss_asr"] + 0.3 * stats["loss_ctc"])
     loss.backward()
     assert model.ctc.ctc_lo.weight.grad.abs().sum() > 0
+
+
+def test_pinyin_units():
+    """Initials and finals of the canonical reading; characters without one give nothing."""
+    from espnet_hdmole.asr.pinyin_units import PinyinUnits
+
+    pu = PinyinUnits()
+    assert pu.tokens("你好") == ["I_n", "F_i", "I_h", "F_ao"]
+    assert pu.tokens("北京2010年") == ["I_b", "F_ei", "I_j", "F_ing", "I_n", "F_ian"]
+    ids = pu.encode("我们学习语音识别")
+    assert 0 not in ids and len(ids) == len(pu.tokens("我们学习语音识别")) == 16
+    assert len(set(pu.units)) == len(pu) and pu.units[0] == "<blank>"
+
+
+def test_pinyin_ctc_trains_through_the_trainer(work, tmp_path):
+    """ctc_units: pinyin: the preprocessor adds 'text_ctc', the CTC head has one output per unit,
+    the loss is loss_asr + w * loss_ctc over those targets, and ESPnet's trainer runs it."""
+    from espnet_hdmole.asr.pinyin_units import PinyinUnits
+    from espnet_hdmole.asr.preprocessor import LLMASRPreprocessor
+
+    w, llm, data = work
+    extra = ["--model_conf", "ctc_weight=0.5", "--model_conf", "ctc_units=pinyin"]
+    args = LLMASRTask.get_parser().parse_args(train_args(tmp_path / "exp", data, llm, extra=extra))
+    model = LLMASRTask.build_model(args)
+    assert model.ctc.ctc_lo.out_features == len(PinyinUnits())
+    pre = LLMASRTask.build_preprocess_fn(args, train=True)
+    feats = dict(kaldiio.load_scp(str(data / "feats.scp")))
+    text = read_kaldi(data / "text")
+    items = [(u, pre(u, {"speech": np.asarray(feats[u]), "text": text[u]})) for u in sorted(feats)]
+    assert items[0][1]["text_ctc"].tolist() == PinyinUnits().encode(text[items[0][0]])
+    _, batch = LLMASRTask.build_collate_fn(None, True)(items)
+    loss, stats, _ = model(**batch)
+    torch.testing.assert_close(loss.detach(), stats["loss_asr"] + 0.5 * stats["loss_ctc"])
+    # the same loss computed by hand from ESPnet's CTC over the units, not over the LLM's ids
+    h, h_lens = model.encode(batch["speech"], batch["speech_lengths"])
+    ref = model.ctc(h, h_lens, batch["text_ctc"], batch["text_ctc_lengths"])
+    torch.testing.assert_close(stats["loss_ctc"].reshape(()), ref.detach().reshape(()))
+    plain = LLMASRPreprocessor(False, llm)  # without the units the model says what is missing
+    items = [(u, plain(u, {"speech": np.asarray(feats[u]), "text": text[u]})) for u in sorted(feats)]
+    _, batch = LLMASRTask.build_collate_fn(None, True)(items)
+    with pytest.raises(ValueError, match="text_ctc"):
+        model(**batch)
+    LLMASRTask.main(args=LLMASRTask.get_parser().parse_args(
+        train_args(tmp_path / "exp", data, llm, extra=extra, epochs=1, iters=3)))
+    reporter = torch.load(tmp_path / "exp" / "checkpoint.pth", weights_only=False)["reporter"]
+    train_stats = reporter["stats"][1]["train"]
+    assert np.isfinite(train_stats["loss_ctc"]) and train_stats["loss_ctc"] > 0

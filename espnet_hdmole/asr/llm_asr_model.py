@@ -24,6 +24,7 @@ from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_hdmole.asr.llm_utils import load_causal_lm, load_tokenizer, unencodable_chars
+from espnet_hdmole.asr.pinyin_units import PinyinUnits
 from espnet_hdmole.asr.projector import FrameStackProjector
 from espnet_hdmole.layers.create_hdmole_adapter import hdmole_aux_loss, hdmole_layers, hdmole_statistics
 from espnet_hdmole.layers.routing import domain_posterior, oracle_posterior
@@ -62,9 +63,12 @@ class LLMASRModel(AbsESPnetModel):
             utterance's encoder output (computed once, in eval mode, without gradients) in memory
             by utterance id and reuse it in later epochs (SpecAugment is then not applied). The
             trainer passes the ids.
-        ctc_weight: weight of an auxiliary CTC loss on the encoder output over the LLM's
-            vocabulary (id 0 is the blank; token ids are shifted by one). It gives an encoder
+        ctc_weight: weight of an auxiliary CTC loss on the encoder output. It gives an encoder
             trained from scratch a direct signal; 0 builds no CTC head.
+        ctc_units: what the CTC predicts: "llm" (the LLM's vocabulary; id 0 is the blank, token
+            ids shift by one) or "pinyin" (the ~60 Mandarin initials and finals of the transcript,
+            espnet_hdmole.asr.pinyin_units; the preprocessor adds them as 'text_ctc'). On a few
+            hours of speech only "pinyin" leaves CTC's all-blank plateau quickly.
     """
 
     def __init__(
@@ -85,6 +89,7 @@ class LLMASRModel(AbsESPnetModel):
         frame_shift: float = 0.01,
         cache_encoder_outputs: bool = False,
         ctc_weight: float = 0.0,
+        ctc_units: str = "llm",
     ):
         super().__init__()
         self.frontend = frontend
@@ -106,7 +111,11 @@ class LLMASRModel(AbsESPnetModel):
         )
         self.frame_shift = frame_shift
         self.ctc_weight = ctc_weight
-        self.ctc = CTC(odim=len(self.tokenizer) + 1, encoder_output_size=encoder.output_size()) if ctc_weight > 0 else None
+        if ctc_units not in ("llm", "pinyin"):
+            raise ValueError(f"model_conf.ctc_units must be 'llm' or 'pinyin', not {ctc_units!r}")
+        self.ctc_units = ctc_units
+        n_ctc = len(PinyinUnits()) if ctc_units == "pinyin" else len(self.tokenizer) + 1
+        self.ctc = CTC(odim=n_ctc, encoder_output_size=encoder.output_size()) if ctc_weight > 0 else None
         self.cache_encoder_outputs = cache_encoder_outputs
         self._enc_cache: Dict[str, torch.Tensor] = {}
         self.eos_id = self.tokenizer.eos_token_id
@@ -222,8 +231,16 @@ class LLMASRModel(AbsESPnetModel):
         stats["loss_asr"] = loss_asr.detach()
         stats["acc"] = acc
         if self.ctc is not None:
-            ys = torch.where(text >= 0, text + 1, text)  # blank = 0
-            loss_ctc = self.ctc(h, h_lens, ys, text_lengths)
+            if self.ctc_units == "pinyin":
+                if "text_ctc" not in kwargs:
+                    raise ValueError(
+                        "model_conf.ctc_units: pinyin needs the preprocessor's 'text_ctc' targets "
+                        "(use_preprocessor: true)"
+                    )
+                ys, ys_lens = kwargs["text_ctc"], kwargs["text_ctc_lengths"]
+            else:
+                ys, ys_lens = torch.where(text >= 0, text + 1, text), text_lengths  # blank = 0
+            loss_ctc = self.ctc(h, h_lens, ys, ys_lens)
             stats["loss_ctc"] = loss_ctc.detach()
             loss = loss + self.ctc_weight * loss_ctc
         if logits_aid is not None and accent is not None:

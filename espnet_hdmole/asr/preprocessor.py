@@ -5,6 +5,7 @@ import numpy as np
 from espnet2.train.preprocessor import AbsPreprocessor
 
 from espnet_hdmole.asr.llm_utils import load_tokenizer, unencodable_chars
+from espnet_hdmole.asr.pinyin_units import PinyinUnits
 
 
 class LLMASRPreprocessor(AbsPreprocessor):
@@ -15,12 +16,15 @@ class LLMASRPreprocessor(AbsPreprocessor):
         accent_list: Optional[List[str]] = None,
         text_name: str = "text",
         accent_name: str = "accent",
+        pinyin_ctc: bool = False,
     ):
         super().__init__(train)
         self.tokenizer = load_tokenizer(llm_dir)
         self.llm_dir = llm_dir
         self.accent_index = {a: i for i, a in enumerate(accent_list or [])}
         self.text_name, self.accent_name = text_name, accent_name
+        # the CTC targets (initials/finals) go beside the LLM ids as '<text_name>_ctc'
+        self.pinyin = PinyinUnits() if pinyin_ctc else None
 
     def __call__(self, uid: str, data: Dict[str, Union[str, np.ndarray]]) -> Dict[str, np.ndarray]:
         if self.text_name in data and isinstance(data[self.text_name], str):
@@ -34,6 +38,8 @@ class LLMASRPreprocessor(AbsPreprocessor):
                     f"{unencodable_chars(self.tokenizer, text)!r}"
                 )
             data[self.text_name] = np.asarray(ids, dtype=np.int64)
+            if self.pinyin is not None:
+                data[self.text_name + "_ctc"] = np.asarray(self.pinyin.encode(text), dtype=np.int64)
         if self.accent_name in data and isinstance(data[self.accent_name], str):
             label = data[self.accent_name].strip()
             if label not in self.accent_index:

@@ -154,7 +154,10 @@ class LLMASRTask(AbsTask):
         if not args.use_preprocessor:
             return None
         mc = args.model_conf
-        return LLMASRPreprocessor(train=train, llm_dir=mc["llm_dir"], accent_list=mc.get("accent_list"))
+        pinyin_ctc = mc.get("ctc_weight", 0.0) > 0 and mc.get("ctc_units", "llm") == "pinyin"
+        return LLMASRPreprocessor(
+            train=train, llm_dir=mc["llm_dir"], accent_list=mc.get("accent_list"), pinyin_ctc=pinyin_ctc
+        )
 
     @classmethod
     def required_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
