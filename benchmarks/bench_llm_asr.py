@@ -1,17 +1,65 @@
 #!/usr/bin/env python3
-"""Training-step time, peak memory and decoding real-time factor of the LLM-based ASR model
-on the CPU, per fine-tuning system, with models built from configs (nothing downloaded).
+"""Training-step time, peak memory and decoding real-time factor of the stage-5 fine-tuning
+systems of egs2/kespeech_hdmole/asr1, on the CPU, with models built from configs (random
+weights, random features; nothing downloaded).
 
-Each system runs in its own process so that its peak memory (max RSS) is its own:
-  full_ft   projector + LLM trained (encoder frozen)
-  lora      ESPnet's lora adapter (rank r) on the projector and LLM linears
-  hdmole    HDMoLE (D domains x E experts of rank r, threshold, predicted routing) on the same
-Decoding is timed for greedy and beam search with the KV cache.
+What is built is what the recipe trains: the architecture of conf/tuning/train_source.yaml
+(conformer encoder, frame-stacking projector, prompt) overlaid with a system's
+conf/tuning/finetune_<system>.yaml as local/merge_config.py does (encoder dropout 0, no CTC
+head, cache_encoder_outputs), then --freeze_param and the adapter (adapter, adapter_conf) of
+that yaml, applied in the trainer's order. The LLM is a Qwen2 causal LM of
+conf/tuning/llm_demo.yaml's shape (intermediate 3 x hidden, as local/pretrain_llm.py) with a
+character tokenizer. Systems:
+  full_ft    finetune_full.yaml: projector + LLM trained, encoder frozen
+  lora       finetune_lora.yaml: ESPnet's lora (rank 18, alpha 36) on the projector and LLM linears
+  hdmole     finetune_hdmole.yaml: 9 domains x 1 expert of rank 2 (alpha 4), predicted global
+             router (accent head, aid_weight 0.5), dynamic threshold, on the same linears
+  mole_topk  finetune_mole_topk.yaml: 9 experts of rank 2, static top-2, no global router (optional)
+The presets only change sizes: `demo` is the recipe's (encoder 144 x 4 blocks, linear_units 576,
+conv2d6; projector stack 2, hidden 256; LLM 4 layers x 256; ~3000 characters; batches of 16
+utterances of ~3.5 s (350 frames of 10 ms, +-10%) with ~14-token transcripts); `tiny` is for
+checking that the script runs.
 
-    python benchmarks/bench_llm_asr.py --preset tiny
-    python benchmarks/bench_llm_asr.py --preset demo --steps 10
+Training steps are timed as the ESPnet trainer runs them: model(**batch, utt_id=[...]),
+zero_grad, backward, clip_grad_norm_(5.0), Adam step. With the recipe's
+cache_encoder_outputs the frozen encoder runs once per utterance: a fixed pool of --pool batches
+(each with its utterance ids) is run once untimed (this fills the encoder-output cache, as the
+first epoch does), then --steps steps cycling over the pool are timed. --no_cache passes no
+utt_id, so the encoder runs in every timed step (the recipe's first epoch, or a recipe without
+the cache). Each system runs in its own (spawned) process, so that its max RSS is its own.
+
+Columns:
+  trainable      parameters with requires_grad after freezing and adapting
+  % of full FT   trainable / the base parameters of the parts the system touches (param_report)
+  step (s)       median wall time of a timed training step (batch of `batch` utterances)
+  utts/s         batch / step
+  max RSS (MB)   peak resident memory of the system's process (build, training and decoding)
+  RTF greedy / RTF beamK   decoding time / audio duration for --decode_utts utterances in
+                 batches of --decode_batch (the recipe decodes 16 at a time), model.recognize with
+                 the KV cache, encoder included, at most text_len + 1 new tokens per utterance
+                 (a trained model stops after its ~14 tokens). Decoding runs before training, with
+                 the adapters at their initialisation (B = 0), so all systems decode the same tokens.
+The two target lines compare the hdmole step time with lora (target <= 1.3) and full_ft (< 1).
+--json also has, per system: first_pass_step_s (median step of the untimed pass, encoder
+included), step_s_all, tokens_per_utt_beamK, cached_utts, build_s and the adapter_conf used.
+Timings need idle cores: with another job on the machine, 2 threads can be many times slower
+than 1 (use --threads 1, or run when the machine is free).
+
+--sweep instead varies HDMoLE's size, hdmole as finetune_hdmole.yaml otherwise: domains
+D = 1, 3, 9 with E = 1 expert per domain, and E = 1, 2, 4 with D = 9; for each point it also
+runs lora with the same total rank N * r (alpha / rank as finetune_lora.yaml). D = 1 has no
+global router (an accent head needs >= 2 domains; with one domain its posterior would be 1).
+Columns: D, E, N = D * E experts, trainable (hdmole), step (s) (hdmole), lora rank, lora step (s),
+ratio = hdmole step / lora step, RTF greedy (hdmole) and lora RTF greedy.
+
+    python benchmarks/bench_llm_asr.py --preset tiny --steps 3
+    python benchmarks/bench_llm_asr.py --preset tiny --steps 2 --sweep
+    python benchmarks/bench_llm_asr.py --preset demo --steps 10 --systems full_ft lora hdmole mole_topk --json bench_demo.json
+    python benchmarks/bench_llm_asr.py --preset demo --steps 10 --no_cache
+    python benchmarks/bench_llm_asr.py --preset demo --steps 6 --sweep --json bench_sweep.json
 """
 import argparse
+import copy
 import json
 import multiprocessing as mp
 import resource
@@ -23,133 +71,276 @@ from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE_CONF = ROOT / "egs2" / "kespeech_hdmole" / "asr1" / "conf" / "tuning"
+SYSTEM_YAML = {"full_ft": "finetune_full.yaml", "lora": "finetune_lora.yaml",
+               "hdmole": "finetune_hdmole.yaml", "mole_topk": "finetune_mole_topk.yaml"}
+# the architecture keys a fine-tuning config takes from the source model (local/merge_config.py)
+ARCH_KEYS = ("encoder", "encoder_conf", "model_conf")
+
 PRESETS = {
-    # the test-suite sizes
-    "tiny": dict(enc_dim=32, enc_blocks=1, llm_hidden=32, llm_layers=2, vocab=60, batch=6, frames=50, text_len=6),
-    # the demo recipe's sizes (DEMO_CORPUS.md's compute budget)
-    "demo": dict(enc_dim=144, enc_blocks=6, llm_hidden=256, llm_layers=4, vocab=4000, batch=16, frames=300, text_len=12),
+    # checks that the script runs (seconds)
+    "tiny": dict(enc_dim=32, enc_heads=4, enc_units=64, enc_blocks=1, input_layer="conv2d6", proj_stack=2,
+                 proj_hidden=32, llm_hidden=32, llm_layers=2, vocab=60, batch=4, frames=60, text_len=6,
+                 decode_utts=4, decode_batch=4),
+    # egs2/kespeech_hdmole/asr1 stage 5: train_source.yaml + llm_demo.yaml, batch_size 16
+    "demo": dict(enc_dim=144, enc_heads=4, enc_units=576, enc_blocks=4, input_layer="conv2d6", proj_stack=2,
+                 proj_hidden=256, llm_hidden=256, llm_layers=4, vocab=3000, batch=16, frames=350, text_len=14,
+                 decode_utts=16, decode_batch=16),
 }
-TARGETS = ["projector.linear1", "projector.linear2", "q_proj", "k_proj", "v_proj", "o_proj"]
+SWEEP = [(1, 1), (3, 1), (9, 1), (9, 2), (9, 4)]  # (D, E)
 
 
-def build(cfg, system, workdir):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+def load_yaml(name):
+    import yaml
+
+    return yaml.safe_load((RECIPE_CONF / name).read_text(encoding="utf-8")) or {}
+
+
+def system_spec(system, domains=None, experts=None, lora_rank=None):
+    """The merged training config of a system (local/merge_config.py), optionally resized."""
+    base, own = load_yaml("train_source.yaml"), load_yaml(SYSTEM_YAML[system])
+    conf = {k: copy.deepcopy(base[k]) for k in ARCH_KEYS if k in base}
+    for k, v in own.items():
+        if k in ("encoder_conf", "model_conf") and isinstance(v, dict):
+            conf[k] = {**conf.get(k, {}), **v}
+        else:
+            conf[k] = v
+    ac = dict(conf.get("adapter_conf") or {})
+    if domains is not None and conf.get("adapter") == "hdmole":
+        ac.update(num_domains=domains, experts_per_domain=experts)
+        if domains < 2:  # an accent head needs two domains; with one, the global posterior is 1
+            ac.update(global_router="none", keep_trainable=[])
+            conf["model_conf"].pop("aid_weight", None)
+    if lora_rank is not None and conf.get("adapter") == "lora":
+        ac.update(rank=lora_rank, alpha=int(round(lora_rank * ac["alpha"] / ac["rank"])))
+    conf["adapter_conf"] = ac
+    n_dom = ac.get("num_domains", 9) if conf.get("adapter") == "hdmole" else (domains or 9)
+    conf["accent_list"] = [f"accent{i}" for i in range(n_dom)]
+    return conf
+
+
+def make_llm(path, cfg):
+    """A Qwen2 causal LM as local/pretrain_llm.py builds it (llm_demo.yaml's heads), random weights."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from espnet_hdmole.asr.llm_utils import build_char_tokenizer
+
+    llm_conf = load_yaml("llm_demo.yaml")
+    prompt = str(load_yaml("train_source.yaml").get("model_conf", {}).get("prompt", ""))
+    cjk = (chr(c) for c in range(0x4E00, 0x9FA6) if chr(c) not in prompt)
+    chars = "".join(sorted(set(prompt))) + "".join(next(cjk) for _ in range(cfg["vocab"] - 3 - len(set(prompt))))
+    tok = build_char_tokenizer(chars, path)
+    h = cfg["llm_hidden"]
+    c = Qwen2Config(vocab_size=len(tok), hidden_size=h, intermediate_size=3 * h, num_hidden_layers=cfg["llm_layers"],
+                    num_attention_heads=llm_conf.get("num_heads", 4), num_key_value_heads=llm_conf.get("num_kv_heads", 2),
+                    max_position_embeddings=2048, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(c).save_pretrained(str(path))
+    return str(path), len(tok)
+
+
+def build(cfg, spec, workdir):
+    """The model as the ESPnet trainer has it: built, --freeze_param applied, adapter created."""
+    import numpy as np
     from espnet2.layers.create_adapter import create_adapter
 
     from espnet_hdmole.asr.param_report import trainable_parameter_report
     from espnet_hdmole.tasks.llm_asr import LLMASRTask
-    from tiny import make_llm_dir
 
-    chars = [chr(0x4E00 + i) for i in range(cfg["vocab"] - 3)]
-    llm = make_llm_dir(Path(workdir) / "llm", "".join(chars), hidden=cfg["llm_hidden"], layers=cfg["llm_layers"])
-    d = cfg["enc_dim"]
-    args = LLMASRTask.get_parser().parse_args([
-        "--input_size", "80", "--encoder", "conformer", "--encoder_conf", f"output_size={d}",
-        "--encoder_conf", "attention_heads=4", "--encoder_conf", f"linear_units={4 * d}",
-        "--encoder_conf", f"num_blocks={cfg['enc_blocks']}", "--encoder_conf", "input_layer=conv2d",
-        "--model_conf", f"llm_dir={llm}", "--model_conf", "projector_conf={'stack': 2}",
-        "--model_conf", "accent_list=" + str([f"a{i}" for i in range(cfg["domains"])]),
-        "--model_conf", "use_accent_head=true", "--model_conf", "aid_weight=0.1",
-    ])
+    llm_dir, vocab = make_llm(Path(workdir) / "llm", cfg)
+    stats = Path(workdir) / "cmvn_stats.npz"
+    np.savez(stats, count=np.array(1000.0), sum=np.zeros(80), sum_square=np.full(80, 1000.0))
+    args = LLMASRTask.get_parser().parse_args(["--input_size", "80"])
+    args.normalize, args.normalize_conf = "global_mvn", {"stats_file": str(stats)}
+    args.encoder = spec["encoder"]
+    args.encoder_conf = dict(spec["encoder_conf"], output_size=cfg["enc_dim"], attention_heads=cfg["enc_heads"],
+                             linear_units=cfg["enc_units"], num_blocks=cfg["enc_blocks"], input_layer=cfg["input_layer"])
+    mc = dict(spec["model_conf"], llm_dir=llm_dir, accent_list=spec["accent_list"])
+    mc["projector_conf"] = dict(mc.get("projector_conf") or {}, stack=cfg["proj_stack"], hidden_size=cfg["proj_hidden"])
+    args.model_conf = mc
     model = LLMASRTask.build_model(args)
-    for p in model.encoder.parameters():
-        p.requires_grad_(False)
-    if system == "full_ft":
-        pass
-    elif system == "lora":
-        for p in model.parameters():
-            p.requires_grad_(False)
-        create_adapter(model, "lora", dict(rank=cfg["rank"] * cfg["domains"] * cfg["epd"], alpha=8,
-                                           target_modules=TARGETS))
-    elif system == "hdmole":
-        create_adapter(model, "hdmole", dict(target_modules=TARGETS, num_domains=cfg["domains"],
-                                             experts_per_domain=cfg["epd"], rank=cfg["rank"],
-                                             keep_trainable=["accent_head"]))
-    return model, trainable_parameter_report(model)
+    for t in spec.get("freeze_param") or []:
+        for k, p in model.named_parameters():
+            if k.startswith(t + ".") or k == t:
+                p.requires_grad_(False)
+    if spec.get("adapter"):
+        create_adapter(model, spec["adapter"], dict(spec["adapter_conf"]))
+    return model, trainable_parameter_report(model), vocab
 
 
-def batch_for(cfg, n, g):
-    speech = torch.randn(n, cfg["frames"], 80, generator=g)
-    lens = torch.full((n,), cfg["frames"], dtype=torch.long)
-    text = torch.randint(3, cfg["vocab"], (n, cfg["text_len"]), generator=g)
-    tl = torch.full((n,), cfg["text_len"], dtype=torch.long)
-    acc = torch.randint(0, cfg["domains"], (n, 1), generator=g)
-    return dict(speech=speech, speech_lengths=lens, text=text, text_lengths=tl, accent=acc)
+def make_batches(cfg, n_batches, batch, n_domains, vocab, seed, prefix):
+    """Batches as the collate function gives them (padded, lengths, accent indices) + utt ids."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for j in range(n_batches):
+        lo, hi = int(cfg["frames"] * 0.9), int(cfg["frames"] * 1.1)
+        lens = torch.randint(lo, hi + 1, (batch,), generator=g).sort(descending=True).values  # batch_type sorted
+        speech = torch.randn(batch, int(lens.max()), 80, generator=g)
+        for i, n in enumerate(lens.tolist()):
+            speech[i, n:] = 0.0
+        tl = torch.randint(max(1, cfg["text_len"] - 2), cfg["text_len"] + 3, (batch,), generator=g)
+        text = torch.randint(3, vocab, (batch, int(tl.max())), generator=g)
+        for i, n in enumerate(tl.tolist()):
+            text[i, n:] = -1
+        acc = torch.randint(0, n_domains, (batch, 1), generator=g)
+        ids = [f"{prefix}{j:03d}_{i:02d}" for i in range(batch)]
+        out.append((ids, dict(speech=speech, speech_lengths=lens, text=text, text_lengths=tl, accent=acc)))
+    return out
 
 
-def run_system(cfg, system, q):
+def run_system(cfg, name, spec, q):
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    with tempfile.TemporaryDirectory() as wd:
-        model, rep = build(cfg, system, wd)
-        res = {"system": system, "trainable": rep["trainable"], "share": rep["share"]}
-        if cfg["steps"] > 0:
-            opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-            model.train()
-            times = []
-            for i in range(cfg["steps"] + 2):
-                b = batch_for(cfg, cfg["batch"], g)
-                t0 = time.perf_counter()
-                loss, _, _ = model(**b)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if i >= 2:
-                    times.append(time.perf_counter() - t0)
-            res["step_s"] = statistics.median(times)
-        model.eval()
-        for beam in cfg["beams"]:
-            b = batch_for(cfg, cfg["decode_utts"], g)
-            model.recognize(b["speech"][:2], b["speech_lengths"][:2], beam_size=beam, max_new_tokens=2)  # warm-up
+    try:
+        with tempfile.TemporaryDirectory() as wd:
             t0 = time.perf_counter()
-            model.recognize(b["speech"], b["speech_lengths"], beam_size=beam, max_new_tokens=cfg["text_len"] + 1)
-            res[f"rtf_beam{beam}"] = (time.perf_counter() - t0) / (cfg["decode_utts"] * cfg["frames"] * 0.01)
-        res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    q.put(res)
+            model, rep, vocab = build(cfg, spec, wd)
+            res = {"system": name, "trainable": rep["trainable"], "share": rep["share"],
+                   "adapter_conf": spec.get("adapter_conf"), "build_s": time.perf_counter() - t0}
+            n_dom = len(spec["accent_list"])
+            # decoded before training: the adapters are at their initialisation (B = 0), so every
+            # system decodes the same tokens as the same base model
+            model.eval()
+            dec = make_batches(cfg, -(-cfg["decode_utts"] // cfg["decode_batch"]), cfg["decode_batch"], n_dom,
+                               vocab, seed=2, prefix="dec")
+            audio_s = sum(float(b["speech_lengths"].sum()) for _, b in dec) * 0.01
+            for beam in cfg["beams"]:
+                b0 = dec[0][1]
+                model.recognize(b0["speech"][:2], b0["speech_lengths"][:2], beam_size=beam, max_new_tokens=2)
+                t0 = time.perf_counter()
+                n_tok = 0
+                for _, b in dec:
+                    hyps = model.recognize(b["speech"], b["speech_lengths"], beam_size=beam,
+                                           max_new_tokens=cfg["text_len"] + 1)
+                    n_tok += sum(len(h["token_ids"]) for h in hyps)
+                res[f"rtf_beam{beam}"] = (time.perf_counter() - t0) / audio_s
+                res[f"tokens_per_utt_beam{beam}"] = n_tok / (len(dec) * cfg["decode_batch"])
+            if cfg["steps"] > 0:
+                pool = make_batches(cfg, cfg["pool"], cfg["batch"], n_dom, vocab, seed=1, prefix="tr")
+                params = [p for p in model.parameters() if p.requires_grad]
+                opt = torch.optim.Adam(params, lr=spec.get("optim_conf", {}).get("lr", 1e-3))
+                grad_clip = spec.get("grad_clip", 5.0)
+                model.train()
+
+                def step(ids, b):
+                    t = time.perf_counter()
+                    loss, _, _ = model(**b, **({} if cfg["no_cache"] else {"utt_id": ids}))
+                    opt.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                    opt.step()
+                    return time.perf_counter() - t
+
+                fill = [step(ids, b) for ids, b in pool]  # untimed pass: fills the encoder cache
+                res["first_pass_step_s"] = statistics.median(fill)
+                res["cached_utts"] = len(model._enc_cache)
+                times = [step(*pool[i % len(pool)]) for i in range(cfg["steps"])]
+                res["step_s"] = statistics.median(times)
+                res["step_s_all"] = times
+                del opt
+            res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        q.put(res)
+    except BaseException as e:  # report instead of hanging the parent on q.get()
+        import traceback
+
+        q.put({"system": name, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=list(PRESETS), default="tiny")
-    ap.add_argument("--systems", nargs="+", default=["full_ft", "lora", "hdmole"])
-    ap.add_argument("--domains", type=int, default=9)
-    ap.add_argument("--experts_per_domain", type=int, default=1)
-    ap.add_argument("--rank", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=10, help="timed training steps (after 2 warm-up steps)")
-    ap.add_argument("--decode_utts", type=int, default=8)
-    ap.add_argument("--beams", type=int, nargs="+", default=[1, 4])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", type=str, default=None, help="also write the results here")
-    a = ap.parse_args()
-    cfg = dict(PRESETS[a.preset], domains=a.domains, epd=a.experts_per_domain, rank=a.rank, steps=a.steps,
-               decode_utts=a.decode_utts, beams=a.beams, threads=a.threads)
-    print(f"# preset {a.preset}: {json.dumps(PRESETS[a.preset])}; D={a.domains} E={a.experts_per_domain} "
-          f"r={a.rank} (lora rank D*E*r); torch {torch.__version__}, {a.threads} threads")
+def run_in_subprocess(cfg, name, spec):
     ctx = mp.get_context("spawn")
-    rows = []
-    for s in a.systems:
-        q = ctx.Queue()
-        p = ctx.Process(target=run_system, args=(cfg, s, q))
-        p.start()
-        rows.append(q.get())
-        p.join()
-    beams = [f"rtf_beam{b}" for b in a.beams]
-    head = ["system", "trainable", "% of full FT", "step (s)", "utts/s", "max RSS (MB)"] + beams
+    q = ctx.Queue()
+    p = ctx.Process(target=run_system, args=(cfg, name, spec, q))
+    p.start()
+    res = q.get()
+    p.join()
+    if "error" in res:
+        print(res["traceback"], file=sys.stderr)
+        raise SystemExit(f"system {name} failed: {res['error']}")
+    print(f"  {name}: done ({', '.join(f'{k}={v:.3f}' for k, v in res.items() if k.endswith('_s') and isinstance(v, float))})",
+          file=sys.stderr, flush=True)
+    return res
+
+
+def fmt(x, spec):
+    return format(x, spec) if isinstance(x, (int, float)) else "-"
+
+
+def table(head, rows):
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        step = r.get("step_s", float("nan"))
-        cells = [r["system"], f"{r['trainable']:,}", f"{r['share']:.2f}", f"{step:.3f}",
-                 f"{cfg['batch'] / step:.1f}", f"{r['max_rss_mb']:.0f}"] + [f"{r[b]:.4f}" for b in beams]
-        print("| " + " | ".join(cells) + " |")
+        print("| " + " | ".join(r) + " |")
+
+
+def main_systems(a, cfg):
+    rows = [run_in_subprocess(cfg, s, system_spec(s)) for s in a.systems]
+    beams = [f"rtf_beam{b}" for b in a.beams]
+    head = ["system", "trainable", "% of full FT", "step (s)", "utts/s", "max RSS (MB)"] + [
+        "RTF greedy" if b == 1 else f"RTF beam{b}" for b in a.beams]
+    cells = []
+    for r in rows:
+        step = r.get("step_s")
+        cells.append([r["system"], f"{r['trainable']:,}", f"{r['share']:.2f}", fmt(step, ".3f"),
+                      fmt(cfg["batch"] / step if step else None, ".1f"), f"{r['max_rss_mb']:.0f}"]
+                     + [fmt(r[b], ".4f") for b in beams])
+    table(head, cells)
     by = {r["system"]: r for r in rows}
     if "hdmole" in by and "lora" in by and "step_s" in by["hdmole"]:
         print(f"hdmole/lora step time: {by['hdmole']['step_s'] / by['lora']['step_s']:.2f} (target <= 1.3)")
     if "hdmole" in by and "full_ft" in by and "step_s" in by["hdmole"]:
         print(f"hdmole/full_ft step time: {by['hdmole']['step_s'] / by['full_ft']['step_s']:.2f} (target < 1)")
+    return rows
+
+
+def main_sweep(a, cfg):
+    cfg = dict(cfg, beams=[1])
+    hd_rank = system_spec("hdmole")["adapter_conf"]["rank"]
+    rows, lora_by_rank = [], {}
+    for d, e in SWEEP:
+        hd = run_in_subprocess(cfg, f"hdmole D={d} E={e}", system_spec("hdmole", domains=d, experts=e))
+        rank = d * e * hd_rank
+        if rank not in lora_by_rank:
+            lora_by_rank[rank] = run_in_subprocess(cfg, f"lora rank {rank}", system_spec("lora", domains=d, lora_rank=rank))
+        rows.append({"D": d, "E": e, "N": d * e, "hdmole": hd, "lora_rank": rank, "lora": lora_by_rank[rank]})
+    head = ["D", "E", "N", "trainable", "step (s)", "lora rank", "lora step (s)", "ratio to lora", "RTF greedy",
+            "lora RTF greedy"]
+    cells = []
+    for r in rows:
+        hs, ls = r["hdmole"].get("step_s"), r["lora"].get("step_s")
+        cells.append([str(r["D"]), str(r["E"]), str(r["N"]), f"{r['hdmole']['trainable']:,}", fmt(hs, ".3f"),
+                      str(r["lora_rank"]), fmt(ls, ".3f"), fmt(hs / ls if hs and ls else None, ".2f"),
+                      fmt(r["hdmole"]["rtf_beam1"], ".4f"), fmt(r["lora"]["rtf_beam1"], ".4f")])
+    table(head, cells)
+    print("(D = 1: no global router, see --help)")
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=list(PRESETS), default="tiny")
+    ap.add_argument("--systems", nargs="+", default=["full_ft", "lora", "hdmole"], choices=list(SYSTEM_YAML),
+                    help="systems of the main table (mole_topk is optional)")
+    ap.add_argument("--steps", type=int, default=10, help="timed training steps, after the untimed pass over the pool")
+    ap.add_argument("--pool", type=int, default=4, help="batches in the fixed pool the timed steps cycle over")
+    ap.add_argument("--no_cache", action="store_true", help="no utt_id: the frozen encoder runs in every step")
+    ap.add_argument("--decode_utts", type=int, default=None, help="utterances decoded (default: the preset's)")
+    ap.add_argument("--decode_batch", type=int, default=None, help="utterances per decoding batch (default: the preset's)")
+    ap.add_argument("--beams", type=int, nargs="+", default=[1, 4], help="beam sizes decoded (1: greedy)")
+    ap.add_argument("--sweep", action="store_true", help="the D / E sweep of hdmole against lora instead")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=str, default=None, help="also write the configuration and all results here")
+    a = ap.parse_args()
+    p = PRESETS[a.preset]
+    cfg = dict(p, steps=a.steps, pool=a.pool, no_cache=a.no_cache, beams=a.beams, threads=a.threads,
+               decode_utts=a.decode_utts or p["decode_utts"], decode_batch=a.decode_batch or p["decode_batch"])
+    print(f"# preset {a.preset}: {json.dumps(p)}")
+    print(f"# encoder outputs {'recomputed every step (--no_cache)' if a.no_cache else 'cached by utt_id'}; "
+          f"{a.steps} timed steps over a pool of {a.pool} batches; torch {torch.__version__}, {a.threads} threads")
+    rows = main_sweep(a, cfg) if a.sweep else main_systems(a, cfg)
     if a.json:
-        Path(a.json).write_text(json.dumps({"config": cfg, "rows": rows}, indent=1))
+        Path(a.json).write_text(json.dumps({"config": cfg, "sweep": a.sweep, "rows": rows}, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ class LLMASRModel(AbsESPnetModel):
             ids shift by one) or "pinyin" (the ~60 Mandarin initials and finals of the transcript,
             espnet_hdmole.asr.pinyin_units; the preprocessor adds them as 'text_ctc'). On a few
             hours of speech only "pinyin" leaves CTC's all-blank plateau quickly.
+        asr_weight: weight of the LLM's transcript loss. 0 skips the projector and the LLM
+            altogether (encoder pre-training with CTC alone, which needs ctc_weight > 0).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class LLMASRModel(AbsESPnetModel):
         cache_encoder_outputs: bool = False,
         ctc_weight: float = 0.0,
         ctc_units: str = "llm",
+        asr_weight: float = 1.0,
     ):
         super().__init__()
         self.frontend = frontend
@@ -114,6 +117,12 @@ class LLMASRModel(AbsESPnetModel):
         if ctc_units not in ("llm", "pinyin"):
             raise ValueError(f"model_conf.ctc_units must be 'llm' or 'pinyin', not {ctc_units!r}")
         self.ctc_units = ctc_units
+        if asr_weight < 0 or (asr_weight == 0 and ctc_weight <= 0):
+            raise ValueError(
+                f"model_conf.asr_weight must be > 0, or 0 together with ctc_weight > 0 (CTC-only "
+                f"encoder training); got asr_weight={asr_weight}, ctc_weight={ctc_weight}"
+            )
+        self.asr_weight = asr_weight
         n_ctc = len(PinyinUnits()) if ctc_units == "pinyin" else len(self.tokenizer) + 1
         self.ctc = CTC(odim=n_ctc, encoder_output_size=encoder.output_size()) if ctc_weight > 0 else None
         self.cache_encoder_outputs = cache_encoder_outputs
@@ -224,12 +233,14 @@ class LLMASRModel(AbsESPnetModel):
         h, h_lens = self.encode_cached(speech, speech_lengths, kwargs.get("utt_id"))
         logits_aid, g = self.domain_posterior(h, h_lens, accent)
         stats: Dict[str, torch.Tensor] = {}
-        with domain_posterior(g) if g is not None else nullcontext():
-            s, s_lens = self.projector(h, h_lens)
-            loss_asr, acc = self._llm_loss(s, s_lens, text, text_lengths)
-        loss = loss_asr
-        stats["loss_asr"] = loss_asr.detach()
-        stats["acc"] = acc
+        loss = torch.zeros((), device=h.device)
+        if self.asr_weight > 0:
+            with domain_posterior(g) if g is not None else nullcontext():
+                s, s_lens = self.projector(h, h_lens)
+                loss_asr, acc = self._llm_loss(s, s_lens, text, text_lengths)
+            loss = self.asr_weight * loss_asr
+            stats["loss_asr"] = loss_asr.detach()
+            stats["acc"] = acc
         if self.ctc is not None:
             if self.ctc_units == "pinyin":
                 if "text_ctc" not in kwargs:

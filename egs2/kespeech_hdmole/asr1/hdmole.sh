@@ -5,8 +5,8 @@
 #   2. features   80-dim fbank (kaldi-native-fbank) into dump/fbank, global CMVN, shapes
 #   3. LLM        character tokenizer + small Qwen2-style LM pre-trained on the training text,
 #                 or a user's model directory (--llm_dir)
-#   4. source     pre-train the LLM-based ASR model on the source domain (standard Mandarin)
-#                 (skipped with --pretrained_model)
+#   4. source     source-domain (standard Mandarin) pre-training: the encoder with CTC, then
+#                 projector + LLM on the frozen encoder (skipped with --pretrained_model)
 #   5. fine-tune  one multi-accent fine-tuning run per YAML in --train_configs -> exp/<system>
 #   6. decode     every test set and the source test set, CER scoring, exp/*/RESULTS.md + plots
 #
@@ -28,11 +28,15 @@ exp_dir=exp             # stages 3-6 output
 llm_dir=""              # a transformers causal LM + tokenizer dir; empty: pre-train one (stage 3)
 llm_conf=conf/llm_demo.yaml       # stage 3 settings (local/pretrain_llm.py options, as YAML)
 pretrained_model=""     # a source-domain model (.pth; its config.yaml beside it): skips stage 4
-source_config=conf/train_source.yaml   # stage 4 training config
+source_config=conf/train_source.yaml   # stage 4 training config of the source model
+source_encoder_config=conf/train_source_encoder.yaml   # stage 4 step 1: encoder pre-training (CTC),
+                        # overrides on source_config; "" trains the source model in one step
 train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mole_topk.yaml conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml conf/finetune_hdmole_topk.yaml"
 train_args=""           # extra options for every llm_asr_train run, e.g. "--ngpu 1"
 source_train_args=""    # extra options for stage 4 only, e.g. "--max_epoch 20"
 ngpu=0                  # GPUs per training job (ESPnet's --ngpu; >1 uses its distributed training)
+train_launcher=""       # put before the training module, e.g. "-m torch.distributed.run --standalone --nproc_per_node 2"
+                        # (torch's launcher; ESPnet reads its env:// ranks; on CPU add --train_args "--dist_backend gloo")
 decode_args="--beam_size 1 --batch_size 16"   # options for llm_asr_inference
 decode_model=valid.acc.ave.pth        # checkpoint decoded in stage 6
 test_sets=""            # default: every data/test_* and the source test set
@@ -188,11 +192,29 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     else
         stage_start 4 "source-domain pre-training: $feats/source_train -> $source_exp"
         [ -d "$feats/source_train" ] || die "no source-domain training set ($feats/source_train); give --pretrained_model"
+        source_init=()
+        if [ -n "$source_encoder_config" ]; then  # step 1: the encoder alone, CTC
+            enc_exp=$exp_dir/source_encoder
+            if [ -f "$enc_exp/.done" ]; then
+                log "  $enc_exp is done, skipped (remove $enc_exp/.done to train again)"
+            else
+                log "  step 1: encoder pre-training ($source_config + $source_encoder_config) -> $enc_exp"
+                mkdir -p "$enc_exp"
+                $python local/merge_config.py "$source_config" "$source_encoder_config" "$enc_exp/train_config.yaml"
+                run_logged "$train_cmd" "$enc_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
+                    --config "$enc_exp/train_config.yaml" --output_dir "$enc_exp" $(common_model_opts) \
+                    $(train_data_opts source_train source_dev) $train_args $source_train_args
+                touch "$enc_exp/.done"
+            fi
+            grep -E "epoch results" "$enc_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
+            source_init=(--init_param "$enc_exp/valid.loss.best.pth:encoder:encoder")
+            log "  step 2: the LLM-based ASR model ($source_config, encoder from step 1) -> $source_exp"
+        fi
         if [ -f "$source_exp/.done" ]; then
             log "  $source_exp is done, skipped (remove $source_exp/.done to train again)"
         else
-            run_logged "$train_cmd" "$source_exp/train.log" $python -m espnet_hdmole.bin.llm_asr_train \
-                --config "$source_config" --output_dir "$source_exp" $(common_model_opts) \
+            run_logged "$train_cmd" "$source_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
+                --config "$source_config" --output_dir "$source_exp" $(common_model_opts) "${source_init[@]}" \
                 $(train_data_opts source_train source_dev) $train_args $source_train_args
             touch "$source_exp/.done"
             write_info "$source_exp"
@@ -213,7 +235,7 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         t0=$(date +%s)
         log "  $sys: $cfg -> $out (resumes from $out/checkpoint.pth if present)"
         $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$out/train_config.yaml"
-        run_logged "$train_cmd" "$out/train.log" $python -m espnet_hdmole.bin.llm_asr_train \
+        run_logged "$train_cmd" "$out/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
             --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_model:::ctc" $(common_model_opts) \
             $(train_data_opts train dev) $train_args
         touch "$out/.done"

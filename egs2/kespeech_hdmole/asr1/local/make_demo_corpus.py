@@ -10,7 +10,8 @@ stand-in with the same nine domain names on a fresh machine in a few minutes:
   It is used here for research/demo purposes only, which is fine for a demo,
   but do not redistribute the generated corpus as a data set of its own.
   Sentences are the clauses between punctuation marks that consist of Chinese
-  characters only, ``--min_chars`` to ``--max_chars`` long.  The transcript is
+  characters only, ``--min_chars`` to ``--max_chars`` long, written with the
+  ``--max_vocab`` (700) most frequent characters of those clauses.  The transcript is
   always the original characters: accents change the sound, never the text.
 * Pinyin: ``pypinyin`` (tone numbers, phrase-aware readings, on the PKU word
   segmentation).
@@ -56,6 +57,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -145,6 +147,16 @@ def import_pypinyin():
         raise CorpusError(f"Python package 'pypinyin' is missing or too old ({e}): "
                           "`pip install 'pypinyin<=0.44.0'` (the version ESPnet pins).") from e
     return pypinyin, to_normal, pinyin_dict
+
+
+def restrict_vocabulary(clauses: List[Tuple[str, ...]], max_vocab: int) -> List[Tuple[str, ...]]:
+    """The clauses written only with the max_vocab most frequent characters of all clauses
+    (ties broken by first appearance); max_vocab 0 keeps everything."""
+    if max_vocab <= 0:
+        return clauses
+    counts = Counter(ch for c in clauses for ch in "".join(c))
+    keep = {ch for ch, _ in counts.most_common(max_vocab)}
+    return [c for c in clauses if all(ch in keep for ch in "".join(c))]
 
 
 CLAUSE_END = set("，。！？；：,.!?;:")
@@ -404,7 +416,7 @@ def allocate_sentences(clauses, counts: dict, seed: int, table, pypinyin) -> Dic
                 break
     if len(picked) < total:
         raise CorpusError(f"only {len(picked)} usable sentences for the {total} requested; "
-                          "widen --min_chars/--max_chars or pick a smaller --size.")
+                          "widen --min_chars/--max_chars, raise --max_vocab or pick a smaller --size.")
     out, pos = {}, 0
     for name, n in wanted:
         out[name] = picked[pos:pos + n]
@@ -520,7 +532,7 @@ def check_or_claim(root: Path, settings: dict, managed: Sequence[str], what: str
 
 
 def build_corpus(out_dir, wav_dir, size="default", seed=0, nj=2, domains=None,
-                 min_chars=6, max_chars=None) -> dict:
+                 min_chars=6, max_chars=None, max_vocab=700) -> dict:
     """Make (or complete) the corpus; -> summary dict.  Raises CorpusError."""
     t_start = time.time()
     unknown = set(domains or []) - set(acc.DOMAINS)
@@ -536,7 +548,7 @@ def build_corpus(out_dir, wav_dir, size="default", seed=0, nj=2, domains=None,
         raise CorpusError(f"need 1 <= --min_chars ({min_chars}) <= --max_chars ({max_chars})")
     out_dir, wav_dir = Path(out_dir).resolve(), Path(wav_dir).resolve()
     settings = {"generator": "make_demo_corpus.py", "format": FORMAT_VERSION, "size": size,
-                "seed": seed, "min_chars": min_chars, "max_chars": max_chars,
+                "seed": seed, "min_chars": min_chars, "max_chars": max_chars, "max_vocab": max_vocab,
                 "domains": domains, "counts": preset, "wav_dir": str(wav_dir)}
     settings = json.loads(json.dumps(settings))  # as it reads back from the JSON file
     names = set_names(domains)
@@ -559,7 +571,7 @@ def build_corpus(out_dir, wav_dir, size="default", seed=0, nj=2, domains=None,
                                  private / "syllable_table.json")
     make_private_data(system_data, private)
     t0 = time.time()
-    clauses = load_clauses(corpus_txt, min_chars, max_chars)
+    clauses = restrict_vocabulary(load_clauses(corpus_txt, min_chars, max_chars), max_vocab)
     sentences = allocate_sentences(clauses, preset, seed, table, pypinyin)
     voices: Dict[str, Tuple[str, float]] = {}
     plans = {n: plan_set(n, sentences, domains, settings, table, voices) for n in todo}
@@ -572,7 +584,8 @@ def build_corpus(out_dir, wav_dir, size="default", seed=0, nj=2, domains=None,
         raise CorpusError(f"espeak-ng ignored the speaker voices in {private}/espeak-ng-data "
                           "(--path); cannot make distinct speakers with this espeak-ng.")
     log(f"planned {sum(map(len, plans.values()))} utterances from {len(clauses)} candidate "
-        f"sentences ({min_chars}-{max_chars} characters) in {time.time() - t0:.1f} s")
+        f"sentences ({min_chars}-{max_chars} characters"
+        + (f", from the {max_vocab} most frequent" if max_vocab > 0 else "") + f") in {time.time() - t0:.1f} s")
 
     n_utt, audio = 0, 0.0
     _init_worker(exe, str(private))
@@ -638,6 +651,10 @@ refused, not overwritten. Needs espeak-ng with the cmn-latn-pinyin voice
                    help="shortest sentence in characters (default: %(default)s)")
     p.add_argument("--max_chars", type=int, default=None,
                    help="longest sentence in characters (default: set by --size)")
+    p.add_argument("--max_vocab", type=int, default=700,
+                   help="only sentences written with the N most frequent characters, so that a "
+                        "few hours of speech show each character often enough to learn it; "
+                        "0: no limit (default: %(default)s)")
     return p
 
 
@@ -646,7 +663,8 @@ def main(argv=None) -> int:
     try:
         s = build_corpus(args.out_dir, args.wav_dir, size=args.size, seed=args.seed,
                          nj=max(1, args.nj), domains=args.domains,
-                         min_chars=args.min_chars, max_chars=args.max_chars)
+                         min_chars=args.min_chars, max_chars=args.max_chars,
+                         max_vocab=args.max_vocab)
     except CorpusError as e:
         print(f"make_demo_corpus.py: error: {e}", file=sys.stderr)
         return 2
