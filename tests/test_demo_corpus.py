@@ -135,6 +135,18 @@ def test_transcripts_are_chinese_characters(corpus):
             assert 6 <= len(text) <= 10  # tiny: short sentences
 
 
+def test_vocabulary_is_restricted(corpus):
+    """Every transcript uses only the 700 most frequent characters of the candidate clauses."""
+    clauses = mdc.load_clauses(mdc.text_corpus_path(), 6, 10)
+    kept = mdc.restrict_vocabulary(clauses, 700)
+    allowed = {ch for c in kept for ch in "".join(c)}
+    assert len(allowed) <= 700 < len({ch for c in clauses for ch in "".join(c)})
+    assert 0 < len(kept) < len(clauses) and mdc.restrict_vocabulary(clauses, 0) == clauses
+    for name in SOURCE + TARGET:
+        for utt, text in read_map(corpus["data"] / name / "text").items():
+            assert set(text) <= allowed, f"{name} {utt}: {set(text) - allowed}"
+
+
 def _sentence_sets(data):
     sets = {name: set(read_map(data / name / "text").values()) for name in SOURCE}
     for split in ("train", "dev"):

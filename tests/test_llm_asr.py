@@ -371,3 +371,31 @@ def test_pinyin_ctc_trains_through_the_trainer(work, tmp_path):
     reporter = torch.load(tmp_path / "exp" / "checkpoint.pth", weights_only=False)["reporter"]
     train_stats = reporter["stats"][1]["train"]
     assert np.isfinite(train_stats["loss_ctc"]) and train_stats["loss_ctc"] > 0
+
+
+def test_ctc_only_encoder_training_skips_the_llm(work, tmp_path, monkeypatch):
+    """asr_weight: 0 with ctc_weight > 0 trains the encoder alone: the LLM never runs and the
+    loss is the CTC loss; asr_weight 0 without CTC is refused."""
+    w, llm, data = work
+    extra = ["--model_conf", "asr_weight=0.0", "--model_conf", "ctc_weight=1.0", "--model_conf", "ctc_units=pinyin"]
+    args = LLMASRTask.get_parser().parse_args(train_args(tmp_path / "exp", data, llm, extra=extra))
+    model = LLMASRTask.build_model(args)
+    pre = LLMASRTask.build_preprocess_fn(args, train=True)
+    feats = dict(kaldiio.load_scp(str(data / "feats.scp")))
+    text = read_kaldi(data / "text")
+    items = [(u, pre(u, {"speech": np.asarray(feats[u]), "text": text[u]})) for u in sorted(feats)]
+    _, batch = LLMASRTask.build_collate_fn(None, True)(items)
+
+    def no_llm(*a, **k):
+        raise AssertionError("the LLM ran")
+
+    monkeypatch.setattr(model.llm.base_model, "forward", no_llm)
+    loss, stats, _ = model(**batch)
+    assert "loss_asr" not in stats and "acc" not in stats
+    torch.testing.assert_close(loss.detach().reshape(()), stats["loss_ctc"].reshape(()))
+    loss.sum().backward()
+    assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in model.projector.parameters())
+    bad = train_args(tmp_path / "bad", data, llm, extra=["--model_conf", "asr_weight=0.0"])
+    with pytest.raises(ValueError, match="asr_weight"):
+        LLMASRTask.build_model(LLMASRTask.get_parser().parse_args(bad))
