@@ -410,3 +410,29 @@ def test_tune_lr_reads_best_valid_acc_and_picks_on_dev(tmp_path):
     assert "**52.00 (2)**" in rows["hdmole"] and "50.00 (2)" in rows["hdmole"]
     assert rows["hdmole"].rstrip().endswith("optim_conf.lr: 0.001 |")
     assert "**40.00 (1)**" in rows["full"] and " - |" in rows["full"]
+
+
+def test_update_readme_copies_table_times_and_plots(tmp_path):
+    """local/update_readme.py replaces only the marked block: table, stage times, plots."""
+    import update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:begin -->\nold\n<!-- results:end -->\noutro\n", encoding="utf-8")
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# t\n\n| system | CER |\n|---|---:|\n| [hdmole](hdmole/RESULTS.md) | 12.5 |\n\nafter\n",
+                       encoding="utf-8")
+    times = tmp_path / "stage_times.txt"
+    times.write_text("1 10\n4 100\n4 90\n", encoding="utf-8")
+    png = tmp_path / "plots" / "cer_per_accent.png"
+    png.parent.mkdir()
+    png.write_bytes(b"\x89PNG fake")
+    assert update_readme.main(["--results", str(results), "--readme", str(readme), "--stage_times", str(times),
+                               "--plots", str(png)]) == 0
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("intro\n<!-- results:begin -->\n") and text.endswith("<!-- results:end -->\noutro\n")
+    assert "old" not in text and "| hdmole | 12.5 |" in text and "after" not in text
+    assert "stage 1: 10, stage 4: 90; total 100 s" in text
+    assert "![cer_per_accent](docs/results/cer_per_accent.png)" in text
+    assert (tmp_path / "docs" / "results" / "cer_per_accent.png").read_bytes() == b"\x89PNG fake"
+    png.write_bytes(b"x" * 300 * 1024)
+    assert update_readme.main(["--results", str(results), "--readme", str(readme), "--plots", str(png)]) == 1

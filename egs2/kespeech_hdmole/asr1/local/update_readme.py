@@ -2,8 +2,13 @@
 markers <!-- results:begin --> and <!-- results:end -->, with the command and the stage times.
 
     python local/update_readme.py --results exp/RESULTS.md --readme ../../../README.md \\
-        --stage_times exp/stage_times.txt --command "./run.sh"
+        --stage_times exp/stage_times.txt --command "./run.sh" \
+        [--plots exp/plots/cer_per_accent.png exp/plots/routing_hdmole_<layer>.png --plot_dir ../../../docs/results]
+
+--plots copies those PNG files (each must be under --max_plot_kib) next to the README under
+--plot_dir and links them below the table.
 """
+import shutil
 import argparse
 import re
 import sys
@@ -30,6 +35,9 @@ def main(argv=None):
     ap.add_argument("--readme", required=True)
     ap.add_argument("--stage_times", default=None)
     ap.add_argument("--command", default="./run.sh")
+    ap.add_argument("--plots", nargs="*", default=[], help="PNG plots of stage 6 to copy and link")
+    ap.add_argument("--plot_dir", default=None, help="where the plots go (default: docs/results beside the README)")
+    ap.add_argument("--max_plot_kib", type=int, default=200)
     a = ap.parse_args(argv)
     readme = Path(a.readme).read_text(encoding="utf-8")
     if BEGIN not in readme or END not in readme:
@@ -44,6 +52,20 @@ def main(argv=None):
             last[k] = int(v)  # the latest run of each stage
         body += ["", "Wall time per stage (s, latest run of each): " +
                  ", ".join(f"stage {k}: {v}" for k, v in sorted(last.items())) + f"; total {sum(last.values())} s."]
+    if a.plots:
+        plot_dir = Path(a.plot_dir) if a.plot_dir else Path(a.readme).resolve().parent / "docs" / "results"
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        body.append("")
+        for src in map(Path, a.plots):
+            if not src.is_file():
+                print(f"ERROR: --plots: {src} does not exist (run stage 6 first)", file=sys.stderr)
+                return 1
+            if src.stat().st_size > a.max_plot_kib * 1024:
+                print(f"ERROR: --plots: {src} is over {a.max_plot_kib} KiB", file=sys.stderr)
+                return 1
+            shutil.copyfile(src, plot_dir / src.name)
+            rel = (plot_dir / src.name).resolve().relative_to(Path(a.readme).resolve().parent)
+            body.append(f"![{src.stem}]({rel.as_posix()})")
     new = readme[: readme.index(BEGIN) + len(BEGIN)] + "\n" + "\n".join(body) + "\n" + readme[readme.index(END):]
     Path(a.readme).write_text(new, encoding="utf-8")
     return 0
