@@ -18,7 +18,8 @@ character tokenizer. Systems:
 The presets only change sizes: `demo` is the recipe's (encoder 144 x 4 blocks, linear_units 576,
 conv2d6; projector stack 2, hidden 256; LLM 4 layers x 256; ~3000 characters; batches of 16
 utterances of ~3.5 s (350 frames of 10 ms, +-10%) with ~14-token transcripts); `tiny` is for
-checking that the script runs.
+checking that the script runs; `wide` is the demo with an LLM of Qwen2-0.5B's width (hidden 896,
+intermediate 4864, 4 layers), where the LLM's weights rather than per-layer overheads dominate.
 
 Training steps are timed as the ESPnet trainer runs them: model(**batch, utt_id=[...]),
 zero_grad, backward, clip_grad_norm_(5.0), Adam step. With the recipe's
@@ -87,6 +88,11 @@ PRESETS = {
     "demo": dict(enc_dim=144, enc_heads=4, enc_units=576, enc_blocks=4, input_layer="conv2d6", proj_stack=2,
                  proj_hidden=256, llm_hidden=256, llm_layers=4, vocab=3000, batch=16, frames=350, text_len=14,
                  decode_utts=16, decode_batch=16),
+    # the demo with an LLM of Qwen2-0.5B's width (hidden 896, intermediate 4864, 14 heads / 2 KV
+    # heads), 4 layers: where the LLM's weights, not per-layer overheads, dominate the step
+    "wide": dict(enc_dim=144, enc_heads=4, enc_units=576, enc_blocks=4, input_layer="conv2d6", proj_stack=2,
+                 proj_hidden=896, llm_hidden=896, llm_layers=4, vocab=3000, batch=16, frames=350, text_len=14,
+                 decode_utts=16, decode_batch=16, llm_intermediate=4864, llm_heads=14, llm_kv_heads=2),
 }
 SWEEP = [(1, 1), (3, 1), (9, 1), (9, 2), (9, 4)]  # (D, E)
 
@@ -132,8 +138,10 @@ def make_llm(path, cfg):
     chars = "".join(sorted(set(prompt))) + "".join(next(cjk) for _ in range(cfg["vocab"] - 3 - len(set(prompt))))
     tok = build_char_tokenizer(chars, path)
     h = cfg["llm_hidden"]
-    c = Qwen2Config(vocab_size=len(tok), hidden_size=h, intermediate_size=3 * h, num_hidden_layers=cfg["llm_layers"],
-                    num_attention_heads=llm_conf.get("num_heads", 4), num_key_value_heads=llm_conf.get("num_kv_heads", 2),
+    c = Qwen2Config(vocab_size=len(tok), hidden_size=h, intermediate_size=cfg.get("llm_intermediate", 3 * h),
+                    num_hidden_layers=cfg["llm_layers"],
+                    num_attention_heads=cfg.get("llm_heads", llm_conf.get("num_heads", 4)),
+                    num_key_value_heads=cfg.get("llm_kv_heads", llm_conf.get("num_kv_heads", 2)),
                     max_position_embeddings=2048, tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
                     pad_token_id=tok.pad_token_id, bos_token_id=None)
     torch.manual_seed(0)

@@ -31,7 +31,7 @@ pretrained_model=""     # a source-domain model (.pth; its config.yaml beside it
 source_config=conf/train_source.yaml   # stage 4 training config of the source model
 source_encoder_config=conf/train_source_encoder.yaml   # stage 4 step 1: encoder pre-training (CTC),
                         # overrides on source_config; "" trains the source model in one step
-train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mole_topk.yaml conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml conf/finetune_hdmole_topk.yaml"
+train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mole_topk.yaml conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml conf/finetune_hdmole_topk.yaml conf/finetune_hdmole_oracle.yaml"
 train_args=""           # extra options for every llm_asr_train run, e.g. "--ngpu 1"
 source_train_args=""    # extra options for stage 4 only, e.g. "--max_epoch 20"
 ngpu=0                  # GPUs per training job (ESPnet's --ngpu; >1 uses its distributed training)
@@ -255,6 +255,12 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     mkdir -p "$union"
     for s in $test_sets; do cat "$feats/$s/$speech_file"; done | sort -u -k1,1 > "$union/$speech_file.tmp"
     mv "$union/$speech_file.tmp" "$union/$speech_file"
+    # accent labels, read only by systems whose routing uses them (global_router: oracle)
+    accent_opts=()
+    if (for s in $test_sets; do [ -f "$feats/$s/utt2accent" ] || exit 1; done); then
+        for s in $test_sets; do cat "$feats/$s/utt2accent"; done | sort -u -k1,1 > "$union/utt2accent"
+        accent_opts=(--data_path_and_name_and_type "$union/utt2accent,accent,text")
+    fi
     for sys in $systems; do
         out=$exp_dir/$sys
         [ -f "$out/$decode_model" ] || die "$out/$decode_model does not exist: train $sys first (stage 4/5)"
@@ -264,7 +270,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
             run_logged "$decode_cmd" "$dec/decode.log" $python -m espnet_hdmole.bin.llm_asr_inference \
                 --asr_train_config "$out/config.yaml" --asr_model_file "$out/$decode_model" \
                 --output_dir "$dec" --data_path_and_name_and_type "$union/$speech_file,speech,$speech_type" \
-                --ngpu "$ngpu" $decode_args
+                "${accent_opts[@]}" --ngpu "$ngpu" $decode_args
             cp "$union/$speech_file" "$dec/.inputs"; touch "$dec/.done"
         fi
         for s in $test_sets; do
