@@ -178,6 +178,7 @@ common_model_opts() {
     fi
 }
 write_info() {  # write params.json / routing.json of a trained system
+    mkdir -p "$exp_dir/logs"
     $python local/model_info.py --exp "$1" --model "$decode_model" --data "$feats/dev" \
         --accents "$data_dir/accents.txt" >> "$exp_dir/logs/model_info.log" 2>&1 || die "model_info failed for $1 (see $exp_dir/logs/model_info.log)"
 }
