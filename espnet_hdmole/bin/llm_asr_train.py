@@ -12,6 +12,8 @@ Data: speech (fbank ark or wav), text (transcripts), optionally accent (utt2acce
 Adapters: `adapter: hdmole` (this project; save_strategy: required_grad_only for adapter-only
 checkpoints) or `adapter: lora` (ESPnet's). Inputs are checked before training starts.
 """
+import torch.distributed
+
 from espnet_hdmole.tasks.llm_asr import LLMASRTask
 
 
@@ -23,6 +25,12 @@ def get_parser():
 
 def main(cmd=None):
     LLMASRTask.main(args=get_parser().parse_args(cmd))
+    # ESPnet leaves the process group (of a torchrun launch) open; a gloo group torn down by the
+    # interpreter's exit can abort ("terminate called without an active exception"), so every
+    # rank waits for the others and closes it here.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
