@@ -76,8 +76,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE_CONF = ROOT / "egs2" / "kespeech_hdmole" / "asr1" / "conf" / "tuning"
 SYSTEM_YAML = {"full_ft": "finetune_full.yaml", "lora": "finetune_lora.yaml",
                "hdmole": "finetune_hdmole.yaml", "mole_topk": "finetune_mole_topk.yaml"}
-# the architecture keys a fine-tuning config takes from the source model (local/merge_config.py)
-ARCH_KEYS = ("encoder", "encoder_conf", "model_conf")
 
 PRESETS = {
     # checks that the script runs (seconds)
@@ -105,13 +103,10 @@ def load_yaml(name):
 
 def system_spec(system, domains=None, experts=None, lora_rank=None):
     """The merged training config of a system (local/merge_config.py), optionally resized."""
-    base, own = load_yaml("train_source.yaml"), load_yaml(SYSTEM_YAML[system])
-    conf = {k: copy.deepcopy(base[k]) for k in ARCH_KEYS if k in base}
-    for k, v in own.items():
-        if k in ("encoder_conf", "model_conf") and isinstance(v, dict):
-            conf[k] = {**conf.get(k, {}), **v}
-        else:
-            conf[k] = v
+    sys.path.insert(0, str(RECIPE_CONF.parents[1] / "local"))
+    from merge_config import merge
+
+    conf = copy.deepcopy(merge(load_yaml("train_source.yaml"), load_yaml(SYSTEM_YAML[system])))
     ac = dict(conf.get("adapter_conf") or {})
     if domains is not None and conf.get("adapter") == "hdmole":
         ac.update(num_domains=domains, experts_per_domain=experts)

@@ -436,3 +436,4 @@ def test_update_readme_copies_table_times_and_plots(tmp_path):
     assert (tmp_path / "docs" / "results" / "cer_per_accent.png").read_bytes() == b"\x89PNG fake"
     png.write_bytes(b"x" * 300 * 1024)
     assert update_readme.main(["--results", str(results), "--readme", str(readme), "--plots", str(png)]) == 1
+    assert (tmp_path / "docs" / "results" / "cer_per_accent.png").read_bytes() == b"\x89PNG fake"  # nothing copied

@@ -87,7 +87,7 @@ for c in $source_config $train_configs; do [ -f "$c" ] || die "training config '
 system_name() { local b; b=$(basename "$1" .yaml); b=${b#finetune_}; echo "${b#train_}"; }
 stage_start() { STAGE_T0=$(date +%s); log "stage $1: $2"; }
 stage_end() { log "stage $1 done in $(( $(date +%s) - STAGE_T0 )) s"; echo "$1 $(( $(date +%s) - STAGE_T0 ))" >> "${exp_dir}/stage_times.txt"; }
-mkdir -p "$exp_dir"
+mkdir -p "$exp_dir/logs"   # every stage logs there, also when run alone into a new --exp_dir
 
 # ---------------------------------------------------------------- stage 1: data
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
@@ -178,7 +178,6 @@ common_model_opts() {
     fi
 }
 write_info() {  # write params.json / routing.json of a trained system
-    mkdir -p "$exp_dir/logs"
     $python local/model_info.py --exp "$1" --model "$decode_model" --data "$feats/dev" \
         --accents "$data_dir/accents.txt" >> "$exp_dir/logs/model_info.log" 2>&1 || die "model_info failed for $1 (see $exp_dir/logs/model_info.log)"
 }

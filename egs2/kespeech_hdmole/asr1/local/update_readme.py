@@ -2,15 +2,15 @@
 markers <!-- results:begin --> and <!-- results:end -->, with the command and the stage times.
 
     python local/update_readme.py --results exp/RESULTS.md --readme ../../../README.md \\
-        --stage_times exp/stage_times.txt --command "./run.sh" \
+        --stage_times exp/stage_times.txt --command "./run.sh" \\
         [--plots exp/plots/cer_per_accent.png exp/plots/routing_hdmole_<layer>.png --plot_dir ../../../docs/results]
 
 --plots copies those PNG files (each must be under --max_plot_kib) next to the README under
 --plot_dir and links them below the table.
 """
-import shutil
 import argparse
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -54,15 +54,16 @@ def main(argv=None):
                  ", ".join(f"stage {k}: {v}" for k, v in sorted(last.items())) + f"; total {sum(last.values())} s."]
     if a.plots:
         plot_dir = Path(a.plot_dir) if a.plot_dir else Path(a.readme).resolve().parent / "docs" / "results"
-        plot_dir.mkdir(parents=True, exist_ok=True)
-        body.append("")
-        for src in map(Path, a.plots):
+        for src in map(Path, a.plots):  # all checked before anything is copied
             if not src.is_file():
                 print(f"ERROR: --plots: {src} does not exist (run stage 6 first)", file=sys.stderr)
                 return 1
             if src.stat().st_size > a.max_plot_kib * 1024:
                 print(f"ERROR: --plots: {src} is over {a.max_plot_kib} KiB", file=sys.stderr)
                 return 1
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        body.append("")
+        for src in map(Path, a.plots):
             shutil.copyfile(src, plot_dir / src.name)
             rel = (plot_dir / src.name).resolve().relative_to(Path(a.readme).resolve().parent)
             body.append(f"![{src.stem}]({rel.as_posix()})")
