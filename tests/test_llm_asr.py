@@ -20,6 +20,15 @@ def read_kaldi(path):
         return dict(line.rstrip("\n").split(" ", 1) for line in f if line.strip())
 
 
+def task_batch(args, data, train=True, n=None):
+    """(utterance ids, collated batch) of the tiny data set through the task's preprocessor."""
+    pre = LLMASRTask.build_preprocess_fn(args, train=train)
+    feats = dict(kaldiio.load_scp(str(data / "feats.scp")))
+    text = read_kaldi(data / "text")
+    items = [(u, pre(u, {"speech": np.asarray(feats[u]), "text": text[u]})) for u in sorted(feats)[:n]]
+    return LLMASRTask.build_collate_fn(None, True)(items)
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     w = tmp_path_factory.mktemp("llmasr")
@@ -336,6 +345,11 @@ def test_pinyin_units():
     ids = pu.encode("我们学习语音识别")
     assert 0 not in ids and len(ids) == len(pu.tokens("我们学习语音识别")) == 16
     assert len(set(pu.units)) == len(pu) and pu.units[0] == "<blank>"
+    tone = PinyinUnits(tones=True)  # the tone goes on the final; 5 is the neutral tone
+    assert tone.tokens("你好吗") == ["I_n", "F_i3", "I_h", "F_ao3", "I_m", "F_a5"]
+    assert tone.units[: len(PinyinUnits.initials()) + 1] == pu.units[: len(PinyinUnits.initials()) + 1]
+    assert len(tone) == 1 + len(PinyinUnits.initials()) + 5 * (len(pu) - 1 - len(PinyinUnits.initials()))
+    assert 0 not in tone.encode("我们学习语音识别") and len(tone.encode("我们学习语音识别")) == 16
 
 
 def test_pinyin_ctc_trains_through_the_trainer(work, tmp_path):
@@ -380,11 +394,7 @@ def test_ctc_only_encoder_training_skips_the_llm(work, tmp_path, monkeypatch):
     extra = ["--model_conf", "asr_weight=0.0", "--model_conf", "ctc_weight=1.0", "--model_conf", "ctc_units=pinyin"]
     args = LLMASRTask.get_parser().parse_args(train_args(tmp_path / "exp", data, llm, extra=extra))
     model = LLMASRTask.build_model(args)
-    pre = LLMASRTask.build_preprocess_fn(args, train=True)
-    feats = dict(kaldiio.load_scp(str(data / "feats.scp")))
-    text = read_kaldi(data / "text")
-    items = [(u, pre(u, {"speech": np.asarray(feats[u]), "text": text[u]})) for u in sorted(feats)]
-    _, batch = LLMASRTask.build_collate_fn(None, True)(items)
+    _, batch = task_batch(args, data)
 
     def no_llm(*a, **k):
         raise AssertionError("the LLM ran")
@@ -399,3 +409,94 @@ def test_ctc_only_encoder_training_skips_the_llm(work, tmp_path, monkeypatch):
     bad = train_args(tmp_path / "bad", data, llm, extra=["--model_conf", "asr_weight=0.0"])
     with pytest.raises(ValueError, match="asr_weight"):
         LLMASRTask.build_model(LLMASRTask.get_parser().parse_args(bad))
+
+
+@pytest.mark.parametrize("mode", ["unit", "syllable"])
+def test_ctc_compression_averages_ctc_segments(work, tmp_path, monkeypatch, mode):
+    """ctc_compress: each run of one non-blank label of the CTC greedy path becomes the mean of its
+    frames (blanks dropped); 'syllable' pairs an initial with the final after it; the frozen CTC head
+    comes with the model, and training and decoding both see the compressed sequence."""
+    from espnet_hdmole.asr.pinyin_units import PinyinUnits
+
+    w, llm, data = work
+    extra = ["--model_conf", "ctc_units=pinyin", "--model_conf", f"ctc_compress={mode}"]
+    args = LLMASRTask.get_parser().parse_args(train_args(tmp_path / "exp", data, llm, extra=extra))
+    model = LLMASRTask.build_model(args)
+    d = model.encoder.output_size()
+    assert model.ctc is not None and not any(p.requires_grad for p in model.ctc.parameters())
+    k = model.projector.stack
+    assert model.projector.linear1.in_features == d * k * (2 if mode == "syllable" else 1)
+    ini, fin = 3, len(PinyinUnits.initials()) + 5  # an initial and a final id
+    labels = torch.tensor([[0, ini, ini, 0, ini, fin, fin, 0], [0] * 8])
+    monkeypatch.setattr(model.ctc, "argmax", lambda h: labels[: h.shape[0], : h.shape[1]])
+    h = torch.randn(2, 8, d)
+    out, lens = model.compress(h, torch.tensor([8, 5]))
+    x, z = h[0], torch.zeros(d)
+    if mode == "unit":
+        want = [x[1:3].mean(0), x[4], x[5:7].mean(0)]
+        fallback = h[1, :5].mean(0)
+    else:  # the first initial has no final; the second pairs with the final
+        want = [torch.cat([x[1:3].mean(0), z]), torch.cat([x[4], x[5:7].mean(0)])]
+        fallback = torch.cat([z, h[1, :5].mean(0)])
+    assert lens.tolist() == [len(want), 1]
+    torch.testing.assert_close(out[0, : len(want)], torch.stack(want))
+    torch.testing.assert_close(out[1, 0], fallback)
+    monkeypatch.undo()
+    # the LLM's input is the projected compressed sequence, in training and in decoding
+    seen = []
+    model.projector.register_forward_hook(lambda m, i, o: seen.append(o[1].tolist()))
+    ids, batch = task_batch(args, data, train=False, n=2)
+    loss, stats, _ = model(**batch)
+    assert torch.isfinite(loss) and "loss_ctc" not in stats
+    h, h_lens = model.encode(batch["speech"], batch["speech_lengths"])
+    expected = ((model.compress(h, h_lens)[1] + k - 1) // k).tolist()
+    assert seen == [expected] and max(expected) < int(h_lens.max())
+    # with the encoder frozen and cached, the compressed sequence is cached too: same loss
+    model.cache_encoder_outputs = True
+    model.encoder.requires_grad_(False)
+    model.eval()
+    first, _, _ = model(**batch, utt_id=ids)
+    assert sorted(model._cmp_cache) == sorted(ids)
+    monkeypatch.setattr(model, "compress", lambda *a: pytest.fail("compressed again"))
+    second, _, _ = model(**batch, utt_id=ids)
+    torch.testing.assert_close(first, second)
+    monkeypatch.undo()
+    seen.clear()
+    model.recognize(batch["speech"], batch["speech_lengths"], max_new_tokens=2)
+    assert seen == [expected]
+    bad = train_args(tmp_path / "bad", data, llm, extra=["--model_conf", "ctc_compress=syllable"])
+    with pytest.raises(ValueError, match="ctc_units: pinyin"):
+        LLMASRTask.build_model(LLMASRTask.get_parser().parse_args(bad))
+
+
+def test_token_dropout_corrupts_teacher_forced_inputs_only_in_training(work, tmp_path):
+    """token_dropout replaces transcript tokens fed to the LLM by random ones in training; the
+    targets, the speech and prompt positions, and evaluation are untouched."""
+    w, llm, data = work
+    args = LLMASRTask.get_parser().parse_args(
+        train_args(tmp_path / "exp", data, llm, extra=["--model_conf", "token_dropout=0.5"]))
+    model = LLMASRTask.build_model(args)
+    _, batch = task_batch(args, data, train=False)
+    seen = []
+    model.llm.base_model.register_forward_pre_hook(lambda m, a, k: seen.append(k["inputs_embeds"].detach()),
+                                                   with_kwargs=True)
+    model.eval()
+    clean_loss, _, _ = model(**batch)
+    model.train()
+    torch.manual_seed(0)
+    model(**batch)
+    clean, noisy = seen
+    changed = (clean != noisy).any(-1)  # (B, L): positions whose input embedding was replaced
+    ctx = model._context_embeddings(*model.project(*model.encode(batch["speech"], batch["speech_lengths"])))
+    for b, c in enumerate(ctx):
+        n_text = int(batch["text_lengths"][b])
+        assert not changed[b, : c.shape[0]].any()  # prefix, speech and prompt stay
+        frac = changed[b, c.shape[0]: c.shape[0] + n_text].float().mean()
+        assert 0.0 < frac < 1.0 or n_text < 4
+    assert changed.float().sum() / batch["text_lengths"].sum() > 0.25
+    model.eval()
+    again, _, _ = model(**batch)
+    torch.testing.assert_close(clean_loss, again)
+    with pytest.raises(ValueError, match="token_dropout"):
+        LLMASRTask.build_model(LLMASRTask.get_parser().parse_args(
+            train_args(tmp_path / "bad", data, llm, extra=["--model_conf", "token_dropout=1.0"])))

@@ -67,10 +67,21 @@ class LLMASRModel(AbsESPnetModel):
             trained from scratch a direct signal; 0 builds no CTC head.
         ctc_units: what the CTC predicts: "llm" (the LLM's vocabulary; id 0 is the blank, token
             ids shift by one) or "pinyin" (the ~60 Mandarin initials and finals of the transcript,
-            espnet_hdmole.asr.pinyin_units; the preprocessor adds them as 'text_ctc'). On a few
-            hours of speech only "pinyin" leaves CTC's all-blank plateau quickly.
+            espnet_hdmole.asr.pinyin_units; the preprocessor adds them as 'text_ctc') or
+            "pinyin_tone" (the same with the tone on each final). On a few hours of speech only
+            the pinyin units leave CTC's all-blank plateau quickly.
         asr_weight: weight of the LLM's transcript loss. 0 skips the projector and the LLM
             altogether (encoder pre-training with CTC alone, which needs ctc_weight > 0).
+        ctc_compress: "none", or shorten the encoder output with the CTC head's greedy path
+            before the projector: "unit" averages the frames of each run of one non-blank label
+            (blank frames are dropped), so the LLM sees about one position per CTC unit, in order;
+            "syllable" (pinyin CTC units) then pairs each initial with the final after it into one
+            position [initial; final] (zeros for a missing initial), about one per character. An
+            utterance with no non-blank frame keeps the mean of all its frames. The CTC head comes
+            from the encoder's pre-training (--init_param ...:ctc:ctc); with ctc_weight 0 it is frozen.
+        token_dropout: in training, the probability that a transcript token fed to the LLM (teacher
+            forcing; the targets stay) is replaced by a random token of the vocabulary, so that the
+            LLM cannot predict from the text history alone and has to read the speech.
     """
 
     def __init__(
@@ -93,6 +104,8 @@ class LLMASRModel(AbsESPnetModel):
         ctc_weight: float = 0.0,
         ctc_units: str = "llm",
         asr_weight: float = 1.0,
+        ctc_compress: str = "none",
+        token_dropout: float = 0.0,
     ):
         super().__init__()
         self.frontend = frontend
@@ -102,7 +115,16 @@ class LLMASRModel(AbsESPnetModel):
         self.llm = load_causal_lm(llm_dir, llm_dtype)
         self.tokenizer = load_tokenizer(llm_dir)
         d_llm = self.llm.get_input_embeddings().embedding_dim
-        self.projector = FrameStackProjector(encoder.output_size(), d_llm, **(projector_conf or {}))
+        if ctc_compress not in ("none", "unit", "syllable"):
+            raise ValueError(f"model_conf.ctc_compress must be 'none', 'unit' or 'syllable', not {ctc_compress!r}")
+        if ctc_compress == "syllable" and ctc_units == "llm":
+            raise ValueError("model_conf.ctc_compress: syllable needs model_conf.ctc_units: pinyin or pinyin_tone")
+        self.ctc_compress = ctc_compress
+        if not 0.0 <= token_dropout < 1.0:
+            raise ValueError(f"model_conf.token_dropout must be in [0, 1), got {token_dropout}")
+        self.token_dropout = token_dropout
+        proj_in = encoder.output_size() * (2 if ctc_compress == "syllable" else 1)
+        self.projector = FrameStackProjector(proj_in, d_llm, **(projector_conf or {}))
         self.accent_list = list(accent_list or [])
         self.aid_weight = aid_weight
         if use_accent_head is None:
@@ -114,8 +136,8 @@ class LLMASRModel(AbsESPnetModel):
         )
         self.frame_shift = frame_shift
         self.ctc_weight = ctc_weight
-        if ctc_units not in ("llm", "pinyin"):
-            raise ValueError(f"model_conf.ctc_units must be 'llm' or 'pinyin', not {ctc_units!r}")
+        if ctc_units not in ("llm", "pinyin", "pinyin_tone"):
+            raise ValueError(f"model_conf.ctc_units must be 'llm', 'pinyin' or 'pinyin_tone', not {ctc_units!r}")
         self.ctc_units = ctc_units
         if asr_weight < 0 or (asr_weight == 0 and ctc_weight <= 0):
             raise ValueError(
@@ -123,10 +145,15 @@ class LLMASRModel(AbsESPnetModel):
                 f"encoder training); got asr_weight={asr_weight}, ctc_weight={ctc_weight}"
             )
         self.asr_weight = asr_weight
-        n_ctc = len(PinyinUnits()) if ctc_units == "pinyin" else len(self.tokenizer) + 1
-        self.ctc = CTC(odim=n_ctc, encoder_output_size=encoder.output_size()) if ctc_weight > 0 else None
+        n_ctc = len(PinyinUnits(ctc_units == "pinyin_tone")) if ctc_units != "llm" else len(self.tokenizer) + 1
+        use_ctc = ctc_weight > 0 or ctc_compress != "none"
+        self.ctc = CTC(odim=n_ctc, encoder_output_size=encoder.output_size()) if use_ctc else None
+        self.n_initials = len(PinyinUnits.initials())
+        if ctc_compress != "none" and ctc_weight <= 0:
+            self.ctc.requires_grad_(False)
         self.cache_encoder_outputs = cache_encoder_outputs
         self._enc_cache: Dict[str, torch.Tensor] = {}
+        self._cmp_cache: Dict[str, torch.Tensor] = {}  # CTC-compressed encoder outputs
         self.eos_id = self.tokenizer.eos_token_id
         for name, text in (("prompt_prefix", prompt_prefix), ("prompt", prompt)):
             bad = unencodable_chars(self.tokenizer, text) if text else ""
@@ -213,6 +240,63 @@ class LLMASRModel(AbsESPnetModel):
             )
         return logits, torch.softmax(logits, dim=-1)
 
+    def compress(self, h: torch.Tensor, h_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Shorten the encoder output along the CTC head's greedy path (see ``ctc_compress``)."""
+        with torch.no_grad():
+            labels = self.ctc.argmax(h)
+        out = []
+        for b in range(h.shape[0]):
+            x, lab = h[b, : h_lens[b]], labels[b, : h_lens[b]]
+            keep = lab != 0
+            if not bool(keep.any()):
+                mean = x.mean(0, keepdim=True)
+                out.append(torch.cat([torch.zeros_like(mean), mean], -1) if self.ctc_compress == "syllable" else mean)
+                continue
+            new = torch.ones_like(keep)
+            new[1:] = lab[1:] != lab[:-1]
+            starts = keep & new
+            seg_id = torch.cumsum(starts, 0) - 1
+            n = int(starts.sum())
+            total = x.new_zeros(n, x.shape[1]).index_add(0, seg_id[keep], x[keep])
+            count = torch.bincount(seg_id[keep], minlength=n).to(x.dtype)
+            segs = total / count[:, None]
+            out.append(self._syllables(segs, lab[starts]) if self.ctc_compress == "syllable" else segs)
+        lens = torch.tensor([s.shape[0] for s in out], device=h.device)
+        return torch.nn.utils.rnn.pad_sequence(out, batch_first=True), lens
+
+    def _syllables(self, segs: torch.Tensor, seg_labels: torch.Tensor) -> torch.Tensor:
+        """Pinyin unit segments -> one [initial; final] row per syllable (zeros where one is missing)."""
+        is_initial = (seg_labels <= self.n_initials).tolist()  # ids 1..n_initials are initials
+        rows, ini, zero = [], None, torch.zeros_like(segs[0])
+        for j, initial in enumerate(is_initial):
+            if initial:
+                if ini is not None:  # an initial without a final
+                    rows.append(torch.cat([ini, zero]))
+                ini = segs[j]
+            else:
+                rows.append(torch.cat([zero if ini is None else ini, segs[j]]))
+                ini = None
+        if ini is not None:
+            rows.append(torch.cat([ini, zero]))
+        return torch.stack(rows)
+
+    def project(self, h: torch.Tensor, h_lens: torch.Tensor, utt_id=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Encoder output -> LLM input embeddings (CTC compression first when enabled; its result
+        is cached by utterance id along with the encoder output's)."""
+        if self.ctc_compress != "none":
+            cached = (self.cache_encoder_outputs and utt_id is not None and self.encoder_is_frozen()
+                      and not any(p.requires_grad for p in self.ctc.parameters()))
+            if cached and all(u in self._cmp_cache for u in utt_id):
+                xs = [self._cmp_cache[u].to(h.device) for u in utt_id]
+                h, h_lens = torch.nn.utils.rnn.pad_sequence(xs, batch_first=True), torch.tensor(
+                    [x.shape[0] for x in xs], device=h.device)
+            else:
+                h, h_lens = self.compress(h, h_lens)
+                if cached:
+                    for b, u in enumerate(utt_id):
+                        self._cmp_cache[u] = h[b, : h_lens[b]].detach().clone()
+        return self.projector(h, h_lens)
+
     # ------------------------------------------------------------------ LLM side
     def _context_embeddings(self, s: torch.Tensor, s_lens: torch.Tensor) -> List[torch.Tensor]:
         """Per utterance: [prefix] [speech] [prompt] embeddings, (L_b, d_llm)."""
@@ -236,16 +320,16 @@ class LLMASRModel(AbsESPnetModel):
         loss = torch.zeros((), device=h.device)
         if self.asr_weight > 0:
             with domain_posterior(g) if g is not None else nullcontext():
-                s, s_lens = self.projector(h, h_lens)
+                s, s_lens = self.project(h, h_lens, kwargs.get("utt_id"))
                 loss_asr, acc = self._llm_loss(s, s_lens, text, text_lengths)
             loss = self.asr_weight * loss_asr
             stats["loss_asr"] = loss_asr.detach()
             stats["acc"] = acc
-        if self.ctc is not None:
-            if self.ctc_units == "pinyin":
+        if self.ctc is not None and self.ctc_weight > 0:
+            if self.ctc_units != "llm":
                 if "text_ctc" not in kwargs:
                     raise ValueError(
-                        "model_conf.ctc_units: pinyin needs the preprocessor's 'text_ctc' targets "
+                        f"model_conf.ctc_units: {self.ctc_units} needs the preprocessor's 'text_ctc' targets "
                         "(use_preprocessor: true)"
                     )
                 ys, ys_lens = kwargs["text_ctc"], kwargs["text_ctc_lengths"]
@@ -276,7 +360,11 @@ class LLMASRModel(AbsESPnetModel):
         seqs, targets = [], []
         for b, c in enumerate(ctx):
             tgt = torch.cat([text[b, : text_lengths[b]].long(), eos])
-            seqs.append(torch.cat([c, emb(tgt[:-1]).to(c.dtype)], 0))
+            inp = tgt[:-1]
+            if self.training and self.token_dropout > 0:
+                noise = torch.randint_like(inp, emb.num_embeddings)
+                inp = torch.where(torch.rand(inp.shape, device=inp.device) < self.token_dropout, noise, inp)
+            seqs.append(torch.cat([c, emb(inp).to(c.dtype)], 0))
             # position j predicts token j+1: targets start at the last context position
             targets.append(torch.cat([torch.full((c.shape[0] - 1,), -100, device=s.device), tgt]))
         lens = torch.tensor([x.shape[0] for x in seqs], device=s.device)
@@ -309,7 +397,7 @@ class LLMASRModel(AbsESPnetModel):
         h, h_lens = self.encode(speech, speech_lengths)
         logits_aid, g = self.domain_posterior(h, h_lens, accent)
         with domain_posterior(g) if g is not None else nullcontext():
-            s, s_lens = self.projector(h, h_lens)
+            s, s_lens = self.project(h, h_lens)
         ctx = self._context_embeddings(s, s_lens)
         if beam_size <= 1:
             hyps = greedy_search(self.llm, ctx, self.eos_id, max_new_tokens, g)

@@ -17,6 +17,7 @@ class LLMASRPreprocessor(AbsPreprocessor):
         text_name: str = "text",
         accent_name: str = "accent",
         pinyin_ctc: bool = False,
+        pinyin_tones: bool = False,
     ):
         super().__init__(train)
         self.tokenizer = load_tokenizer(llm_dir)
@@ -24,7 +25,7 @@ class LLMASRPreprocessor(AbsPreprocessor):
         self.accent_index = {a: i for i, a in enumerate(accent_list or [])}
         self.text_name, self.accent_name = text_name, accent_name
         # the CTC targets (initials/finals) go beside the LLM ids as '<text_name>_ctc'
-        self.pinyin = PinyinUnits() if pinyin_ctc else None
+        self.pinyin = PinyinUnits(pinyin_tones) if pinyin_ctc else None
 
     def __call__(self, uid: str, data: Dict[str, Union[str, np.ndarray]]) -> Dict[str, np.ndarray]:
         if self.text_name in data and isinstance(data[self.text_name], str):

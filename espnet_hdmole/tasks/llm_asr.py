@@ -154,9 +154,11 @@ class LLMASRTask(AbsTask):
         if not args.use_preprocessor:
             return None
         mc = args.model_conf
-        pinyin_ctc = mc.get("ctc_weight", 0.0) > 0 and mc.get("ctc_units", "llm") == "pinyin"
+        units = mc.get("ctc_units", "llm")
+        pinyin_ctc = mc.get("ctc_weight", 0.0) > 0 and units in ("pinyin", "pinyin_tone")
         return LLMASRPreprocessor(
-            train=train, llm_dir=mc["llm_dir"], accent_list=mc.get("accent_list"), pinyin_ctc=pinyin_ctc
+            train=train, llm_dir=mc["llm_dir"], accent_list=mc.get("accent_list"), pinyin_ctc=pinyin_ctc,
+            pinyin_tones=units == "pinyin_tone",
         )
 
     @classmethod

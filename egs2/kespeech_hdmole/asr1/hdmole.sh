@@ -84,6 +84,10 @@ run_logged() {  # run_logged CMD_VAR LOGFILE COMMAND...: run through cmd.sh, sho
 case "$demo_size" in tiny|small|default) ;; *) die "--demo_size must be tiny, small or default, not '$demo_size'" ;; esac
 for c in $source_config $train_configs; do [ -f "$c" ] || die "training config '$c' does not exist"; done
 
+# model_conf.<key> of a training YAML, or a default when the key is absent
+model_conf_get() {
+    $python -c "import sys, yaml; mc = (yaml.safe_load(open(sys.argv[1], encoding='utf-8')) or {}).get('model_conf') or {}; print(mc.get(sys.argv[2], sys.argv[3]))" "$1" "$2" "$3"
+}
 system_name() { local b; b=$(basename "$1" .yaml); b=${b#finetune_}; echo "${b#train_}"; }
 stage_start() { STAGE_T0=$(date +%s); log "stage $1: $2"; }
 stage_end() { log "stage $1 done in $(( $(date +%s) - STAGE_T0 )) s"; echo "$1 $(( $(date +%s) - STAGE_T0 ))" >> "${exp_dir}/stage_times.txt"; }
@@ -208,6 +212,9 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
             fi
             grep -E "epoch results" "$enc_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
             source_init=(--init_param "$enc_exp/valid.loss.best.pth:encoder:encoder")
+            # a CTC-compressing model (model_conf.ctc_compress) also takes step 1's CTC head
+            [ "$(model_conf_get "$source_config" ctc_compress none)" = none ] \
+                || source_init+=("$enc_exp/valid.loss.best.pth:ctc:ctc")
             log "  step 2: the LLM-based ASR model ($source_config, encoder from step 1) -> $source_exp"
         fi
         if [ -f "$source_exp/.done" ]; then
@@ -235,8 +242,11 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         t0=$(date +%s)
         log "  $sys: $cfg -> $out (resumes from $out/checkpoint.pth if present)"
         $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$out/train_config.yaml"
+        # the source model's CTC head is kept only where the system uses it (ctc_compress)
+        init_spec=$init_model:::ctc
+        [ "$(model_conf_get "$out/train_config.yaml" ctc_compress none)" = none ] || init_spec=$init_model
         run_logged "$train_cmd" "$out/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
-            --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_model:::ctc" $(common_model_opts) \
+            --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_spec" $(common_model_opts) \
             $(train_data_opts train dev) $train_args
         touch "$out/.done"
         write_info "$out"
