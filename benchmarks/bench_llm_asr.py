@@ -4,9 +4,9 @@ systems of egs2/kespeech_hdmole/asr1, on the CPU, with models built from configs
 weights, random features; nothing downloaded).
 
 What is built is what the recipe trains: the architecture of conf/tuning/train_source.yaml
-(conformer encoder, frame-stacking projector, prompt) overlaid with a system's
+(conformer encoder, CTC compression, projector, prompt) overlaid with a system's
 conf/tuning/finetune_<system>.yaml as local/merge_config.py does (encoder dropout 0, no CTC
-head, cache_encoder_outputs), then --freeze_param and the adapter (adapter, adapter_conf) of
+loss, cache_encoder_outputs), then --freeze_param and the adapter (adapter, adapter_conf) of
 that yaml, applied in the trainer's order. The LLM is a Qwen2 causal LM of
 conf/tuning/llm_demo.yaml's shape (intermediate 3 x hidden, as local/pretrain_llm.py) with a
 character tokenizer. Systems:
@@ -16,10 +16,15 @@ character tokenizer. Systems:
              router (accent head, aid_weight 0.5), dynamic threshold, on the same linears
   mole_topk  finetune_mole_topk.yaml: 9 experts of rank 2, static top-2, no global router (optional)
 The presets only change sizes: `demo` is the recipe's (encoder 144 x 4 blocks, linear_units 576,
-conv2d6; projector stack 2, hidden 256; LLM 4 layers x 256; ~3000 characters; batches of 16
+conv2d6; projector hidden 256; LLM 4 layers x 256; ~3000 characters; batches of 16
 utterances of ~3.5 s (350 frames of 10 ms, +-10%) with ~14-token transcripts); `tiny` is for
 checking that the script runs; `wide` is the demo with an LLM of Qwen2-0.5B's width (hidden 896,
 intermediate 4864, 4 layers), where the LLM's weights rather than per-layer overheads dominate.
+
+With CTC compression (train_source.yaml's model_conf.ctc_compress), the randomly initialised CTC
+head would cut random features at random, so its greedy path is replaced by a fixed one: one
+syllable (blank, initial, final, final) per 4 encoder frames (0.24 s), which gives the LLM about
+as many speech positions as the transcript has tokens, as in the trained recipe.
 
 Training steps are timed as the ESPnet trainer runs them: model(**batch, utt_id=[...]),
 zero_grad, backward, clip_grad_norm_(5.0), Adam step. With the recipe's
@@ -79,16 +84,16 @@ SYSTEM_YAML = {"full_ft": "finetune_full.yaml", "lora": "finetune_lora.yaml",
 
 PRESETS = {
     # checks that the script runs (seconds)
-    "tiny": dict(enc_dim=32, enc_heads=4, enc_units=64, enc_blocks=1, input_layer="conv2d6", proj_stack=2,
+    "tiny": dict(enc_dim=32, enc_heads=4, enc_units=64, enc_blocks=1, input_layer="conv2d6",
                  proj_hidden=32, llm_hidden=32, llm_layers=2, vocab=60, batch=4, frames=60, text_len=6,
                  decode_utts=4, decode_batch=4),
     # egs2/kespeech_hdmole/asr1 stage 5: train_source.yaml + llm_demo.yaml, batch_size 16
-    "demo": dict(enc_dim=144, enc_heads=4, enc_units=576, enc_blocks=4, input_layer="conv2d6", proj_stack=2,
+    "demo": dict(enc_dim=144, enc_heads=4, enc_units=576, enc_blocks=4, input_layer="conv2d6",
                  proj_hidden=256, llm_hidden=256, llm_layers=4, vocab=3000, batch=16, frames=350, text_len=14,
                  decode_utts=16, decode_batch=16),
     # the demo with an LLM of Qwen2-0.5B's width (hidden 896, intermediate 4864, 14 heads / 2 KV
     # heads), 4 layers: where the LLM's weights, not per-layer overheads, dominate the step
-    "wide": dict(enc_dim=144, enc_heads=4, enc_units=576, enc_blocks=4, input_layer="conv2d6", proj_stack=2,
+    "wide": dict(enc_dim=144, enc_heads=4, enc_units=576, enc_blocks=4, input_layer="conv2d6",
                  proj_hidden=896, llm_hidden=896, llm_layers=4, vocab=3000, batch=16, frames=350, text_len=14,
                  decode_utts=16, decode_batch=16, llm_intermediate=4864, llm_heads=14, llm_kv_heads=2),
 }
@@ -161,9 +166,11 @@ def build(cfg, spec, workdir):
     args.encoder_conf = dict(spec["encoder_conf"], output_size=cfg["enc_dim"], attention_heads=cfg["enc_heads"],
                              linear_units=cfg["enc_units"], num_blocks=cfg["enc_blocks"], input_layer=cfg["input_layer"])
     mc = dict(spec["model_conf"], llm_dir=llm_dir, accent_list=spec["accent_list"])
-    mc["projector_conf"] = dict(mc.get("projector_conf") or {}, stack=cfg["proj_stack"], hidden_size=cfg["proj_hidden"])
+    mc["projector_conf"] = dict(mc.get("projector_conf") or {}, hidden_size=cfg["proj_hidden"])
     args.model_conf = mc
     model = LLMASRTask.build_model(args)
+    if model.ctc_compress != "none":
+        model.ctc.argmax = synthetic_ctc_path
     for t in spec.get("freeze_param") or []:
         for k, p in model.named_parameters():
             if k.startswith(t + ".") or k == t:
@@ -171,6 +178,19 @@ def build(cfg, spec, workdir):
     if spec.get("adapter"):
         create_adapter(model, spec["adapter"], dict(spec["adapter_conf"]))
     return model, trainable_parameter_report(model), vocab
+
+
+def synthetic_ctc_path(h):
+    """(B, T) greedy CTC labels: one syllable (blank, initial, final, final) per 4 frames."""
+    from espnet_hdmole.asr.pinyin_units import PinyinUnits
+
+    n_ini, n_units = len(PinyinUnits.initials()), len(PinyinUnits())
+    t = torch.arange(h.shape[1])
+    syl, pos = t // 4, t % 4
+    ini = 1 + syl % n_ini
+    fin = n_ini + 1 + syl % (n_units - n_ini - 1)
+    path = torch.where(pos == 0, torch.zeros_like(t), torch.where(pos == 1, ini, fin))
+    return path.unsqueeze(0).expand(h.shape[0], -1).to(h.device)
 
 
 def make_batches(cfg, n_batches, batch, n_domains, vocab, seed, prefix):

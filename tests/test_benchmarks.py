@@ -1,0 +1,42 @@
+"""The benchmark script of the fine-tuning systems runs on the tiny preset and reports what it
+promises; its synthetic CTC path gives the LLM one position per 4 encoder frames."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_llm_asr import synthetic_ctc_path  # noqa: E402
+
+from espnet_hdmole.asr.pinyin_units import PinyinUnits  # noqa: E402
+
+
+def test_synthetic_ctc_path_is_blank_initial_final_final():
+    path = synthetic_ctc_path(torch.zeros(2, 9, 4))
+    n_ini = len(PinyinUnits.initials())
+    assert path.shape == (2, 9) and torch.equal(path[0], path[1])
+    assert path[0, 0] == 0 and path[0, 4] == 0 and path[0, 8] == 0
+    assert 1 <= int(path[0, 1]) <= n_ini and 1 <= int(path[0, 5]) <= n_ini  # initials
+    assert path[0, 2] == path[0, 3] and int(path[0, 2]) > n_ini  # one final over two frames
+    assert path[0, 1] != path[0, 5] and path[0, 2] != path[0, 6]  # syllables differ
+
+
+def test_bench_tiny_reports_every_system(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_llm_asr.py"), "--preset", "tiny", "--steps", "2",
+           "--pool", "2", "--beams", "1", "--threads", "1", "--systems", "lora", "hdmole", "--json", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "| hdmole |" in p.stdout and "hdmole/lora step time:" in p.stdout
+    res = json.loads(out.read_text())
+    rows = {r["system"]: r for r in res["rows"]}
+    assert set(rows) == {"lora", "hdmole"}
+    for r in rows.values():
+        assert r["step_s"] > 0 and r["rtf_beam1"] > 0 and r["max_rss_mb"] > 0 and r["trainable"] > 0
+        # the untimed pass filled the encoder cache with every utterance of the pool
+        assert r["cached_utts"] == res["config"]["pool"] * res["config"]["batch"]
+    assert rows["hdmole"]["adapter_conf"]["num_domains"] == 9
