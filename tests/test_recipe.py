@@ -79,3 +79,18 @@ def test_rerun_does_no_work_again(recipe):
     for s in SYSTEMS:
         assert f"{s}: done, skipped" in out
     assert time.time() - t0 < 0.5 * first
+
+
+def test_pretrained_model_fine_tunes_and_decodes_into_another_exp_dir(recipe):
+    """--pretrained_model: stages 5-6 from a source model trained elsewhere; stage 6 then decodes
+    the fine-tuned systems only (the source model is not in this exp dir)."""
+    tmp, _, _ = recipe
+    other = tmp / "exp_pretrained"
+    out = run(["--stage", "5", "--stop_stage", "6", "--pretrained_model", str(tmp / "exp" / "source" / "valid.acc.ave.pth"),
+               "--llm_dir", str(tmp / "exp" / "llm"), "--exp_dir", str(other),
+               "--train_configs", "conf/finetune_lora.yaml"], tmp)
+    assert "stage 6 done" in out
+    text = (other / "RESULTS.md").read_text()
+    assert any(line.startswith("| [lora]") for line in text.splitlines())
+    assert not any(line.startswith("| [source]") for line in text.splitlines())
+    assert (other / "lora" / "decode_source_test" / "score_cer" / "result.json").exists()

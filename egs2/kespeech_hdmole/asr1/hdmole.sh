@@ -257,7 +257,12 @@ fi
 
 # ---------------------------------------------------------------- stage 6: decoding and scoring
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-    [ -z "$systems" ] && { systems=source; for c in $train_configs; do systems+=" $(system_name "$c")"; done; }
+    if [ -z "$systems" ]; then
+        # the source model is decoded when it was trained here (not with --pretrained_model elsewhere)
+        if [ -z "$pretrained_model" ] || [ -f "$source_exp/$decode_model" ]; then systems=source; fi
+        for c in $train_configs; do systems+=" $(system_name "$c")"; done
+        systems=${systems# }
+    fi
     [ -z "$test_sets" ] && test_sets=$(cd "$feats" && ls -d test_* source_test 2>/dev/null | paste -sd' ')
     stage_start 6 "decoding [$test_sets] with [$systems]"
     # all test sets decoded in one run per system (one model load), then split per set
