@@ -57,6 +57,21 @@ def test_every_stage_produces_its_outputs(recipe):
         assert f"stage {i} done" in out
 
 
+def test_the_ctc_head_of_step_1_segments_for_every_later_model(recipe):
+    """conf/train_source.yaml compresses with the CTC head: stage 4 step 2 takes it from step 1,
+    stage 5 keeps it (frozen) in the systems."""
+    import torch
+
+    tmp, _, _ = recipe
+
+    def ctc(path):
+        return torch.load(path, map_location="cpu", weights_only=False)["ctc.ctc_lo.weight"]
+
+    enc = ctc(tmp / "exp" / "source_encoder" / "valid.loss.best.pth")
+    torch.testing.assert_close(ctc(tmp / "exp" / "source" / "valid.acc.ave.pth"), enc)
+    torch.testing.assert_close(ctc(tmp / "exp" / "full" / "valid.acc.ave.pth"), enc)
+
+
 def test_results_hold_numbers_for_every_system(recipe):
     tmp, _, _ = recipe
     text = (tmp / "exp" / "RESULTS.md").read_text()

@@ -64,7 +64,8 @@ class LLMASRModel(AbsESPnetModel):
             by utterance id and reuse it in later epochs (SpecAugment is then not applied). The
             trainer passes the ids.
         ctc_weight: weight of an auxiliary CTC loss on the encoder output. It gives an encoder
-            trained from scratch a direct signal; 0 builds no CTC head.
+            trained from scratch a direct signal; 0 adds no CTC loss (and builds no CTC head unless
+            ctc_compress needs one).
         ctc_units: what the CTC predicts: "llm" (the LLM's vocabulary; id 0 is the blank, token
             ids shift by one) or "pinyin" (the ~60 Mandarin initials and finals of the transcript,
             espnet_hdmole.asr.pinyin_units; the preprocessor adds them as 'text_ctc') or
@@ -76,7 +77,7 @@ class LLMASRModel(AbsESPnetModel):
             before the projector: "unit" averages the frames of each run of one non-blank label
             (blank frames are dropped), so the LLM sees about one position per CTC unit, in order;
             "syllable" (pinyin CTC units) then pairs each initial with the final after it into one
-            position [initial; final] (zeros for a missing initial), about one per character. An
+            position [initial; final] (zeros for a missing initial or final), about one per character. An
             utterance with no non-blank frame keeps the mean of all its frames. The CTC head comes
             from the encoder's pre-training (--init_param ...:ctc:ctc); with ctc_weight 0 it is frozen.
         token_dropout: in training, the probability that a transcript token fed to the LLM (teacher
@@ -362,7 +363,7 @@ class LLMASRModel(AbsESPnetModel):
             tgt = torch.cat([text[b, : text_lengths[b]].long(), eos])
             inp = tgt[:-1]
             if self.training and self.token_dropout > 0:
-                noise = torch.randint_like(inp, emb.num_embeddings)
+                noise = torch.randint_like(inp, min(len(self.tokenizer), emb.num_embeddings))  # real tokens only
                 inp = torch.where(torch.rand(inp.shape, device=inp.device) < self.token_dropout, noise, inp)
             seqs.append(torch.cat([c, emb(inp).to(c.dtype)], 0))
             # position j predicts token j+1: targets start at the last context position

@@ -6,7 +6,7 @@ initials and finals of standard Mandarin, read from the transcript with pypinyin
 thousands of times each, and the encoder learns them in a few hundred steps. The units follow the
 canonical (standard Mandarin) reading of the text, also for accented speech.
 
-With ``tones=True`` each final carries its tone (1-4, 5 for the neutral tone; ~190 units): the
+With ``tones=True`` each final carries its tone (1-4, 5 for the neutral tone; 219 units in all): the
 encoder then has to keep the pitch contour, which tells apart many homophones of the toneless
 units (and is where the demo's accents differ most).
 """

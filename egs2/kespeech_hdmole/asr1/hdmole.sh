@@ -86,7 +86,8 @@ for c in $source_config $train_configs; do [ -f "$c" ] || die "training config '
 
 # model_conf.<key> of a training YAML, or a default when the key is absent
 model_conf_get() {
-    $python -c "import sys, yaml; mc = (yaml.safe_load(open(sys.argv[1], encoding='utf-8')) or {}).get('model_conf') or {}; print(mc.get(sys.argv[2], sys.argv[3]))" "$1" "$2" "$3"
+    $python -c "import sys, yaml; mc = (yaml.safe_load(open(sys.argv[1], encoding='utf-8')) or {}).get('model_conf') or {}; print(mc.get(sys.argv[2], sys.argv[3]))" "$1" "$2" "$3" \
+        || die "cannot read model_conf.$2 from $1"
 }
 system_name() { local b; b=$(basename "$1" .yaml); b=${b#finetune_}; echo "${b#train_}"; }
 stage_start() { STAGE_T0=$(date +%s); log "stage $1: $2"; }
@@ -197,6 +198,10 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         stage_start 4 "source-domain pre-training: $feats/source_train -> $source_exp"
         [ -d "$feats/source_train" ] || die "no source-domain training set ($feats/source_train); give --pretrained_model"
         source_init=()
+        compress=$(model_conf_get "$source_config" ctc_compress none) || exit 1
+        if [ "$compress" != none ] && [ -z "$source_encoder_config" ]; then
+            die "$source_config compresses with a CTC head (model_conf.ctc_compress: $compress), which step 1 trains: give --source_encoder_config"
+        fi
         if [ -n "$source_encoder_config" ]; then  # step 1: the encoder alone, CTC
             enc_exp=$exp_dir/source_encoder
             if [ -f "$enc_exp/.done" ]; then
@@ -213,8 +218,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
             grep -E "epoch results" "$enc_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
             source_init=(--init_param "$enc_exp/valid.loss.best.pth:encoder:encoder")
             # a CTC-compressing model (model_conf.ctc_compress) also takes step 1's CTC head
-            [ "$(model_conf_get "$source_config" ctc_compress none)" = none ] \
-                || source_init+=("$enc_exp/valid.loss.best.pth:ctc:ctc")
+            [ "$compress" = none ] || source_init+=("$enc_exp/valid.loss.best.pth:ctc:ctc")
             log "  step 2: the LLM-based ASR model ($source_config, encoder from step 1) -> $source_exp"
         fi
         if [ -f "$source_exp/.done" ]; then
@@ -244,7 +248,8 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$out/train_config.yaml"
         # the source model's CTC head is kept only where the system uses it (ctc_compress)
         init_spec=$init_model:::ctc
-        [ "$(model_conf_get "$out/train_config.yaml" ctc_compress none)" = none ] || init_spec=$init_model
+        compress=$(model_conf_get "$out/train_config.yaml" ctc_compress none) || exit 1
+        [ "$compress" = none ] || init_spec=$init_model
         run_logged "$train_cmd" "$out/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
             --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_spec" $(common_model_opts) \
             $(train_data_opts train dev) $train_args
