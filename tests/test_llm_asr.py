@@ -427,16 +427,16 @@ def test_ctc_compression_averages_ctc_segments(work, tmp_path, monkeypatch, mode
     k = model.projector.stack
     assert model.projector.linear1.in_features == d * k * (2 if mode == "syllable" else 1)
     ini, fin = 3, len(PinyinUnits.initials()) + 5  # an initial and a final id
-    labels = torch.tensor([[0, ini, ini, 0, ini, fin, fin, 0], [0] * 8])
+    labels = torch.tensor([[0, ini, ini, 0, ini, fin, fin, 0, fin + 1, 0], [0] * 10])
     monkeypatch.setattr(model.ctc, "argmax", lambda h: labels[: h.shape[0], : h.shape[1]])
-    h = torch.randn(2, 8, d)
-    out, lens = model.compress(h, torch.tensor([8, 5]))
+    h = torch.randn(2, 10, d)
+    out, lens = model.compress(h, torch.tensor([10, 5]))
     x, z = h[0], torch.zeros(d)
     if mode == "unit":
-        want = [x[1:3].mean(0), x[4], x[5:7].mean(0)]
+        want = [x[1:3].mean(0), x[4], x[5:7].mean(0), x[8]]
         fallback = h[1, :5].mean(0)
-    else:  # the first initial has no final; the second pairs with the final
-        want = [torch.cat([x[1:3].mean(0), z]), torch.cat([x[4], x[5:7].mean(0)])]
+    else:  # the first initial has no final, the second pairs with a final, the last final has no initial
+        want = [torch.cat([x[1:3].mean(0), z]), torch.cat([x[4], x[5:7].mean(0)]), torch.cat([z, x[8]])]
         fallback = torch.cat([z, h[1, :5].mean(0)])
     assert lens.tolist() == [len(want), 1]
     torch.testing.assert_close(out[0, : len(want)], torch.stack(want))

@@ -149,7 +149,6 @@ class LLMASRModel(AbsESPnetModel):
         n_ctc = len(PinyinUnits(ctc_units == "pinyin_tone")) if ctc_units != "llm" else len(self.tokenizer) + 1
         use_ctc = ctc_weight > 0 or ctc_compress != "none"
         self.ctc = CTC(odim=n_ctc, encoder_output_size=encoder.output_size()) if use_ctc else None
-        self.n_initials = len(PinyinUnits.initials())
         if ctc_compress != "none" and ctc_weight <= 0:
             self.ctc.requires_grad_(False)
         self.cache_encoder_outputs = cache_encoder_outputs
@@ -172,9 +171,13 @@ class LLMASRModel(AbsESPnetModel):
         parts = [m for m in (self.frontend, self.normalize, self.encoder) if m is not None]
         return not any(p.requires_grad for m in parts for p in m.parameters())
 
+    def _may_cache(self, utt_id) -> bool:
+        """Per-utterance caching is enabled, the trainer passed the ids and the encoder is frozen."""
+        return self.cache_encoder_outputs and utt_id is not None and self.encoder_is_frozen()
+
     def encode_cached(self, speech, speech_lengths, utt_id) -> Tuple[torch.Tensor, torch.Tensor]:
         """``encode``, through the per-utterance cache when it is enabled and allowed."""
-        if not (self.cache_encoder_outputs and utt_id is not None and self.encoder_is_frozen()):
+        if not self._may_cache(utt_id):
             return self.encode(speech, speech_lengths)
         missing = [i for i, u in enumerate(utt_id) if u not in self._enc_cache]
         if missing:
@@ -265,28 +268,27 @@ class LLMASRModel(AbsESPnetModel):
         lens = torch.tensor([s.shape[0] for s in out], device=h.device)
         return torch.nn.utils.rnn.pad_sequence(out, batch_first=True), lens
 
-    def _syllables(self, segs: torch.Tensor, seg_labels: torch.Tensor) -> torch.Tensor:
-        """Pinyin unit segments -> one [initial; final] row per syllable (zeros where one is missing)."""
-        is_initial = (seg_labels <= self.n_initials).tolist()  # ids 1..n_initials are initials
-        rows, ini, zero = [], None, torch.zeros_like(segs[0])
-        for j, initial in enumerate(is_initial):
-            if initial:
-                if ini is not None:  # an initial without a final
-                    rows.append(torch.cat([ini, zero]))
-                ini = segs[j]
-            else:
-                rows.append(torch.cat([zero if ini is None else ini, segs[j]]))
-                ini = None
-        if ini is not None:
-            rows.append(torch.cat([ini, zero]))
-        return torch.stack(rows)
+    @staticmethod
+    def _syllables(segs: torch.Tensor, seg_labels: torch.Tensor) -> torch.Tensor:
+        """Pinyin unit segments -> one [initial; final] row per syllable (zeros where one is missing).
+
+        A final continues the syllable of the initial right before it; every other segment starts
+        a new syllable."""
+        initial = seg_labels <= len(PinyinUnits.initials())  # ids 1..len(initials) are initials
+        after_initial = torch.zeros_like(initial)
+        after_initial[1:] = initial[:-1]
+        syl = torch.cumsum(initial | ~after_initial, 0) - 1
+        d = segs.shape[1]
+        rows = segs.new_zeros(int(syl[-1]) + 1, 2 * d)
+        rows[syl[initial], :d] = segs[initial]
+        rows[syl[~initial], d:] = segs[~initial]
+        return rows
 
     def project(self, h: torch.Tensor, h_lens: torch.Tensor, utt_id=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Encoder output -> LLM input embeddings (CTC compression first when enabled; its result
         is cached by utterance id along with the encoder output's)."""
         if self.ctc_compress != "none":
-            cached = (self.cache_encoder_outputs and utt_id is not None and self.encoder_is_frozen()
-                      and not any(p.requires_grad for p in self.ctc.parameters()))
+            cached = self._may_cache(utt_id) and not any(p.requires_grad for p in self.ctc.parameters())
             if cached and all(u in self._cmp_cache for u in utt_id):
                 xs = [self._cmp_cache[u].to(h.device) for u in utt_id]
                 h, h_lens = torch.nn.utils.rnn.pad_sequence(xs, batch_first=True), torch.tensor(
