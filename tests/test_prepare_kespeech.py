@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -40,11 +41,12 @@ NO_SOURCE_MSG = ("no source-domain dir configured: KeSpeech's own Mandarin test 
 # --------------------------------------------------------------------------
 # Building a KeSpeech-shaped corpus
 # --------------------------------------------------------------------------
-def write_wav(path: Path, seed: int) -> None:
+def write_wav(path: Path, seed: int, frames: int = 4800, channels: int = 1) -> None:
+    """0.3 s by default: room for 15 transcript characters (one per 20 ms)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    soundfile.write(str(path), (0.1 * rng.standard_normal(800)).astype(np.float32), 16000,
-                    subtype="PCM_16")
+    x = (0.1 * rng.standard_normal((frames, channels))).astype(np.float32)
+    soundfile.write(str(path), x if channels > 1 else x[:, 0], 16000, subtype="PCM_16")
 
 
 def make_corpus(root: Path) -> SimpleNamespace:
@@ -441,3 +443,96 @@ def test_root_without_tasks_dir_points_to_the_inner_root(corpus, tmp_path):
     # the archive unpacks to KeSpeech/...; giving its parent is a common slip
     fails(corpus.root.parent, tmp_path / "data",
           rf"{corpus.root.parent} has no Tasks/ASR directory.*perhaps --kespeech {corpus.root}")
+
+
+# --------------------------------------------------------------------------
+# Audio that would yield useless features; empty subsets; malformed tags
+# --------------------------------------------------------------------------
+def test_stereo_audio_is_refused(corpus, tmp_path):
+    e = corpus.subsets["dev_phase1"][4]
+    write_wav(corpus.root / e["rel"], 7, channels=2)
+    n = line_of(subset_file(corpus, "dev_phase1", "wav.scp"), e["utt"])
+    fails(corpus.root, tmp_path / "data",
+          rf"1 audio file\(s\) are unusable.*dev_phase1/wav.scp:{n}: \S*{e['utt']}.wav "
+          rf"\(utterance {e['utt']}\): the audio has 2 channels; expected mono.*sox in.wav -c 1 out.wav")
+
+
+def test_truncated_wav_is_refused(corpus, tmp_path):
+    e = corpus.subsets["train_phase2"][3]
+    path = corpus.root / e["rel"]
+    write_wav(path, 7, frames=8000)
+    with open(path, "r+b") as f:
+        f.truncate(44 + 500 * 2)  # libsndfile now reports 500 frames, the header says 8000
+    assert soundfile.info(str(path)).frames == 500
+    n = line_of(subset_file(corpus, "train_phase2", "wav.scp"), e["utt"])
+    fails(corpus.root, tmp_path / "data",
+          rf"train_phase2/wav.scp:{n}: \S* \(utterance {e['utt']}\): truncated WAV file: its header "
+          r"declares 16000 bytes \(8000 frames\) of audio but the file holds only 1000 bytes "
+          r"\(500 frames\)")
+
+
+def test_transcript_longer_than_the_audio_is_refused(corpus, tmp_path):
+    e = corpus.subsets["test"][6]
+    edit_line(subset_file(corpus, "test", "text"), e["utt"], f"{e['utt']} {'好' * 16}")
+    n = line_of(subset_file(corpus, "test", "wav.scp"), e["utt"])
+    fails(corpus.root, tmp_path / "data",
+          rf"test/wav.scp:{n}: \S* \(utterance {e['utt']}\): the transcript has 16 characters but "
+          r"the audio lasts only 0.30 s, room for 15 \(expected at most one character per 20 ms\)")
+    # 15 characters fit into 0.3 s
+    edit_line(subset_file(corpus, "test", "text"), e["utt"], f"{e['utt']} {'好' * 15}")
+    run(corpus.root, tmp_path / "data")
+    assert read_map(tmp_path / "data" / f"test_{e['label']}" / "text")[e["utt"]] == "好" * 15
+
+
+def test_empty_subset_is_refused(corpus, tmp_path):
+    for name in ("wav.scp", "text", "utt2spk", "utt2subdialect"):
+        subset_file(corpus, "dev_phase2", name).write_text("")
+    fails(corpus.root, tmp_path / "data",
+          r"KeSpeech subset \S*Tasks/ASR/dev_phase2 \(asked for by --dev_subsets\) holds no "
+          r"utterances: its wav.scp, text, utt2spk, utt2subdialect are empty")
+
+
+def test_tags_of_every_kind_are_removed():
+    assert pk.normalize_text("(noise)今天{breath}天气<SPOKEN_NOISE>很[laughter]好") == "今天天气很好"
+    assert pk.normalize_text("＜NOISE＞你好［noise］世界｛breath｝") == "你好世界"  # full-width
+    assert pk.normalize_text("（笑）【注】《书》") == "笑注书"  # Chinese brackets: punctuation
+    for bad in ("<SPOKEN_NOISE今天", "今天 noise)", "{breath 今天", "<a [b]>今天", "今天＜NOISE"):
+        with pytest.raises(pk.MalformedTag, match="a malformed tag: stray"):
+            pk.normalize_text(bad)
+
+
+def test_malformed_tags_are_refused_all_of_them(corpus, tmp_path):
+    bad = {"train_phase1": ["<SPOKEN_NOISE今天", "今天(noise", "{breath今天"],
+           "dev_phase1": ["今天 SPOKEN_NOISE>", "今天 noise)", "breath}今天", "<NOISE 今天"]}
+    where = []
+    for subset, texts in bad.items():
+        for e, text in zip(corpus.subsets[subset], texts):
+            n = edit_line(subset_file(corpus, subset, "text"), e["utt"], f"{e['utt']} {text}")
+            where.append(rf"{subset}/text:{n}: utterance '{e['utt']}' has a malformed tag")
+    # well-formed tags of every kind are fine
+    ok = corpus.subsets["train_phase2"][0]
+    edit_line(subset_file(corpus, "train_phase2", "text"), ok["utt"],
+              f"{ok['utt']} (noise){ok['norm']}{{breath}}")
+    with pytest.raises(pk.KeSpeechError, match=r"^7 transcript\(s\) hold a malformed tag") as err:
+        run(corpus.root, tmp_path / "data")
+    msg = str(err.value)
+    shown = [w for w in where if re.search(w, msg)]
+    assert len(shown) == 5 and "... and 2 more" in msg
+    assert not (tmp_path / "data").exists()
+    for subset, texts in bad.items():  # fix them: the corpus prepares, with the tags removed
+        for e in corpus.subsets[subset][:len(texts)]:
+            edit_line(subset_file(corpus, subset, "text"), e["utt"], f"{e['utt']} {e['raw']}")
+    run(corpus.root, tmp_path / "data")
+    assert read_map(tmp_path / "data" / "train" / "text")[ok["utt"]] == ok["norm"]
+
+
+def test_malformed_tag_in_source_dir_is_refused(corpus, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_wav(tmp_path / "src_wav" / "a.wav", 1)
+    write_wav(tmp_path / "src_wav" / "b.wav", 2)
+    (src / "wav.scp").write_text(f"a {tmp_path}/src_wav/a.wav\nb {tmp_path}/src_wav/b.wav\n")
+    (src / "text").write_text("a 你好(noise)世界\nb 你好{breath 世界\n", encoding="utf-8")
+    fails(corpus.root, tmp_path / "data",
+          r"1 transcript\(s\) hold a malformed tag.*src/text:2: utterance 'b' has a malformed "
+          r"tag: stray \{ in '你好\{breath 世界'", "--source_dir", src)

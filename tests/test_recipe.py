@@ -109,3 +109,110 @@ def test_pretrained_model_fine_tunes_and_decodes_into_another_exp_dir(recipe):
     assert any(line.startswith("| [lora]") for line in text.splitlines())
     assert not any(line.startswith("| [source]") for line in text.splitlines())
     assert (other / "lora" / "decode_source_test" / "score_cer" / "result.json").exists()
+
+
+# ---------------------------------------------------------------- nothing stale, nothing silent (issue 10)
+def run_fails(args, tmp):
+    cmd = ["./run.sh", "--demo_size", "tiny", "--data_dir", str(tmp / "data"), "--dump_dir", str(tmp / "dump"),
+           "--exp_dir", str(tmp / "exp")] + args
+    p = subprocess.run(cmd, cwd=RECIPE, env=dict(os.environ, KESPEECH=""), capture_output=True, text=True, timeout=900)
+    assert p.returncode != 0, f"{' '.join(cmd)} should have failed:\n{p.stdout[-2000:]}"
+    assert "Traceback" not in p.stdout + p.stderr
+    return p.stderr
+
+
+def result_rows(exp):
+    return [line.split("]")[0][3:] for line in (exp / "RESULTS.md").read_text().splitlines() if line.startswith("| [")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stage", "7"], "--stage must be a stage number from 1 to 6, not '7'"),
+    (["--stage", "abc"], "--stage must be a stage number from 1 to 6, not 'abc'"),
+    (["--stage", "4", "--stop_stage", "2"], "--stage 4 comes after --stop_stage 2: no stage would run"),
+])
+def test_stage_options_are_checked(tmp_path, args, message):
+    """Case 6: these exited 0 and did nothing."""
+    assert message in run_fails(args, tmp_path)
+
+
+def test_messages_name_only_options_that_exist():
+    """Case 9: stage 2 told users to 'pass --overwrite true', which hdmole.sh does not have."""
+    text = (RECIPE / "hdmole.sh").read_text()
+    settings = text[text.index("# ---------------------------------------------------------------- settings"):
+                    text.index("# ---------------------------------------------------------------- option parsing")]
+    declared = set(re.findall(r"^([a-z_]+)=", settings, re.M))
+    said = {o for line in text.splitlines() if re.search(r"\b(die|log) ", line)
+            for o in re.findall(r"--([a-z_]+)\b", line)}
+    assert said and said <= declared, sorted(said - declared)
+
+
+def test_subset_decode_keeps_every_system_in_results(recipe):
+    """Case 4: stage 6 with --systems lora replaced the all-systems table with a one-system one."""
+    tmp, _, _ = recipe
+    before = result_rows(tmp / "exp")
+    out = run(["--stage", "6", "--stop_stage", "6", "--systems", "lora"], tmp)
+    assert "lora decoding: done, skipped" in out
+    assert result_rows(tmp / "exp") == before and set(SYSTEMS) <= set(before)
+
+
+def test_a_second_run_into_the_same_exp_dir_is_refused(recipe):
+    """Case 8: two stage-6 runs into one exp dir crashed on a .tmp file or deleted each other's decodings."""
+    import fcntl
+
+    tmp, _, _ = recipe
+    with open(tmp / "exp" / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        err = run_fails(["--stage", "6", "--stop_stage", "6"], tmp)
+    assert f"{tmp / 'exp'} is in use by another run" in err and "use another --exp_dir" in err
+
+
+def test_a_missing_llm_dir_is_one_error_line(recipe):
+    """Case 7: a missing --llm_dir ended in a traceback."""
+    tmp, _, _ = recipe
+    err = run_fails(["--stage", "3", "--stop_stage", "3", "--llm_dir", str(tmp / "nope")], tmp)
+    assert f"--llm_dir: LLM directory '{tmp / 'nope'}' does not exist" in err
+    err = run_fails(["--stage", "5", "--stop_stage", "5", "--llm_dir", str(tmp / "nope")], tmp)
+    assert f"the LLM directory {tmp / 'nope'} does not exist" in err
+
+
+def test_an_edited_finetune_yaml_is_trained_again(recipe, tmp_path):
+    """Case 3: after rank 2 -> 4 in the YAML, stage 5 said 'done, skipped'."""
+    tmp, _, _ = recipe
+    cfg = tmp_path / "finetune_lora.yaml"
+    cfg.write_text((RECIPE / "conf" / "finetune_lora.yaml").read_text())
+    out = run(["--stage", "5", "--stop_stage", "5", "--train_configs", str(cfg)], tmp)
+    assert "lora: redone, because" in out and f"file {cfg} is a new input" in out
+    text = cfg.read_text()
+    assert re.search(r"rank: \d+", text)
+    cfg.write_text(re.sub(r"rank: \d+", "rank: 3", text))
+    out = run(["--stage", "5", "--stop_stage", "5", "--train_configs", str(cfg)], tmp)
+    assert f"lora: redone, because file {cfg} changed (the previous run is kept in" in out
+    assert len(list((tmp / "exp").glob("lora.stale-*"))) >= 1
+    out = run(["--stage", "5", "--stop_stage", "5", "--train_configs", str(cfg)], tmp)
+    assert "lora: done, skipped" in out
+
+
+def test_a_retrained_source_model_is_never_mixed_with_old_adapters(recipe):
+    """Case 1: after stage 4 was re-run, stage 5 said 'done, skipped' and stage 6 decoded the old
+    adapter on the new base."""
+    tmp, _, _ = recipe
+    out = run(["--stage", "4", "--stop_stage", "4", "--source_train_args", "--max_epoch 1"], tmp)
+    assert "source: redone, because options changed" in out
+    err = run_fails(["--stage", "6", "--stop_stage", "6", "--systems", "mole_topk"], tmp)
+    assert re.search(r"the base checkpoint \S+/source/valid.acc.ave.pth \(--init_param of \S+/mole_topk/config.yaml\) "
+                     r"has changed since \S+/mole_topk/valid.acc.ave.pth was trained on it", err), err[-2000:]
+    out = run(["--stage", "5", "--stop_stage", "6", "--train_configs", "conf/finetune_mole_topk.yaml", "--systems", "mole_topk"], tmp)
+    assert re.search(r"mole_topk: redone, because file \S+/source/valid.acc.ave.pth changed", out)
+    assert "mole_topk decoding: redone" in out and set(SYSTEMS) <= set(result_rows(tmp / "exp"))
+
+
+def test_changed_data_redoes_features_with_the_reason(recipe):
+    """Case 9: stage 2 refused with 'pass --overwrite true', an option run.sh does not have."""
+    tmp, _, _ = recipe
+    text = tmp / "data" / "dev" / "text"
+    lines = text.read_text(encoding="utf-8").splitlines()
+    uid, t = lines[0].split(" ", 1)
+    lines[0] = f"{uid} {t[::-1]}"
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = run(["--stage", "2", "--stop_stage", "2"], tmp)
+    assert re.search(r"dump/fbank/dev: \S*data/dev/text changed since the features were made: redone", out), out[-3000:]

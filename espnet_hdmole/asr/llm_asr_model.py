@@ -26,6 +26,7 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet_hdmole.asr.llm_utils import load_causal_lm, load_tokenizer, unencodable_chars
 from espnet_hdmole.asr.pinyin_units import PinyinUnits
 from espnet_hdmole.asr.projector import FrameStackProjector
+from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.create_hdmole_adapter import hdmole_aux_loss, hdmole_layers, hdmole_statistics
 from espnet_hdmole.layers.routing import domain_posterior, oracle_posterior
 
@@ -117,12 +118,12 @@ class LLMASRModel(AbsESPnetModel):
         self.tokenizer = load_tokenizer(llm_dir)
         d_llm = self.llm.get_input_embeddings().embedding_dim
         if ctc_compress not in ("none", "unit", "syllable"):
-            raise ValueError(f"model_conf.ctc_compress must be 'none', 'unit' or 'syllable', not {ctc_compress!r}")
+            raise UserError(f"model_conf.ctc_compress must be 'none', 'unit' or 'syllable', not {ctc_compress!r}")
         if ctc_compress == "syllable" and ctc_units == "llm":
-            raise ValueError("model_conf.ctc_compress: syllable needs model_conf.ctc_units: pinyin or pinyin_tone")
+            raise UserError("model_conf.ctc_compress: syllable needs model_conf.ctc_units: pinyin or pinyin_tone")
         self.ctc_compress = ctc_compress
         if not 0.0 <= token_dropout < 1.0:
-            raise ValueError(f"model_conf.token_dropout must be in [0, 1), got {token_dropout}")
+            raise UserError(f"model_conf.token_dropout must be in [0, 1), got {token_dropout}")
         self.token_dropout = token_dropout
         proj_in = encoder.output_size() * (2 if ctc_compress == "syllable" else 1)
         self.projector = FrameStackProjector(proj_in, d_llm, **(projector_conf or {}))
@@ -131,17 +132,17 @@ class LLMASRModel(AbsESPnetModel):
         if use_accent_head is None:
             use_accent_head = aid_weight > 0
         if use_accent_head and len(self.accent_list) < 2:
-            raise ValueError("model_conf.accent_list needs at least 2 domains for the accent head")
+            raise UserError("model_conf.accent_list needs at least 2 domains for the accent head")
         self.accent_head = (
             AccentHead(encoder.output_size(), len(self.accent_list), accent_head_hidden) if use_accent_head else None
         )
         self.frame_shift = frame_shift
         self.ctc_weight = ctc_weight
         if ctc_units not in ("llm", "pinyin", "pinyin_tone"):
-            raise ValueError(f"model_conf.ctc_units must be 'llm', 'pinyin' or 'pinyin_tone', not {ctc_units!r}")
+            raise UserError(f"model_conf.ctc_units must be 'llm', 'pinyin' or 'pinyin_tone', not {ctc_units!r}")
         self.ctc_units = ctc_units
         if asr_weight < 0 or (asr_weight == 0 and ctc_weight <= 0):
-            raise ValueError(
+            raise UserError(
                 f"model_conf.asr_weight must be > 0, or 0 together with ctc_weight > 0 (CTC-only "
                 f"encoder training); got asr_weight={asr_weight}, ctc_weight={ctc_weight}"
             )
@@ -158,7 +159,7 @@ class LLMASRModel(AbsESPnetModel):
         for name, text in (("prompt_prefix", prompt_prefix), ("prompt", prompt)):
             bad = unencodable_chars(self.tokenizer, text) if text else ""
             if bad:
-                raise ValueError(f"model_conf.{name} {text!r} has characters the tokenizer of {llm_dir} cannot encode: {bad!r}")
+                raise UserError(f"model_conf.{name} {text!r} has characters the tokenizer of {llm_dir} cannot encode: {bad!r}")
         self.register_buffer("prefix_ids", self._encode(prompt_prefix), persistent=False)
         self.register_buffer("prompt_ids", self._encode(prompt), persistent=False)
 
@@ -235,10 +236,10 @@ class LLMASRModel(AbsESPnetModel):
             return logits, None
         if mode == "oracle":
             if accent is None:
-                raise ValueError("global_router: oracle needs accent labels (an 'accent' data file, e.g. utt2accent)")
+                raise UserError("global_router: oracle needs accent labels (an 'accent' data file, e.g. utt2accent)")
             return logits, oracle_posterior(accent.reshape(-1), len(self.accent_list)).to(h.dtype)
         if logits is None:
-            raise ValueError(
+            raise UserError(
                 "global_router: predicted needs the accent head: set model_conf.aid_weight > 0 "
                 "or model_conf.use_accent_head: true"
             )

@@ -7,18 +7,20 @@ from typing import Iterable, Tuple, Union
 
 import torch
 
+from espnet_hdmole.errors import UserError, UserFileError
+
 
 def check_model_dir(path: Union[str, Path], what: str, need_weights: bool = True) -> Path:
     """Raise a clear error unless ``path`` is a local transformers model directory."""
     p = Path(path)
     if not p.is_dir():
-        raise FileNotFoundError(f"{what} directory '{p}' does not exist (models load from local directories only)")
+        raise UserFileError(f"{what} directory '{p}' does not exist (models load from local directories only)")
     if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"{what} directory '{p}' has no config.json: not a transformers model directory")
+        raise UserFileError(f"{what} directory '{p}' has no config.json: not a transformers model directory")
     if need_weights:
         names = os.listdir(p)
         if not any(n.endswith((".safetensors", ".bin")) or n.endswith(".safetensors.index.json") for n in names):
-            raise FileNotFoundError(
+            raise UserFileError(
                 f"{what} directory '{p}' has config.json but no weights (*.safetensors or *.bin)"
             )
     return p
@@ -30,7 +32,7 @@ def load_tokenizer(llm_dir: Union[str, Path]):
 
     p = check_model_dir(llm_dir, "LLM", need_weights=False)
     if not any((p / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
-        raise FileNotFoundError(f"LLM directory '{p}' has no tokenizer files (tokenizer.json / tokenizer_config.json)")
+        raise UserFileError(f"LLM directory '{p}' has no tokenizer files (tokenizer.json / tokenizer_config.json)")
     cls_name = ""
     if (p / "tokenizer_config.json").is_file():
         cls_name = json.loads((p / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class", "")
@@ -43,7 +45,7 @@ def load_tokenizer(llm_dir: Union[str, Path]):
     else:
         tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
     if tok.eos_token_id is None:
-        raise ValueError(f"the tokenizer in '{p}' has no eos token; set eos_token in its tokenizer_config.json")
+        raise UserError(f"the tokenizer in '{p}' has no eos token; set eos_token in its tokenizer_config.json")
     return tok
 
 
@@ -96,3 +98,24 @@ def build_char_tokenizer(chars: Iterable[str], out_dir: Union[str, Path], extra_
     os.makedirs(out_dir, exist_ok=True)
     fast.save_pretrained(str(out_dir))
     return load_tokenizer(out_dir) if (Path(out_dir) / "config.json").exists() else fast
+
+
+def main(argv=None) -> int:
+    """python -m espnet_hdmole.asr.llm_utils DIR: check that DIR holds an LLM and its tokenizer."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("llm_dir")
+    a = ap.parse_args(argv)
+    check_model_dir(a.llm_dir, "LLM")
+    load_tokenizer(a.llm_dir)
+    print(f"{a.llm_dir}: LLM and tokenizer OK")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from espnet_hdmole.errors import run_cli
+
+    sys.exit(run_cli(main))

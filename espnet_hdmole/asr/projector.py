@@ -3,6 +3,8 @@ from typing import Tuple
 
 import torch
 
+from espnet_hdmole.errors import UserError
+
 
 class FrameStackProjector(torch.nn.Module):
     """Stack k consecutive encoder frames, then ``linear1`` -> GELU -> ``linear2``.
@@ -20,7 +22,7 @@ class FrameStackProjector(torch.nn.Module):
     def __init__(self, input_size: int, output_size: int, stack: int = 4, hidden_size: int = 0):
         super().__init__()
         if stack < 1:
-            raise ValueError(f"projector_conf.stack must be >= 1, got {stack}")
+            raise UserError(f"model_conf.projector_conf.stack must be >= 1, got {stack}")
         hidden_size = hidden_size or output_size
         self.stack = stack
         self.linear1 = torch.nn.Linear(input_size * stack, hidden_size)

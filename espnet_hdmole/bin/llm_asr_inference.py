@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 from espnet2.fileio.datadir_writer import DatadirWriter
-from espnet2.utils.types import str2triple_str, str_or_none
+from espnet2.utils.types import str2bool, str2triple_str, str_or_none
 
+from espnet_hdmole.errors import run_cli
 from espnet_hdmole.tasks.llm_asr import LLMASRTask
 
 
@@ -47,6 +48,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=0)
     p.add_argument("--nthreads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--log_level", default="INFO")
+    p.add_argument("--verbose", type=str2bool, default=False,
+                   help="show the traceback of a user error (e.g. a checkpoint that does not belong to its config)")
     return p
 
 
@@ -106,4 +109,4 @@ def main(cmd=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

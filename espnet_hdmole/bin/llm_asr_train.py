@@ -10,16 +10,23 @@ Data: speech (fbank ark or wav), text (transcripts), optionally accent (utt2acce
   --train_data_path_and_name_and_type dump/train/text,text,text
   --train_data_path_and_name_and_type dump/train/utt2accent,accent,text
 Adapters: `adapter: hdmole` (this project; save_strategy: required_grad_only for adapter-only
-checkpoints) or `adapter: lora` (ESPnet's). Inputs are checked before training starts.
+checkpoints) or `adapter: lora` (ESPnet's). Inputs are checked before training starts; a user error
+(bad config key, data file, model directory) is one ERROR line, with its traceback under --verbose true.
 """
-import torch.distributed
+import sys
 
+import torch.distributed
+from espnet2.utils.types import str2bool
+
+from espnet_hdmole.errors import run_cli
 from espnet_hdmole.tasks.llm_asr import LLMASRTask
 
 
 def get_parser():
     parser = LLMASRTask.get_parser()
     parser.description = __doc__
+    parser.add_argument("--verbose", type=str2bool, default=False,
+                        help="show the traceback of a user error (bad config, data or model files) too")
     return parser
 
 
@@ -34,4 +41,4 @@ def main(cmd=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.hdmole_linear import HDMoLELinear
 
 # the keys of adapter_conf that go to each HDMoLELinear
@@ -49,12 +50,12 @@ def create_hdmole_adapter(
     """
     unknown = sorted(set(layer_conf) - set(LAYER_KEYS))
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"unknown key(s) in adapter_conf for adapter 'hdmole': {unknown}; "
             f"expected some of {list(ADAPTER_KEYS)}"
         )
     if not target_modules:
-        raise ValueError("adapter_conf.target_modules is required for adapter 'hdmole' (a list of linear layer names)")
+        raise UserError("adapter_conf.target_modules is required for adapter 'hdmole' (a list of linear layer names)")
     if isinstance(target_modules, str):
         target_modules = [target_modules]
 
@@ -63,10 +64,10 @@ def create_hdmole_adapter(
     if not chosen:
         already = [n for n, m in linears if isinstance(m, HDMoLELinear) and _matches(n, target_modules)]
         if already:
-            raise ValueError(f"target_modules {target_modules} are already HDMoLE layers: {already}")
+            raise UserError(f"target_modules {target_modules} are already HDMoLE layers: {already}")
         names = [n for n, _ in linears]
         shown = ", ".join(names[:60]) + (f", ... ({len(names) - 60} more)" if len(names) > 60 else "")
-        raise ValueError(
+        raise UserError(
             f"adapter 'hdmole': no linear layer matches target_modules={target_modules} "
             f"(a name matches when it equals a target or ends with '.<target>'). "
             f"Linear layers of this model: {shown or '(none)'}"

@@ -29,6 +29,8 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from espnet_hdmole.errors import UserError
+
 from espnet_hdmole.layers.routing import (
     ACTIVATIONS,
     COMBINES,
@@ -38,6 +40,40 @@ from espnet_hdmole.layers.routing import (
     threshold_weights,
     topk_weights,
 )
+
+
+def _check_settings(num_domains, experts_per_domain, rank, alpha, dropout_rate, temperature, global_router,
+                    combine, activation, top_k, tau_max) -> None:
+    """adapter_conf values, checked; a UserError names the key and what was expected."""
+
+    def need(ok: bool, key: str, expected: str, value) -> None:
+        if not ok:
+            raise UserError(f"adapter_conf.{key} must be {expected}, got {value!r}")
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    need(global_router in GLOBAL_ROUTERS, "global_router", f"one of {list(GLOBAL_ROUTERS)}", global_router)
+    need(combine in COMBINES, "combine", f"one of {list(COMBINES)}", combine)
+    if global_router == "none" and combine != "none":
+        raise UserError(f"adapter_conf.combine: {combine!r} needs a global router, but adapter_conf.global_router "
+                        f"is 'none'")
+    need(activation in ACTIVATIONS, "activation", f"one of {list(ACTIVATIONS)}", activation)
+    for key, v in (("num_domains", num_domains), ("experts_per_domain", experts_per_domain), ("rank", rank)):
+        need(is_int(v) and v >= 1, key, "an integer >= 1", v)
+    n = num_domains * experts_per_domain
+    if activation == "topk":
+        need(is_int(top_k) and 1 <= top_k <= n, "top_k",
+             f"an integer from 1 to {n} (the number of experts: num_domains x experts_per_domain)", top_k)
+    need(is_num(alpha) and alpha > 0, "alpha", "a number > 0", alpha)
+    need(is_num(dropout_rate) and 0 <= dropout_rate < 1, "dropout_rate", "a number in [0, 1)", dropout_rate)
+    need(is_num(temperature) and temperature > 0, "temperature", "a number > 0", temperature)
+    if tau_max is not None:
+        need(is_num(tau_max) and 0 < tau_max <= 1.0 / n, "tau_max",
+             f"a number in (0, 1/{n}] (at most 1 / the number of experts, so one expert is always active)", tau_max)
 
 
 class HDMoLELinear(torch.nn.Linear):
@@ -93,26 +129,11 @@ class HDMoLELinear(torch.nn.Linear):
         if self.bias is not None:
             self.bias.requires_grad_(False)
 
-        if global_router not in GLOBAL_ROUTERS:
-            raise ValueError(f"global_router must be one of {GLOBAL_ROUTERS}, got {global_router!r}")
         if combine is None:
             combine = "none" if global_router == "none" else "product"
-        if combine not in COMBINES:
-            raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
-        if global_router == "none" and combine != "none":
-            raise ValueError(f"combine={combine!r} needs a global router, but global_router='none'")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        if num_domains < 1 or experts_per_domain < 1 or rank < 1:
-            raise ValueError(
-                f"num_domains, experts_per_domain and rank must be >= 1, got "
-                f"{num_domains}, {experts_per_domain}, {rank}"
-            )
+        _check_settings(num_domains, experts_per_domain, rank, alpha, dropout_rate, temperature, global_router,
+                        combine, activation, top_k, tau_max)
         n = num_domains * experts_per_domain
-        if activation == "topk" and not 1 <= top_k <= n:
-            raise ValueError(f"top_k must lie in [1, {n}] (the number of experts), got {top_k}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
 
         self.name = name
         self.num_domains, self.experts_per_domain, self.num_experts = num_domains, experts_per_domain, n

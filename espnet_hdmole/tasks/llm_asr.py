@@ -40,6 +40,8 @@ from espnet_hdmole.asr.llm_asr_model import LLMASRModel
 from espnet_hdmole.asr.llm_utils import check_model_dir, load_tokenizer, unencodable_chars
 from espnet_hdmole.asr.param_report import trainable_parameter_report
 from espnet_hdmole.asr.preprocessor import LLMASRPreprocessor
+from espnet_hdmole.errors import UserError, UserFileError
+from espnet_hdmole.tasks import provenance
 
 
 def _whisper_encoder_class():
@@ -69,13 +71,14 @@ encoder_choices = ClassChoices(
 
 
 def _check_conf_keys(conf: dict, cls, key: str, skip: Tuple[str, ...] = ()) -> None:
-    sig = inspect.signature(cls.__init__)
+    """Unknown keys of a *_conf dict for a class (its __init__) or a function are a UserError."""
+    sig = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls)
     if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
         return
-    allowed = [k for k in sig.parameters if k not in ("self",) + skip]
+    allowed = [k for k in sig.parameters if k not in ("self", "model") + skip]
     unknown = sorted(set(conf or {}) - set(allowed))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {key} (for {cls.__name__}); expected some of {allowed}")
+        raise UserError(f"unknown key(s) {unknown} in {key} (for {cls.__name__}); expected some of {allowed}")
 
 
 def _checked_model_conf(args: argparse.Namespace) -> dict:
@@ -83,7 +86,7 @@ def _checked_model_conf(args: argparse.Namespace) -> dict:
     mc = dict(args.model_conf or {})
     _check_conf_keys(mc, LLMASRModel, "model_conf", skip=("frontend", "specaug", "normalize", "encoder"))
     if not mc.get("llm_dir"):
-        raise ValueError("model_conf.llm_dir is required: a local directory with a transformers causal LM and its tokenizer")
+        raise UserError("model_conf.llm_dir is required: a local directory with a transformers causal LM and its tokenizer")
     check_model_dir(mc["llm_dir"], "LLM (model_conf.llm_dir)")
     return mc
 
@@ -92,7 +95,7 @@ def _read_kaldi_file(path: str, what: str) -> List[Tuple[str, str]]:
     """Lines 'uid value' of a Kaldi-style file, checked: exists, ids unique and sorted."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{what} file '{p}' does not exist")
+        raise UserFileError(f"{what} file '{p}' does not exist")
     rows, prev = [], None
     with open(p, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -102,11 +105,11 @@ def _read_kaldi_file(path: str, what: str) -> List[Tuple[str, str]]:
             uid, _, value = line.partition(" ")
             if prev is not None and uid <= prev:
                 why = "appears twice" if uid == prev else f"comes after '{prev}' (the file must be sorted by id)"
-                raise ValueError(f"{p}:{n}: utterance id '{uid}' {why}")
+                raise UserError(f"{p}:{n}: utterance id '{uid}' {why}")
             prev = uid
             rows.append((uid, value.strip()))
     if not rows:
-        raise ValueError(f"{what} file '{p}' is empty")
+        raise UserError(f"{what} file '{p}' is empty")
     return rows
 
 
@@ -180,7 +183,7 @@ class LLMASRTask(AbsTask):
             input_size = frontend.output_size()
         else:
             if args.input_size is None:
-                raise ValueError("--input_size is required when no frontend is used (e.g. 80 for fbank features)")
+                raise UserError("--input_size is required when no frontend is used (e.g. 80 for fbank features)")
             frontend, input_size = None, args.input_size
         specaug = None
         if args.specaug is not None:
@@ -210,7 +213,7 @@ class LLMASRTask(AbsTask):
         logging.info(rep["text"])
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError("no trainable parameters: check --freeze_param and the adapter settings")
+            raise UserError("no trainable parameters: check --freeze_param and the adapter settings")
         return super().build_optimizers(args, model)
 
     # ------------------------------------------------------------------ input checks
@@ -219,8 +222,15 @@ class LLMASRTask(AbsTask):
         """Check everything a user produced before any training starts."""
         mc = _checked_model_conf(args)
         if getattr(args, "use_adapter", False):
+            from espnet2.layers.create_adapter import create_adapter_fn_table
+
+            if args.adapter != "hdmole":  # ESPnet's own adapters take their settings as arguments
+                _check_conf_keys(args.adapter_conf, create_adapter_fn_table[args.adapter], "adapter_conf")
+                rank = (args.adapter_conf or {}).get("rank", 1)
+                if not isinstance(rank, int) or rank < 1:
+                    raise UserError(f"adapter_conf.rank must be an integer >= 1, got {rank!r}")
             if args.adapter == "hdmole" and args.save_strategy == "adapter_only":
-                raise ValueError(
+                raise UserError(
                     "save_strategy: adapter_only is ESPnet's path for lora/houlsby only; for adapter: hdmole "
                     "use save_strategy: required_grad_only (adapter weights and the other trainable parameters)"
                 )
@@ -234,21 +244,21 @@ class LLMASRTask(AbsTask):
                     rows = _read_kaldi_file(path, "transcript")
                     for n, (uid, text) in enumerate(rows, 1):
                         if not text:
-                            raise ValueError(f"{path}:{n}: utterance '{uid}' has an empty transcript")
+                            raise UserError(f"{path}:{n}: utterance '{uid}' has an empty transcript")
                     bad = unencodable_chars(tok, "".join(sorted({c for _, t in rows for c in t})))
                     if bad:
                         uid = next(u for u, t in rows if any(c in bad for c in t))
-                        raise ValueError(
+                        raise UserError(
                             f"{path}: the tokenizer of {mc['llm_dir']} cannot encode {bad!r} "
                             f"(first in utterance '{uid}')"
                         )
                 elif name == "accent":
                     rows = _read_kaldi_file(path, "accent label")
                     if not accents:
-                        raise ValueError(f"{path} gives accent labels but model_conf.accent_list is empty")
+                        raise UserError(f"{path} gives accent labels but model_conf.accent_list is empty")
                     for n, (uid, lab) in enumerate(rows, 1):
                         if lab not in accents:
-                            raise ValueError(
+                            raise UserError(
                                 f"{path}:{n}: utterance '{uid}' has accent label '{lab}', not one of "
                                 f"model_conf.accent_list {accents}"
                             )
@@ -263,7 +273,7 @@ class LLMASRTask(AbsTask):
                 if ids != ids0:
                     only_a = sorted(set(ids0) - set(ids))[:3]
                     only_b = sorted(set(ids) - set(ids0))[:3]
-                    raise ValueError(
+                    raise UserError(
                         f"utterance ids of {path} ('{name}') and {p0} ('{n0}') disagree: e.g. only in the "
                         f"first: {only_b}, only in the second: {only_a}"
                     )
@@ -274,6 +284,8 @@ class LLMASRTask(AbsTask):
             args = cls.get_parser().parse_args(cmd)
         if not args.print_config and not getattr(args, "collect_stats", False):
             cls.check_inputs(args)
+            if args.output_dir:
+                provenance.write(args, args.output_dir)
         return super().main(args=args)
 
     # ------------------------------------------------------------------ reloading
@@ -286,6 +298,9 @@ class LLMASRTask(AbsTask):
     ):
         """Build the model from its config.yaml and load a checkpoint, exactly.
 
+        The checkpoint's provenance (provenance.json beside it) must match the config and the
+        base files it names (see espnet_hdmole.tasks.provenance); otherwise a UserError.
+
         A checkpoint saved with save_strategy ``required_grad_only`` (adapter-only) lacks the
         frozen base weights: they are loaded first from the ``--init_param`` files of the
         config, and the checkpoint on top. Keys that neither provides are an error.
@@ -297,8 +312,11 @@ class LLMASRTask(AbsTask):
         own = model.state_dict()
         unexpected = sorted(set(state) - set(own))
         if unexpected:
-            raise KeyError(f"{model_file} has keys this model does not: {unexpected[:10]}")
+            raise UserError(f"{model_file} has keys that the model of {config_file} does not: {unexpected[:10]}")
         missing = {k for k in set(own) - set(state) if not k.startswith("llm.")}  # LLM: from llm_dir
+        absent = set(own) - set(state)
+        provenance.check(config_file, model_file, args, uses_base=bool(absent and args.init_param),
+                         uses_llm_dir=any(k.startswith("llm.") for k in absent))
         if set(own) - set(state):
             from espnet2.torch_utils.load_pretrained_model import load_pretrained_model
 
@@ -314,7 +332,7 @@ class LLMASRTask(AbsTask):
                         k = k[len(src_key) + 1:]
                     missing.discard(f"{dst_key}.{k}" if dst_key else k)
             if missing:
-                raise KeyError(
+                raise UserError(
                     f"{model_file} is a partial checkpoint and {sorted(missing)[:10]} are given neither by it "
                     f"nor by --init_param {args.init_param}"
                 )

@@ -10,6 +10,11 @@
 #   5. fine-tune  one multi-accent fine-tuning run per YAML in --train_configs -> exp/<system>
 #   6. decode     every test set and the source test set, CER scoring, exp/*/RESULTS.md + plots
 #
+# Re-running skips what is done. Each output records the inputs it was made from (config content,
+# checkpoint and data hashes, options) in its .done marker: a stage whose inputs changed is redone,
+# and the log says why; a superseded training run is kept beside it as <dir>.stale-<time>.
+# One run at a time per --exp_dir (a lock); user errors are one ERROR line (--verbose true: all).
+#
 # Usage: ./hdmole.sh [--name value ...]     (every setting below can be given as --name value)
 set -euo pipefail
 
@@ -42,9 +47,12 @@ decode_model=valid.acc.ave.pth        # checkpoint decoded in stage 6
 test_sets=""            # default: every data/test_* and the source test set
 systems=""              # stage 6 systems (default: source + those of --train_configs)
 python=python3          # interpreter (path.sh activates tools/venv)
+verbose=false           # true: show full logs and Python tracebacks of user errors
 
 # ---------------------------------------------------------------- option parsing (ours)
-help_message=$(sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//')
+help_message=$(sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//')
+command_line="$0 $*"
+default_train_configs=$train_configs   # their order is the order of the results table
 declared=$(sed -n '/^# ---* settings/,/^# ---* option parsing/p' "$0" | grep -oE '^[a-z_]+=' | tr -d '=')
 print_settings() {
     echo "Settings (--name value):"
@@ -68,13 +76,26 @@ done
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (hdmole.sh:${BASH_LINENO[0]}) $*"; }
 die() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ERROR: $*" >&2; exit 1; }
-run_logged() {  # run_logged CMD_VAR LOGFILE COMMAND...: run through cmd.sh, show the log tail on failure
-    local runner=$1 logf=$2; shift 2
+run_logged() {  # run_logged CMD_VAR LOGFILE COMMAND...: run through cmd.sh; on failure the tool's
+    local runner=$1 logf=$2; shift 2  # own ERROR line (a user error), else the log's last lines
     if ! ${runner} "$logf" "$@"; then
+        if [ "$verbose" != true ] && grep -q '^ERROR: ' "$logf"; then
+            die "$(grep '^ERROR: ' "$logf" | tail -n 1 | sed 's/^ERROR: //') (log: $logf)"
+        fi
         echo "---- last lines of $logf ----" >&2; tail -n 30 "$logf" >&2
         die "command failed, see $logf"
     fi
 }
+is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
+for v in stage stop_stage; do
+    is_int "${!v}" && [ "${!v}" -ge 1 ] && [ "${!v}" -le 6 ] || die "--$v must be a stage number from 1 to 6, not '${!v}'"
+done
+[ "$stage" -le "$stop_stage" ] || die "--stage $stage comes after --stop_stage $stop_stage: no stage would run"
+for v in nj seed ngpu; do is_int "${!v}" || die "--$v must be a non-negative integer, not '${!v}'"; done
+[ "$nj" -ge 1 ] || die "--nj must be at least 1"
+case "$verbose" in true|false) ;; *) die "--verbose must be true or false, not '$verbose'" ;; esac
+case "$feats_type" in fbank|raw) ;; *) die "--feats_type must be fbank or raw, not '$feats_type'" ;; esac
+[ "$verbose" = true ] && export HDMOLE_VERBOSE=1
 
 . ./path.sh
 . ./cmd.sh
@@ -93,6 +114,45 @@ system_name() { local b; b=$(basename "$1" .yaml); b=${b#finetune_}; echo "${b#t
 stage_start() { STAGE_T0=$(date +%s); log "stage $1: $2"; }
 stage_end() { log "stage $1 done in $(( $(date +%s) - STAGE_T0 )) s"; echo "$1 $(( $(date +%s) - STAGE_T0 ))" >> "${exp_dir}/stage_times.txt"; }
 mkdir -p "$exp_dir/logs"   # every stage logs there, also when run alone into a new --exp_dir
+
+# one run at a time in an exp dir: a second one is refused (the lock goes with this process and its jobs)
+exec {lock_fd}>>"$exp_dir/.lock"
+if ! flock -n "$lock_fd"; then
+    die "$exp_dir is in use by another run ($(cat "$exp_dir/.lock.owner" 2>/dev/null || echo 'owner unknown')): wait for it to finish, or use another --exp_dir"
+fi
+echo "pid $$ on $(hostname), started $(date '+%Y-%m-%dT%H:%M:%S'): $command_line" > "$exp_dir/.lock.owner"
+# file hashes (for the done-markers and model provenance) are cached by path, size and mtime
+cache_dir=$exp_dir/.cache; mkdir -p "$cache_dir"
+export HDMOLE_HASH_CACHE=$cache_dir/sha256.json
+
+# Done-markers that know their inputs (local/stage_marker.py). up_to_date DIR WHAT OLD INPUTS...:
+#   returns 0 when DIR/.done records the same INPUTS (logs "WHAT: done, skipped"); else gets DIR
+#   ready for a run (returns 1): a run of other inputs is moved aside (OLD=keep: DIR.stale-<time>)
+#   or removed (OLD=remove: derived outputs such as decodings), and the log says why.
+#   mark_done DIR: the run in DIR has finished.
+up_to_date() {
+    local out=$1 what=$2 old=$3; shift 3
+    local pending verdict aside
+    pending=$cache_dir/inputs/$(echo "$out" | tr '/' '%').json
+    verdict=$($python local/stage_marker.py "$out" --write "$pending" "$@" 2> "$cache_dir/stage_marker.err") \
+        || die "$(sed 's/^ERROR: //' "$cache_dir/stage_marker.err" | tail -n 1)"
+    case $verdict in
+        done) log "  $what: done, skipped"; return 0 ;;
+        new) ;;
+        resume) log "  $what: resuming the unfinished run in $out (same inputs)" ;;
+        stale:*)
+            if [ "$old" = keep ]; then
+                aside=$out.stale-$(date +%Y%m%d-%H%M%S); mv "$out" "$aside"
+                log "  $what: redone, because ${verdict#stale: } (the previous run is kept in $aside)"
+            else
+                rm -rf "$out"; log "  $what: redone, because ${verdict#stale: }"
+            fi ;;
+        *) die "local/stage_marker.py said '$verdict' for $out" ;;
+    esac
+    mkdir -p "$out"; cp "$pending" "$out/.inputs"
+    return 1
+}
+mark_done() { cp "$1/.inputs" "$1/.done"; }
 
 # ---------------------------------------------------------------- stage 1: data
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
@@ -124,8 +184,10 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
         extra=()
         [ "$s" = "$cmvn_set" ] && [ "$feats_type" = fbank ] && extra=(--cmvn_stats "$dump_dir/fbank/cmvn_stats.npz")
         run_logged "$train_cmd" "$exp_dir/logs/stage2_${feats_type}_$s.log" $python local/compute_fbank.py \
-            "$data_dir/$s" "$dump_dir/$feats_type/$s" --feats_type "$feats_type" --nj "$nj" "${extra[@]}"
-        log "  $s: $(wc -l < "$dump_dir/$feats_type/$s/speech_shape") utterances ($(grep -q 'skipped' "$exp_dir/logs/stage2_${feats_type}_$s.log" && echo skipped, up to date || echo done))"
+            "$data_dir/$s" "$dump_dir/$feats_type/$s" --feats_type "$feats_type" --nj "$nj" --overwrite true "${extra[@]}"
+        slog=$exp_dir/logs/stage2_${feats_type}_$s.log
+        log "  $s: $(wc -l < "$dump_dir/$feats_type/$s/speech_shape") utterances ($(grep -q 'skipped' "$slog" && echo skipped, up to date || echo done))"
+        grep -h 'redone' "$slog" | sed 's/^/    /' || true
     done
     stage_end 2
 fi
@@ -135,8 +197,8 @@ fi
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     if [ -n "$llm_dir" ]; then
         stage_start 3 "using the LLM and tokenizer of $llm_dir"
-        $python -c "from espnet_hdmole.asr.llm_utils import check_model_dir, load_tokenizer as t; check_model_dir('$llm_dir', 'LLM (--llm_dir)'); t('$llm_dir')" \
-            || die "--llm_dir $llm_dir is not a usable transformers model directory"
+        $python -m espnet_hdmole.asr.llm_utils "$llm_dir" 2> "$exp_dir/logs/stage3_llm_check.log" \
+            || die "--llm_dir: $(sed 's/^ERROR: //' "$exp_dir/logs/stage3_llm_check.log" | tail -n 1)"
     else
         stage_start 3 "character tokenizer + Qwen2-style LM pre-trained on the training text -> $llm_dir_eff"
         prompts=$($python - "$source_config" $train_configs <<'PY'
@@ -152,9 +214,13 @@ PY
         texts=(); for s in source_train train; do [ -f "$data_dir/$s/text" ] && texts+=("$data_dir/$s/text"); done
         valid=(); for s in source_dev dev; do [ -f "$data_dir/$s/text" ] && valid+=("$data_dir/$s/text"); done
         plain=(); [ -f "$data_dir/lm_text" ] && plain=(--plain_text "$data_dir/lm_text")
-        run_logged "$train_cmd" "$exp_dir/logs/stage3_llm.log" $python local/pretrain_llm.py \
-            --train_text "${texts[@]}" "${plain[@]}" --valid_text "${valid[@]}" --vocab_text "${valid[@]}" \
-            --extra_chars "$prompts" --out_dir "$llm_dir_eff" --seed "$seed" $llm_opts
+        if ! up_to_date "$llm_dir_eff" "LLM" keep $(for f in "${texts[@]}" "${valid[@]}" "${plain[@]:1}" "$llm_conf"; do echo --file "$f"; done) \
+                --value "prompt characters=$prompts" --value "seed=$seed"; then
+            run_logged "$train_cmd" "$exp_dir/logs/stage3_llm.log" $python local/pretrain_llm.py \
+                --train_text "${texts[@]}" "${plain[@]}" --valid_text "${valid[@]}" --vocab_text "${valid[@]}" \
+                --extra_chars "$prompts" --out_dir "$llm_dir_eff" --seed "$seed" $llm_opts
+            mark_done "$llm_dir_eff"
+        fi
         grep -E "^epoch|parameters" "$exp_dir/logs/stage3_llm.log" | tail -n 2 | sed 's/^/    /' || true
     fi
     stage_end 3
@@ -182,6 +248,14 @@ common_model_opts() {
         echo --input_size 1
     fi
 }
+need_llm() {
+    [ -d "$llm_dir_eff" ] || die "the LLM directory $llm_dir_eff does not exist: run stage 3 first, or give --llm_dir DIR"
+}
+train_inputs() {  # train_inputs TRAIN_SET VALID_SET: the data, statistics and LLM a training run reads
+    echo --data "$feats/$1" --data "$feats/$2" --model_dir "$llm_dir_eff" --file "$data_dir/accents.txt"
+    [ "$feats_type" = fbank ] && echo --file "$dump_dir/fbank/cmvn_stats.npz"
+    true
+}
 write_info() {  # write params.json / routing.json of a trained system
     $python local/model_info.py --exp "$1" --model "$decode_model" --data "$feats/dev" \
         --accents "$data_dir/accents.txt" >> "$exp_dir/logs/model_info.log" 2>&1 || die "model_info failed for $1 (see $exp_dir/logs/model_info.log)"
@@ -197,6 +271,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     else
         stage_start 4 "source-domain pre-training: $feats/source_train -> $source_exp"
         [ -d "$feats/source_train" ] || die "no source-domain training set ($feats/source_train); give --pretrained_model"
+        need_llm
         source_init=()
         compress=$(model_conf_get "$source_config" ctc_compress none) || exit 1
         if [ "$compress" != none ] && [ -z "$source_encoder_config" ]; then
@@ -204,16 +279,14 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         fi
         if [ -n "$source_encoder_config" ]; then  # step 1: the encoder alone, CTC
             enc_exp=$exp_dir/source_encoder
-            if [ -f "$enc_exp/.done" ]; then
-                log "  $enc_exp is done, skipped (remove $enc_exp/.done to train again)"
-            else
+            if ! up_to_date "$enc_exp" "source_encoder" keep --file "$source_config" --file "$source_encoder_config" \
+                    $(train_inputs source_train source_dev) --value "options=$train_args $source_train_args" --value "seed=$seed"; then
                 log "  step 1: encoder pre-training ($source_config + $source_encoder_config) -> $enc_exp"
-                mkdir -p "$enc_exp"
                 $python local/merge_config.py "$source_config" "$source_encoder_config" "$enc_exp/train_config.yaml"
                 run_logged "$train_cmd" "$enc_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
                     --config "$enc_exp/train_config.yaml" --output_dir "$enc_exp" $(common_model_opts) \
                     $(train_data_opts source_train source_dev) $train_args $source_train_args
-                touch "$enc_exp/.done"
+                mark_done "$enc_exp"
             fi
             grep -E "epoch results" "$enc_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
             source_init=(--init_param "$enc_exp/valid.loss.best.pth:encoder:encoder")
@@ -221,14 +294,14 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
             [ "$compress" = none ] || source_init+=("$enc_exp/valid.loss.best.pth:ctc:ctc")
             log "  step 2: the LLM-based ASR model ($source_config, encoder from step 1) -> $source_exp"
         fi
-        if [ -f "$source_exp/.done" ]; then
-            log "  $source_exp is done, skipped (remove $source_exp/.done to train again)"
-        else
+        step1=(); [ -n "$source_encoder_config" ] && step1=(--file "$enc_exp/valid.loss.best.pth")
+        if ! up_to_date "$source_exp" "source" keep --file "$source_config" "${step1[@]}" \
+                $(train_inputs source_train source_dev) --value "options=$train_args $source_train_args" --value "seed=$seed"; then
             run_logged "$train_cmd" "$source_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
                 --config "$source_config" --output_dir "$source_exp" $(common_model_opts) "${source_init[@]}" \
                 $(train_data_opts source_train source_dev) $train_args $source_train_args
-            touch "$source_exp/.done"
             write_info "$source_exp"
+            mark_done "$source_exp"
         fi
         grep -E "epoch results" "$source_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
     fi
@@ -240,9 +313,11 @@ init_model=${pretrained_model:-$source_exp/valid.acc.ave.pth}
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     stage_start 5 "multi-accent fine-tuning from $init_model: $(for c in $train_configs; do system_name "$c"; done | paste -sd' ')"
     [ -f "$init_model" ] || die "the source model $init_model does not exist: run stage 4 or give --pretrained_model"
+    need_llm
     for cfg in $train_configs; do
         sys=$(system_name "$cfg"); out=$exp_dir/$sys
-        if [ -f "$out/.done" ]; then log "  $sys: done, skipped"; continue; fi
+        up_to_date "$out" "$sys" keep --file "$cfg" --file "$(dirname "$init_model")/config.yaml" --file "$init_model" \
+            $(train_inputs train dev) --value "options=$train_args" --value "seed=$seed" && continue
         t0=$(date +%s)
         log "  $sys: $cfg -> $out (resumes from $out/checkpoint.pth if present)"
         $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$out/train_config.yaml"
@@ -253,8 +328,8 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         run_logged "$train_cmd" "$out/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
             --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_spec" $(common_model_opts) \
             $(train_data_opts train dev) $train_args
-        touch "$out/.done"
         write_info "$out"
+        mark_done "$out"
         log "  $sys: $(grep -o 'trainable parameters: [^=]*= [0-9.]*%' "$out/train.log" | head -n 1), $(( $(date +%s) - t0 )) s"
     done
     stage_end 5
@@ -271,7 +346,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     [ -z "$test_sets" ] && test_sets=$(cd "$feats" && ls -d test_* source_test 2>/dev/null | paste -sd' ')
     stage_start 6 "decoding [$test_sets] with [$systems]"
     # all test sets decoded in one run per system (one model load), then split per set
-    union=$feats/decode_union
+    union=$exp_dir/decode_inputs
     mkdir -p "$union"
     for s in $test_sets; do cat "$feats/$s/$speech_file"; done | sort -u -k1,1 > "$union/$speech_file.tmp"
     mv "$union/$speech_file.tmp" "$union/$speech_file"
@@ -280,18 +355,22 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     if (for s in $test_sets; do [ -f "$feats/$s/utt2accent" ] || exit 1; done); then
         for s in $test_sets; do cat "$feats/$s/utt2accent"; done | sort -u -k1,1 > "$union/utt2accent"
         accent_opts=(--data_path_and_name_and_type "$union/utt2accent,accent,text")
+    else
+        rm -f "$union/utt2accent"
     fi
+    decode_inputs=(--file "$union/$speech_file" --value "options=$decode_args")
+    [ -f "$union/utt2accent" ] && decode_inputs+=(--file "$union/utt2accent")
     for sys in $systems; do
         out=$exp_dir/$sys
         [ -f "$out/$decode_model" ] || die "$out/$decode_model does not exist: train $sys first (stage 4/5)"
         dec=$out/decode_union
-        if [ ! -f "$dec/.done" ] || ! cmp -s "$union/$speech_file" "$dec/.inputs" || [ "$out/$decode_model" -nt "$dec/.done" ]; then
-            rm -rf "$dec"
+        if ! up_to_date "$dec" "$sys decoding" remove --file "$out/$decode_model" --model_config "$out/config.yaml" \
+                "${decode_inputs[@]}"; then
             run_logged "$decode_cmd" "$dec/decode.log" $python -m espnet_hdmole.bin.llm_asr_inference \
                 --asr_train_config "$out/config.yaml" --asr_model_file "$out/$decode_model" \
                 --output_dir "$dec" --data_path_and_name_and_type "$union/$speech_file,speech,$speech_type" \
                 "${accent_opts[@]}" --ngpu "$ngpu" $decode_args
-            cp "$union/$speech_file" "$dec/.inputs"; touch "$dec/.done"
+            mark_done "$dec"
         fi
         for s in $test_sets; do
             d=$out/decode_$s
@@ -305,8 +384,17 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
         done
         log "  $sys: decoded ($(grep '^rtf' "$dec/rtf")) and scored"
     done
+    # the tables describe every trained system of the exp dir, not only those decoded now:
+    # source, the default systems in their order, then any others (superseded *.stale-* runs left out)
+    results_systems=$(
+        { echo source; for c in $default_train_configs; do system_name "$c"; done
+          for d in "$exp_dir"/*/; do basename "$d"; done | sort; } \
+        | awk '!seen[$0]++' | while read -r s; do
+            case $s in *.stale-*) continue ;; esac
+            if [ -f "$exp_dir/$s/params.json" ] && [ -f "$exp_dir/$s/decode_union/.done" ]; then echo "$s"; fi
+        done | paste -sd' ')
     run_logged "$decode_cmd" "$exp_dir/logs/stage6_results.log" $python local/make_results.py \
-        --exp_dir "$exp_dir" --systems $systems --accents_file "$data_dir/accents.txt" \
+        --exp_dir "$exp_dir" --systems $results_systems --accents_file "$data_dir/accents.txt" \
         --source_set source_test --baseline source
     log "results: $exp_dir/RESULTS.md and $exp_dir/*/RESULTS.md, plots in $exp_dir/plots"
     stage_end 6

@@ -8,9 +8,16 @@ speech_shape in samples instead (audio must already be at --fs).
 
 Writes into the output dir: feats.scp + feats.<job>.ark (kaldiio), speech_shape ('uid frames,dim'),
 and copies text, utt2spk, spk2utt, utt2accent. With --cmvn_stats FILE it also writes global CMVN
-statistics (count, sum, sum_square: ESPnet's GlobalMVN format). Skips a directory that is done for
-the same wav.scp and settings (.done holds their fingerprint); a different one is an error unless
---overwrite true.
+statistics (count, sum, sum_square: ESPnet's GlobalMVN format).
+
+Audio must be mono with finite samples (data_dir.samples_problem): anything else stops the run with
+one 'ERROR: <data>/wav.scp:<line>: utterance ...' line and exit status 1.
+
+Skips a directory that is done for the same inputs and settings: .done is a JSON record of the
+sha256 of wav.scp, text and utt2accent and of the settings. When something differs (or .done is of
+an older version, one hex line), it refuses unless --overwrite true, and then prints why the
+features are redone, e.g. 'dump/fbank/train: data/train/text changed since the features were made:
+redone'.
 """
 import argparse
 import hashlib
@@ -24,7 +31,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_dir import DataDirError, read_table, validate  # noqa: E402
+from data_dir import DataDirError, read_table, samples_problem, validate  # noqa: E402
+
+INPUTS = ("wav.scp", "text", "utt2accent")  # the files the features (and .done) depend on
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # sample formats that can hold NaN/inf
 
 
 def fbank_of(path: str, num_mel_bins: int, fs: int) -> np.ndarray:
@@ -32,6 +42,9 @@ def fbank_of(path: str, num_mel_bins: int, fs: int) -> np.ndarray:
     import soundfile
 
     wav, sr = soundfile.read(path, dtype="float32", always_2d=True)
+    problem = samples_problem(wav)
+    if problem:
+        raise ValueError(problem)
     wav = wav[:, 0]
     if sr != fs:
         from math import gcd
@@ -48,54 +61,82 @@ def fbank_of(path: str, num_mel_bins: int, fs: int) -> np.ndarray:
     f.accept_waveform(fs, (wav * 32768.0).tolist())
     f.input_finished()
     if f.num_frames_ready == 0:
-        raise ValueError(f"audio '{path}' is shorter than one frame")
+        raise ValueError("the audio is shorter than one frame")
     return np.stack([f.get_frame(i) for i in range(f.num_frames_ready)]).astype(np.float32)
 
 
 def run_job(args):
-    job, items, out_dir, num_mel_bins, fs = args
+    """-> (job, shape lines, None), or (job, [], (line, error naming wav.scp:line and the utterance))."""
+    job, items, out_dir, num_mel_bins, fs, scp_name = args
     import kaldiio
 
     ark = Path(out_dir) / f"feats.{job}.ark"
     scp = Path(out_dir) / f"feats.{job}.scp"
     shapes = []
     with kaldiio.WriteHelper(f"ark,scp:{ark},{scp}") as w:
-        for uid, path in items:
-            x = fbank_of(path, num_mel_bins, fs)
+        for n, (uid, path) in items:
+            try:
+                x = fbank_of(path, num_mel_bins, fs)
+            except Exception as e:  # noqa: BLE001 (reported as one line by the parent)
+                why = str(e).replace("\n", " ")
+                return job, [], (n, f"{scp_name}:{n}: utterance '{uid}' ({path}): {why}")
             w(uid, x)
             shapes.append(f"{uid} {x.shape[0]},{x.shape[1]}")
-    return job, shapes
+    return job, shapes, None
 
 
-def write_raw(data: Path, out: Path, wavs, fs: int, done: Path, fp: str) -> int:
+def write_raw(data: Path, out: Path, wavs, fs: int, done: Path, fp: dict) -> int:
     import soundfile
 
     shapes = []
-    for n, (uid, path) in enumerate(wavs, 1):
+    for n, (uid, path) in wavs:
+        where = f"ERROR: {data / 'wav.scp'}:{n}: utterance '{uid}' ({path})"
         try:
             info = soundfile.info(path)
+            problem = None
+            if info.channels != 1 or info.subtype in FLOAT_SUBTYPES:
+                problem = samples_problem(soundfile.read(path, always_2d=True)[0])
         except Exception as e:  # noqa: BLE001
-            print(f"ERROR: {data / 'wav.scp'}:{n}: cannot read '{path}': {e}", file=sys.stderr)
+            print(f"{where}: cannot read the audio: {e}", file=sys.stderr)
+            return 1
+        if problem:
+            print(f"{where}: {problem}", file=sys.stderr)
             return 1
         if info.samplerate != fs:
-            print(f"ERROR: {data / 'wav.scp'}:{n}: '{path}' is {info.samplerate} Hz; raw features need {fs} Hz",
-                  file=sys.stderr)
+            print(f"{where}: the audio is {info.samplerate} Hz; raw features need {fs} Hz", file=sys.stderr)
             return 1
         shapes.append(f"{uid} {info.frames}")
     (out / "speech_shape").write_text("\n".join(shapes) + "\n")
     for name in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2accent"):
         shutil.copy(data / name, out / name)
     print(f"{data} -> {out}: {len(shapes)} utterances (raw audio)", file=sys.stderr)
-    done.write_text(fp + "\n")
+    done.write_text(json.dumps(fp, sort_keys=True) + "\n")
     return 0
 
 
-def fingerprint(data_dir: Path, settings: dict) -> str:
-    h = hashlib.sha256()
-    for name in ("wav.scp", "text", "utt2accent"):
-        h.update((data_dir / name).read_bytes())
-    h.update(json.dumps(settings, sort_keys=True).encode())
-    return h.hexdigest()
+def fingerprint(data_dir: Path, settings: dict) -> dict:
+    fp = {name: hashlib.sha256((data_dir / name).read_bytes()).hexdigest() for name in INPUTS}
+    fp["settings"] = settings
+    return fp
+
+
+def stale_reason(done: Path, fp: dict, data_dir: Path, cmvn_stats) -> str:
+    """Why the features recorded in .done are not up to date; '' when they are."""
+    try:
+        old = json.loads(done.read_text())
+    except ValueError:
+        old = None
+    if not isinstance(old, dict):
+        return "the features were made by an older version of compute_fbank.py (no per-input record in .done)"
+    why = [str(data_dir / name) for name in INPUTS if old.get(name) != fp[name]]
+    why = [f"{', '.join(why)} changed since the features were made"] if why else []
+    was = old.get("settings") if isinstance(old.get("settings"), dict) else {}
+    diff = [f"{k} {was.get(k)} -> {v}" for k, v in fp["settings"].items() if was.get(k) != v]
+    if diff:
+        why.append(f"the settings changed since the features were made ({', '.join(diff)})")
+    if not why and cmvn_stats is not None and not Path(cmvn_stats).exists():
+        why.append(f"the CMVN statistics {cmvn_stats} are missing")
+    return "; ".join(why)
 
 
 def main(argv=None):
@@ -119,21 +160,24 @@ def main(argv=None):
     fp = fingerprint(data, settings)
     done = out / ".done"
     if done.exists():
-        if done.read_text().strip() == fp and (a.cmvn_stats is None or Path(a.cmvn_stats).exists()):
+        why = stale_reason(done, fp, data, a.cmvn_stats)
+        if not why:
             print(f"{out}: features are up to date, skipped", file=sys.stderr)
             return 0
         if a.overwrite != "true":
-            print(f"ERROR: {out} holds features of other data or settings; remove it or pass --overwrite true",
-                  file=sys.stderr)
+            print(f"ERROR: {out} holds features of other data or settings ({why}); remove it or pass "
+                  "--overwrite true", file=sys.stderr)
             return 1
+        print(f"{out}: {why}: redone", file=sys.stderr)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    wavs = list(read_table(data / "wav.scp").items())
+    wavs = list(enumerate(read_table(data / "wav.scp").items(), 1))  # (line, (uid, path))
     if a.feats_type == "raw":
         return write_raw(data, out, wavs, a.fs, done, fp)
     nj = max(1, min(a.nj, len(wavs)))
-    chunks = [(j + 1, wavs[j::nj], str(out), a.num_mel_bins, a.fs) for j in range(nj)]
+    scp = str(data / "wav.scp")
+    chunks = [(j + 1, wavs[j::nj], str(out), a.num_mel_bins, a.fs, scp) for j in range(nj)]
     t0 = time.time()
     shapes = []
     try:
@@ -145,8 +189,13 @@ def main(argv=None):
     except Exception as e:  # noqa: BLE001
         print(f"ERROR: feature extraction for {data} failed: {e}", file=sys.stderr)
         return 1
+    failed = sorted(problem for _, _, problem in results if problem)  # (line, message)
+    if failed:
+        more = f" ({len(failed) - 1} more job(s) stopped at a bad file too)" if len(failed) > 1 else ""
+        print(f"ERROR: {failed[0][1]}{more}", file=sys.stderr)
+        return 1
     scp_lines = []
-    for job, sh in sorted(results):
+    for job, sh, _ in sorted(results):
         shapes += sh
         scp_lines += (out / f"feats.{job}.scp").read_text().splitlines()
         (out / f"feats.{job}.scp").unlink()
@@ -168,7 +217,7 @@ def main(argv=None):
     dt = time.time() - t0
     print(f"{data} -> {out}: {len(shapes)} utterances, {frames / 100:.0f} s of audio in {dt:.1f} s "
           f"({frames / 100 / max(dt, 1e-9):.0f}x real time, {nj} jobs)", file=sys.stderr)
-    done.write_text(fp + "\n")
+    done.write_text(json.dumps(fp, sort_keys=True) + "\n")
     return 0
 
 

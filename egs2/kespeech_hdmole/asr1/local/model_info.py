@@ -92,4 +92,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from espnet_hdmole.errors import run_cli
+
+    sys.exit(run_cli(main))

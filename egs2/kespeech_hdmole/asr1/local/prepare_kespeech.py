@@ -39,17 +39,27 @@ Each directory holds ``wav.scp text utt2spk spk2utt utt2accent`` sorted by
 utterance id in byte order (``LC_ALL=C sort``) with the same ids in every file,
 plus a ``.done`` marker written last.  ``wav.scp`` paths are absolute;
 ``utt2accent`` holds the ``utt2subdialect`` labels (``Mandarin`` for
---source_dir).  Transcripts are normalised: ``<...>`` and ``[...]`` tags,
-punctuation (Chinese, full-width and ASCII), whitespace and invisible
-control/format characters are removed, every other character is kept
-unchanged.  Utterances left with an empty transcript are dropped and counted
-in the log (stderr).
+--source_dir).  Transcripts are normalised: tags, punctuation (Chinese,
+full-width and ASCII), whitespace and invisible control/format characters are
+removed, every other character is kept unchanged.  Utterances left with an
+empty transcript are dropped and counted in the log (stderr).
+
+Tag rule: a tag is a span in ``< >``, ``[ ]``, ``( )`` or ``{ }`` (ASCII or
+full-width ``＜＞［］｛｝``) with none of these brackets inside, e.g.
+``<SPOKEN_NOISE>`` ``[laughter]`` ``(noise)`` ``{breath}``: removed with its
+content.  A transcript still holding one of these brackets afterwards (an
+unclosed, stray or nested tag such as ``<SPOKEN_NOISE``) is refused
+(``<text>:<line>: utterance '<id>' has a malformed tag``, all such lines
+counted, 5 shown), in KeSpeech and --source_dir alike.  Chinese brackets
+``（）【】《》`` are punctuation: removed, the words inside kept.
 
 Everything is validated before anything is written: missing corpus root,
-subset directory or file; malformed lines (with file:line); unknown subdialect
-labels; utterance ids that disagree between the four files of a subset;
-duplicate ids across subsets; audio files that do not exist, or (with
-``--check_audio true``, the default) whose header soundfile cannot read.
+subset directory or file; a subset without utterances; malformed lines (with
+file:line) and tags; unknown subdialect labels; utterance ids that disagree
+between the four files of a subset; duplicate ids across subsets; audio files
+that do not exist, or (``--check_audio true``, the default: data_dir.py's
+header checks) are unreadable, not mono, truncated, or hold fewer 20 ms frames
+than their transcript has characters.
 
 Directories are built in a temporary directory under DATA and renamed into
 place.  Re-running with the same settings skips complete directories.  An
@@ -77,6 +87,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from data_dir import audio_problem  # noqa: E402  (the audio checks shared with data_dir.py)
 from demo_accents import DOMAINS  # noqa: E402  (the nine KeSpeech labels, in accents.txt order)
 
 # Fixed order: accents.txt uses it (and so do the accent ids downstream); one list for the
@@ -111,7 +122,11 @@ def _examples(items: Sequence[str], n: int = MAX_EXAMPLES) -> str:
 # --------------------------------------------------------------------------
 # Text normalisation
 # --------------------------------------------------------------------------
-TAG_RE = re.compile(r"<[^<>]*>|\[[^\[\]]*\]")
+TAG_OPEN, TAG_CLOSE = "<[({＜［｛", ">])}＞］｝"
+TAG_BRACKETS = frozenset(TAG_OPEN + TAG_CLOSE)
+_NO_BRACKET = "[^" + re.escape(TAG_OPEN + TAG_CLOSE) + "]*"
+TAG_RE = re.compile("|".join(re.escape(o) + _NO_BRACKET + re.escape(c)
+                             for o, c in zip(TAG_OPEN, TAG_CLOSE)))
 _ASCII_PUNCT = frozenset(string.punctuation)
 
 
@@ -127,9 +142,38 @@ def _drop_char(ch: str) -> bool:
     return 0xFF01 <= ord(ch) <= 0xFF5E and unicodedata.normalize("NFKC", ch) in _ASCII_PUNCT
 
 
+class MalformedTag(ValueError):
+    """A transcript still holds a tag bracket after the well-formed tags are removed."""
+
+
 def normalize_text(text: str) -> str:
-    """Remove <...>/[...] tags, punctuation and whitespace; keep everything else."""
-    return "".join(ch for ch in TAG_RE.sub("", text) if not _drop_char(ch))
+    """Remove tags, punctuation and whitespace; keep everything else.
+
+    Tags are spans in < > [ ] ( ) { } (or full-width ＜ ＞ ［ ］ ｛ ｝) with no such bracket
+    inside; they go with their content.  Any of these brackets left after that (an unclosed,
+    stray or nested tag) raises MalformedTag.  Chinese brackets （）【】《》 are punctuation."""
+    rest = TAG_RE.sub("", text)
+    left = sorted({ch for ch in rest if ch in TAG_BRACKETS})
+    if left:
+        raise MalformedTag(f"a malformed tag: stray {' '.join(left)} in {text!r}")
+    return "".join(ch for ch in rest if not _drop_char(ch))
+
+
+def normalize_table(path: Path, table: Table) -> Tuple[Dict[str, str], List[str]]:
+    """-> (utterance -> normalised transcript, one 'file:line: ...' per malformed tag)."""
+    texts, bad = {}, []
+    for utt, (raw, n) in table.items():
+        try:
+            texts[utt] = normalize_text(raw)
+        except MalformedTag as e:
+            bad.append(f"{path}:{n}: utterance {utt!r} has {e}")
+    return texts, bad
+
+
+def malformed_tags(bad: List[str]) -> KeSpeechError:
+    return KeSpeechError(f"{len(bad)} transcript(s) hold a malformed tag (a tag is <...> [...] "
+                         "(...) or {...} with no bracket inside, e.g. <NOISE> (noise); a bracket "
+                         f"left after removing the tags is refused: fix these lines):{_examples(bad)}")
 
 
 # --------------------------------------------------------------------------
@@ -237,8 +281,8 @@ def drop_empty(name: str, utts: List[Utt], empty: List[str]) -> None:
             f"{', '.join(sorted(empty)[:MAX_EXAMPLES])})")
 
 
-def read_subset(root: Path, name: str, option: str) -> Tuple[List[Utt], List[str]]:
-    """-> (kept utterances, ids dropped for an empty transcript)."""
+def read_subset(root: Path, name: str, option: str) -> Tuple[List[Utt], List[str], List[str]]:
+    """-> (kept utterances, ids dropped for an empty transcript, malformed-tag messages)."""
     d = root / "Tasks" / "ASR" / name
     if not d.is_dir():
         present = sorted(p.name for p in (root / "Tasks" / "ASR").iterdir() if p.is_dir())
@@ -253,18 +297,27 @@ def read_subset(root: Path, name: str, option: str) -> Tuple[List[Utt], List[str
         "utt2subdialect": read_table(d / "utt2subdialect", "subdialect label", one_token=True),
     }
     check_ids_agree(d, tables)
+    if not tables["wav.scp"]:
+        raise KeSpeechError(f"KeSpeech subset {d} (asked for by {option}) holds no utterances: "
+                            f"its {', '.join(SUBSET_FILES)} are empty; expected "
+                            "'<utterance-id> <value>' lines (an incomplete copy of the corpus?)")
     check_labels(d / "utt2subdialect", tables["utt2subdialect"])
+    texts, bad = normalize_table(d / "text", tables["text"])
     utts, empty = [], []
     for utt, (rel, n) in tables["wav.scp"].items():
         wav_value(d / "wav.scp", n, rel, source=False)
-        text = normalize_text(tables["text"][utt][0])
-        if not text:
+        text = texts.get(utt)  # None: malformed tag, reported by the caller
+        if text == "":
             empty.append(utt)
-            continue
-        utts.append(Utt(utt, os.path.join(root, rel), text, tables["utt2spk"][utt][0],
-                        tables["utt2subdialect"][utt][0], f"{d / 'wav.scp'}:{n}"))
+        elif text:
+            utts.append(Utt(utt, os.path.join(root, rel), text, tables["utt2spk"][utt][0],
+                            tables["utt2subdialect"][utt][0], f"{d / 'wav.scp'}:{n}"))
     drop_empty(name, utts, empty)
-    return utts, empty
+    if not utts and not bad:
+        raise KeSpeechError(f"KeSpeech subset {d} (asked for by {option}): no utterances left, "
+                            f"all {len(empty)} transcripts are empty after removing tags and "
+                            "punctuation")
+    return utts, empty, bad
 
 
 def read_source_dir(src: Path) -> List[Utt]:
@@ -282,11 +335,14 @@ def read_source_dir(src: Path) -> List[Utt]:
     else:
         log(f"--source_dir {src} has no utt2spk: each utterance is its own speaker")
     check_ids_agree(src, tables)
+    texts, bad = normalize_table(src / "text", tables["text"])
+    if bad:
+        raise malformed_tags(bad)
     utts, empty, commands = [], [], 0
     for utt, (value, n) in tables["wav.scp"].items():
         is_cmd = wav_value(src / "wav.scp", n, value, source=True)
         commands += is_cmd
-        text = normalize_text(tables["text"][utt][0])
+        text = texts[utt]
         if not text:
             empty.append(utt)
             continue
@@ -319,39 +375,36 @@ def check_duplicates(groups: Dict[str, List[str]]) -> None:
                             f"must be unique across subsets:{_examples(dups)}")
 
 
-def _probe(args: Tuple[str, bool]) -> Tuple[str, Optional[str], Optional[int]]:
-    """-> ('ok' | 'missing' | 'unreadable', error, sample rate)."""
-    path, read_header = args
+def _probe(args: Tuple[str, str, bool]) -> Tuple[str, Optional[str], Optional[int]]:
+    """-> ('ok' | 'missing' | 'unreadable' | 'unusable', error, sample rate)."""
+    path, text, read_header = args
     if not os.path.isfile(path):
         return "missing", None, None
     if not read_header:
         return "ok", None, None
-    try:
-        import soundfile
-        info = soundfile.info(path)  # header only, no decoding
-    except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/...
-        return "unreadable", f"{type(e).__name__}: {e}".strip(), None
-    if info.frames <= 0:
-        return "unreadable", "the file holds no audio samples", None
-    return "ok", None, int(info.samplerate)
+    problem, rate = audio_problem(path, text)  # header only, no decoding
+    status = "ok" if problem is None else "unreadable" if rate is None else "unusable"
+    return status, problem, rate
 
 
 def check_audio(utts: List[Utt], read_header: bool, nj: int, root_hint: str) -> None:
     todo = [u for u in utts if not u.wav.endswith("|")]
     t0 = time.time()
     with ThreadPoolExecutor(max(1, nj)) as ex:
-        results = list(ex.map(_probe, [(u.wav, read_header) for u in todo], chunksize=256))
+        results = list(ex.map(_probe, [(u.wav, u.text, read_header) for u in todo], chunksize=256))
     missing = [f"{u.where}: {u.wav} (utterance {u.id})"
                for u, (st, _, _) in zip(todo, results) if st == "missing"]
     if missing:
         raise KeSpeechError(f"{len(missing)} audio file(s) listed in wav.scp do not exist:"
                             f"{_examples(missing)}\n{root_hint}")
-    bad = [f"{u.where}: {u.wav} (utterance {u.id}): {err}"
-           for u, (st, err, _) in zip(todo, results) if st == "unreadable"]
-    if bad:
-        raise KeSpeechError(f"{len(bad)} audio file(s) are unreadable audio (soundfile could "
-                            f"not read the header; pass --check_audio false to skip this "
-                            f"check):{_examples(bad)}")
+    for kind, why in (("unreadable", "are unreadable audio (soundfile could not read the header"),
+                      ("unusable", "are unusable (expected complete mono audio with at least "
+                                   "20 ms per transcript character")):
+        bad = [f"{u.where}: {u.wav} (utterance {u.id}): {err}"
+               for u, (st, err, _) in zip(todo, results) if st == kind]
+        if bad:
+            raise KeSpeechError(f"{len(bad)} audio file(s) {why}; pass --check_audio false to "
+                                f"skip this check):{_examples(bad)}")
     rates: Dict[int, int] = {}
     for _, _, sr in results:
         if sr is not None:
@@ -511,22 +564,23 @@ def prepare(kespeech: str, out_dir: str, train_subsets: Sequence[str],
     # read and validate everything before writing anything
     raw_ids: Dict[str, List[str]] = {}
     kept: Dict[str, List[Utt]] = {}
+    malformed: List[str] = []
     for option, names in (("--train_subsets", train_subsets), ("--dev_subsets", dev_subsets),
                           ("the test set", [TEST_SUBSET])):
         for name in names:
-            utts, empty = read_subset(root, name, option)
+            utts, empty, bad = read_subset(root, name, option)
             kept[name] = utts
             raw_ids[name] = [u.id for u in utts] + empty
+            malformed += bad
+    if malformed:
+        raise malformed_tags(malformed)
     check_duplicates(raw_ids)
 
+    # every subset holds utterances (read_subset), so train and dev do too
     sets: Dict[str, List[Utt]] = {
         "train": [u for s in train_subsets for u in kept[s]],
         "dev": [u for s in dev_subsets for u in kept[s]],
     }
-    for name in ("train", "dev"):
-        if not sets[name]:
-            raise KeSpeechError(f"{name}: no utterances left in "
-                                f"{' '.join(settings[name + '_subsets'])}")
     for lab in LABELS:
         test = [u for u in kept[TEST_SUBSET] if u.accent == lab]
         if test:
@@ -611,9 +665,10 @@ output (DATA = --out_dir):
   DATA/accents.txt          {' '.join(LABELS)}
   each with wav.scp (absolute paths) text utt2spk spk2utt utt2accent, sorted (LC_ALL=C)
 
-Transcripts lose <...> and [...] tags, punctuation and whitespace; utterances left
-empty are dropped (counted in the log). Re-running skips complete directories; an
-existing output prepared differently or incomplete is refused, never overwritten.""",
+Transcripts lose tags (<...> [...] (...) {{...}}; a stray bracket is refused),
+punctuation and whitespace; utterances left empty are dropped (counted in the log).
+Re-running skips complete directories; an existing output prepared differently or
+incomplete is refused, never overwritten.""",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kespeech", required=True, metavar="ROOT",
                    help="KeSpeech corpus root, the directory holding Audio/ and Tasks/")
@@ -631,8 +686,9 @@ existing output prepared differently or incomplete is refused, never overwritten
                    "wav.scp paths are taken relative to the current directory. Default: "
                    "KeSpeech's own Mandarin test utterances")
     p.add_argument("--check_audio", type=str2bool, default=True, metavar="true|false",
-                   help="read every audio header with soundfile (not a full decode); false "
-                   "only checks that the files exist (default: true)")
+                   help="read every audio header with soundfile (not a full decode) and refuse "
+                   "unreadable, multi-channel, truncated audio, or audio too short for its "
+                   "transcript; false only checks that the files exist (default: true)")
     p.add_argument("--nj", type=int, default=8,
                    help="threads for the audio checks (default: %(default)s)")
     return p

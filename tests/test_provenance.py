@@ -1,0 +1,91 @@
+"""Model provenance: an adapter checkpoint loads only onto the base and with the config it was
+trained with (issue 10, cases 1, 2 and 7: a retrained base, a config of another system, one-line
+errors)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny import ACCENTS, TRANSCRIPTS, make_feats_set, make_llm_dir, train_args  # noqa: E402
+
+from espnet_hdmole.errors import UserError  # noqa: E402
+from espnet_hdmole.tasks.llm_asr import LLMASRTask  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MOLE = ["--use_adapter", "true", "--adapter", "hdmole", "--save_strategy", "required_grad_only",
+        "--adapter_conf", "target_modules=['linear1', 'linear2']", "--adapter_conf", "num_domains=3",
+        "--adapter_conf", "rank=2", "--adapter_conf", "global_router=none"]
+SYSTEMS = {"topk": MOLE + ["--adapter_conf", "activation=topk", "--adapter_conf", "top_k=2"],
+           "dense": MOLE + ["--adapter_conf", "activation=dense"]}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    w = tmp_path_factory.mktemp("provenance")
+    llm = make_llm_dir(w / "llm", "".join(TRANSCRIPTS) + "转写")
+    data = make_feats_set(w / "data", TRANSCRIPTS, ACCENTS * 2)
+    base = w / "source"
+    LLMASRTask.main(cmd=train_args(base, data, llm, epochs=1, iters=3))
+    for name, extra in SYSTEMS.items():
+        LLMASRTask.main(cmd=train_args(w / name, data, llm, epochs=1, iters=3,
+                                       extra=["--init_param", str(base / "valid.acc.ave.pth")] + extra))
+    return w, llm, data
+
+
+def infer(config, model, data, out, *extra):
+    return subprocess.run(
+        [sys.executable, "-m", "espnet_hdmole.bin.llm_asr_inference", "--asr_train_config", str(config),
+         "--asr_model_file", str(model), "--output_dir", str(out),
+         "--data_path_and_name_and_type", f"{data}/feats.scp,speech,kaldi_ark", *extra],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_provenance_is_recorded_beside_the_checkpoints(work):
+    w, _, _ = work
+    import json
+
+    rec = json.loads((w / "topk" / "provenance.json").read_text())
+    assert rec["model"]["adapter_conf"]["activation"] == "topk"
+    assert rec["files"]["init_param"][0]["sha256"]
+    assert rec["files"]["model_conf.llm_dir"]
+
+
+def test_config_of_another_system_is_refused(work):
+    """Case 2: the mole_dense config with the mole_topk checkpoint (same parameter names)."""
+    w, _, _ = work
+    with pytest.raises(UserError, match=r"dense/config.yaml does not describe the model in .*topk/valid.acc.ave.pth"
+                                        r".*adapter_conf.activation: 'dense' here, 'topk' when trained"):
+        LLMASRTask.build_model_from_file(w / "dense" / "config.yaml", w / "topk" / "valid.acc.ave.pth")
+    LLMASRTask.build_model_from_file(w / "topk" / "config.yaml", w / "topk" / "valid.acc.ave.pth")  # its own: fine
+
+
+def test_decoding_with_a_mismatched_pair_is_one_error_line(work):
+    """Case 7: the mismatched config/checkpoint pair is one ERROR line, the traceback only with --verbose."""
+    w, _, data = work
+    p = infer(w / "dense" / "config.yaml", w / "topk" / "valid.acc.ave.pth", data, w / "dec_bad")
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("ERROR: ")]
+    assert len(errors) == 1 and "dense/config.yaml" in errors[0] and "topk/valid.acc.ave.pth" in errors[0]
+    p = infer(w / "dense" / "config.yaml", w / "topk" / "valid.acc.ave.pth", data, w / "dec_bad", "--verbose", "true")
+    assert p.returncode == 1 and "Traceback" in p.stderr
+
+
+def test_retrained_base_is_refused_and_training_into_its_dir_too(work):
+    """Case 1: the base (init_param) changed after the adapter was trained on it."""
+    w, llm, data = work
+    ckpt = (w / "source" / "valid.acc.ave.pth").resolve()
+    state = torch.load(ckpt, weights_only=False)
+    key = next(k for k in state if k.startswith("projector."))
+    state[key] = state[key] + 0.01
+    torch.save(state, ckpt)
+    with pytest.raises(UserError, match=r"base checkpoint .*source/valid.acc.ave.pth \(--init_param of .*topk/"
+                                        r"config.yaml\) has changed since .*topk/valid.acc.ave.pth was trained on it"):
+        LLMASRTask.build_model_from_file(w / "topk" / "config.yaml", w / "topk" / "valid.acc.ave.pth")
+    # resuming the run in topk/ from the changed base would mix two models
+    with pytest.raises(UserError, match=r"topk holds a run trained from other inputs.*init_param changed"):
+        LLMASRTask.main(cmd=train_args(w / "topk", data, llm, epochs=1, iters=3,
+                                       extra=["--init_param", str(w / "source" / "valid.acc.ave.pth")] + SYSTEMS["topk"]))

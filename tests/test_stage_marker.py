@@ -1,0 +1,91 @@
+"""Done-markers that know their inputs (local/stage_marker.py) and the file hashing behind them."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "kespeech_hdmole" / "asr1"
+sys.path.insert(0, str(RECIPE / "local"))
+import stage_marker  # noqa: E402
+
+from espnet_hdmole.utils import fingerprint  # noqa: E402
+
+
+def verdict(tmp, out, *inputs, capsys=None):
+    assert stage_marker.main([str(out), "--write", str(tmp / "pending.json"), *inputs]) == 0
+    return capsys.readouterr().out.strip()
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    cfg = tmp_path / "conf.yaml"
+    cfg.write_text("rank: 2\n")
+    data = tmp_path / "dump_train"
+    data.mkdir()
+    (data / "feats.scp").write_text("u1 a.ark:10\n")
+    (data / "text").write_text("u1 你好\n")
+    (data / "feats.1.ark").write_bytes(b"x")  # covered by feats.scp and .done, not hashed
+    return cfg, data
+
+
+def test_new_done_stale_with_reasons(tmp_path, inputs, capsys):
+    cfg, data = inputs
+    out = tmp_path / "exp_sys"
+    args = ["--file", str(cfg), "--data", str(data), "--value", "options=--max_epoch 3"]
+    assert verdict(tmp_path, out, *args, capsys=capsys) == "new"
+    out.mkdir()
+    (tmp_path / "pending.json").rename(out / ".done")
+    assert verdict(tmp_path, out, *args, capsys=capsys) == "done"
+    cfg.write_text("rank: 4\n")  # case 3: an edited fine-tuning YAML
+    v = verdict(tmp_path, out, *args, capsys=capsys)
+    assert v.startswith("stale: ") and f"file {cfg} changed" in v
+    cfg.write_text("rank: 2\n")
+    (data / "text").write_text("u1 你们\n")
+    assert f"data {data} changed" in verdict(tmp_path, out, *args, capsys=capsys)
+    (data / "text").write_text("u1 你好\n")
+    v = verdict(tmp_path, out, "--file", str(cfg), "--data", str(data), "--value", "options=--max_epoch 4", capsys=capsys)
+    assert v == "stale: options changed"
+    assert verdict(tmp_path, out, *args, "--file", str(tmp_path / "pending.json"), capsys=capsys).endswith("is a new input")
+
+
+def test_unfinished_runs_resume_only_from_the_same_inputs(tmp_path, inputs, capsys):
+    cfg, data = inputs
+    out = tmp_path / "exp_sys"
+    out.mkdir()
+    (out / "checkpoint.pth").write_bytes(b"")
+    assert verdict(tmp_path, out, "--file", str(cfg), capsys=capsys).startswith("stale: it holds an unfinished run")
+    (tmp_path / "pending.json").rename(out / ".inputs")
+    assert verdict(tmp_path, out, "--file", str(cfg), capsys=capsys) == "resume"
+    cfg.write_text("rank: 8\n")
+    assert verdict(tmp_path, out, "--file", str(cfg), capsys=capsys).startswith("stale: unfinished run from other inputs")
+
+
+def test_a_marker_of_an_older_recipe_is_stale(tmp_path, inputs, capsys):
+    cfg, _ = inputs
+    out = tmp_path / "exp_sys"
+    out.mkdir()
+    (out / ".done").write_text("")
+    assert "no record of its inputs" in verdict(tmp_path, out, "--file", str(cfg), capsys=capsys)
+
+
+def test_missing_input_is_one_error_line(tmp_path, capsys):
+    assert stage_marker.run_cli(stage_marker.main, [str(tmp_path / "o"), "--write", str(tmp_path / "p"), "--file", "nope.yaml"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ERROR: input file 'nope.yaml' of {tmp_path / 'o'} does not exist"]
+
+
+def test_hash_cache_is_keyed_by_size_and_mtime(tmp_path, monkeypatch):
+    cache = tmp_path / "cache.json"
+    monkeypatch.setenv(fingerprint.CACHE_ENV, str(cache))
+    f = tmp_path / "model.pth"
+    f.write_bytes(b"a" * 100)
+    h1 = fingerprint.file_sha256(f)
+    assert json.loads(cache.read_text())[str(f.resolve())][2] == h1
+    fingerprint._memo.clear()
+    f.write_bytes(b"b" * 100)  # same size, new mtime: hashed again
+    import os
+
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert fingerprint.file_sha256(f) != h1
