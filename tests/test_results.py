@@ -314,7 +314,7 @@ def test_make_results_plots_are_png_and_deterministic(fake_exp, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
     out = run_results(fake_exp)
     plots = fake_exp / "exp" / "plots"
-    names = sorted(p.name for p in plots.iterdir())
+    names = sorted(p.name for p in plots.iterdir() if not p.name.startswith("."))
     assert names == ["cer_per_accent.png", "routing_hdmole_llm.layers.0.self_attn.q_proj.png",
                      "routing_hdmole_llm.layers.0.self_attn.v_proj.png"]
     first = {}
@@ -327,11 +327,29 @@ def test_make_results_plots_are_png_and_deterministic(fake_exp, monkeypatch):
     md = {f: Path(f).read_text(encoding="utf-8") for f in out["files"] if f.endswith(".md")}
     assert all("on 1970-01-01." in t.splitlines()[0] for t in md.values())
 
+    (plots / ".routing_keys.json").unlink()  # draw every routing plot again
     run_results(fake_exp)
     for n in names:
         assert (plots / n).read_bytes() == first[n], n
     for f, t in md.items():
         assert Path(f).read_text(encoding="utf-8") == t, f
+
+
+def test_make_results_draws_a_routing_plot_again_only_when_its_data_changed(fake_exp):
+    run_results(fake_exp)
+    plots = fake_exp / "exp" / "plots"
+    q, v = (plots / f"routing_hdmole_llm.layers.0.self_attn.{m}.png" for m in ("q_proj", "v_proj"))
+    for p in (q, v):
+        p.write_bytes(b"marker")
+    run_results(fake_exp)
+    assert q.read_bytes() == b"marker" and v.read_bytes() == b"marker"  # same data: not drawn again
+    routing = fake_exp / "exp" / "hdmole" / "routing.json"
+    r = json.loads(routing.read_text())
+    w = r["layers"]["llm.layers.0.self_attn.q_proj"]["mean_weight"]
+    w[0] = list(reversed(w[0]))
+    routing.write_text(json.dumps(r))
+    run_results(fake_exp)
+    assert q.read_bytes()[:8] == PNG_MAGIC and v.read_bytes() == b"marker"
 
 
 def test_make_results_without_date_override_only_date_line_differs(fake_exp, monkeypatch):

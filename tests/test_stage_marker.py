@@ -49,6 +49,19 @@ def test_new_done_stale_with_reasons(tmp_path, inputs, capsys):
     assert verdict(tmp_path, out, *args, "--file", str(tmp_path / "pending.json"), capsys=capsys).endswith("is a new input")
 
 
+def test_a_labelled_file_is_its_content_not_its_path(tmp_path, inputs, capsys):
+    cfg, _ = inputs
+    out = tmp_path / "exp_sys"
+    out.mkdir()
+    verdict(tmp_path, out, "--file", f"config={cfg}", capsys=capsys)
+    (tmp_path / "pending.json").rename(out / ".done")
+    moved = tmp_path / "elsewhere.yaml"
+    moved.write_text(cfg.read_text())
+    assert verdict(tmp_path, out, "--file", f"config={moved}", capsys=capsys) == "done"
+    moved.write_text("rank: 4\n")
+    assert verdict(tmp_path, out, "--file", f"config={moved}", capsys=capsys) == f"stale: config {moved} changed"
+
+
 def test_unfinished_runs_resume_only_from_the_same_inputs(tmp_path, inputs, capsys):
     cfg, data = inputs
     out = tmp_path / "exp_sys"

@@ -86,9 +86,11 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def changes(old: Dict[str, str], new: Dict[str, str]) -> List[str]:
-    """What differs between two fingerprints, in words (empty when they are equal)."""
-    out = [f"{k} changed" for k in new if k in old and old[k] != new[k]]
-    out += [f"{k} is a new input" for k in new if k not in old]
+def changes(old: Dict[str, str], new: Dict[str, str], names: Optional[Dict[str, str]] = None) -> List[str]:
+    """What differs between two fingerprints, in words (empty when they are equal); ``names``
+    gives a label's wording where it differs from the label (e.g. the file behind it)."""
+    names = names or {}
+    out = [f"{names.get(k, k)} changed" for k in new if k in old and old[k] != new[k]]
+    out += [f"{names.get(k, k)} is a new input" for k in new if k not in old]
     out += [f"{k} is no longer an input" for k in old if k not in new]
     return out

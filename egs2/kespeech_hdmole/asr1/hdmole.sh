@@ -27,6 +27,8 @@ demo_size=default       # demo corpus size: tiny (CI) | small | default
 kespeech=""             # KeSpeech root (default: $KESPEECH from db.sh); empty: the demo corpus
 source_dir=""           # Kaldi-style standard-Mandarin dir for the source test set (KeSpeech only)
 data_dir=data           # stage 1 output
+data_args=""            # extra options for stage 1's tool (local/prepare_kespeech.py, or local/make_demo_corpus.py
+                        # for the demo), e.g. "--check_audio false" or "--max_vocab 1000": the options its messages name
 dump_dir=dump           # stage 2 output
 feats_type=fbank        # fbank (80-dim, for conformer/transformer encoders) | raw (waveforms, for whisper)
 exp_dir=exp             # stages 3-6 output
@@ -160,11 +162,11 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
         stage_start 1 "KeSpeech at $kespeech -> $data_dir/{train,dev,test_*,source_test}"
         args=(--kespeech "$kespeech" --out_dir "$data_dir")
         [ -n "$source_dir" ] && args+=(--source_dir "$source_dir")
-        run_logged "$train_cmd" "$exp_dir/logs/stage1_data.log" $python local/prepare_kespeech.py "${args[@]}"
+        run_logged "$train_cmd" "$exp_dir/logs/stage1_data.log" $python local/prepare_kespeech.py "${args[@]}" $data_args
     else
         stage_start 1 "offline demo corpus (size $demo_size) -> $data_dir/{source_*,train,dev,test_*}"
         run_logged "$train_cmd" "$exp_dir/logs/stage1_data.log" $python local/make_demo_corpus.py \
-            --out_dir "$data_dir" --wav_dir "$data_dir/wav" --size "$demo_size" --seed "$seed" --nj "$nj"
+            --out_dir "$data_dir" --wav_dir "$data_dir/wav" --size "$demo_size" --seed "$seed" --nj "$nj" $data_args
     fi
     sets=$(cd "$data_dir" && ls -d source_* train dev test_* 2>/dev/null || true)
     run_logged "$train_cmd" "$exp_dir/logs/stage1_validate.log" $python local/data_dir.py \
@@ -214,7 +216,7 @@ PY
         texts=(); for s in source_train train; do [ -f "$data_dir/$s/text" ] && texts+=("$data_dir/$s/text"); done
         valid=(); for s in source_dev dev; do [ -f "$data_dir/$s/text" ] && valid+=("$data_dir/$s/text"); done
         plain=(); [ -f "$data_dir/lm_text" ] && plain=(--plain_text "$data_dir/lm_text")
-        if ! up_to_date "$llm_dir_eff" "LLM" keep $(for f in "${texts[@]}" "${valid[@]}" "${plain[@]:1}" "$llm_conf"; do echo --file "$f"; done) \
+        if ! up_to_date "$llm_dir_eff" "LLM" keep $(for f in "${texts[@]}" "${valid[@]}" "${plain[@]:1}"; do echo --file "$f"; done) --file "llm_conf=$llm_conf" \
                 --value "prompt characters=$prompts" --value "seed=$seed"; then
             run_logged "$train_cmd" "$exp_dir/logs/stage3_llm.log" $python local/pretrain_llm.py \
                 --train_text "${texts[@]}" "${plain[@]}" --valid_text "${valid[@]}" --vocab_text "${valid[@]}" \
@@ -279,7 +281,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         fi
         if [ -n "$source_encoder_config" ]; then  # step 1: the encoder alone, CTC
             enc_exp=$exp_dir/source_encoder
-            if ! up_to_date "$enc_exp" "source_encoder" keep --file "$source_config" --file "$source_encoder_config" \
+            if ! up_to_date "$enc_exp" "source_encoder" keep --file "config=$source_config" --file "encoder config=$source_encoder_config" \
                     $(train_inputs source_train source_dev) --value "options=$train_args $source_train_args" --value "seed=$seed"; then
                 log "  step 1: encoder pre-training ($source_config + $source_encoder_config) -> $enc_exp"
                 $python local/merge_config.py "$source_config" "$source_encoder_config" "$enc_exp/train_config.yaml"
@@ -294,8 +296,8 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
             [ "$compress" = none ] || source_init+=("$enc_exp/valid.loss.best.pth:ctc:ctc")
             log "  step 2: the LLM-based ASR model ($source_config, encoder from step 1) -> $source_exp"
         fi
-        step1=(); [ -n "$source_encoder_config" ] && step1=(--file "$enc_exp/valid.loss.best.pth")
-        if ! up_to_date "$source_exp" "source" keep --file "$source_config" "${step1[@]}" \
+        step1=(); [ -n "$source_encoder_config" ] && step1=(--file "step-1 encoder=$enc_exp/valid.loss.best.pth")
+        if ! up_to_date "$source_exp" "source" keep --file "config=$source_config" "${step1[@]}" \
                 $(train_inputs source_train source_dev) --value "options=$train_args $source_train_args" --value "seed=$seed"; then
             run_logged "$train_cmd" "$source_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
                 --config "$source_config" --output_dir "$source_exp" $(common_model_opts) "${source_init[@]}" \
@@ -316,7 +318,8 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     need_llm
     for cfg in $train_configs; do
         sys=$(system_name "$cfg"); out=$exp_dir/$sys
-        up_to_date "$out" "$sys" keep --file "$cfg" --file "$(dirname "$init_model")/config.yaml" --file "$init_model" \
+        up_to_date "$out" "$sys" keep --file "config=$cfg" --file "source model config=$(dirname "$init_model")/config.yaml" \
+            --file "source model=$init_model" \
             $(train_inputs train dev) --value "options=$train_args" --value "seed=$seed" && continue
         t0=$(date +%s)
         log "  $sys: $cfg -> $out (resumes from $out/checkpoint.pth if present)"
@@ -364,7 +367,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
         out=$exp_dir/$sys
         [ -f "$out/$decode_model" ] || die "$out/$decode_model does not exist: train $sys first (stage 4/5)"
         dec=$out/decode_union
-        if ! up_to_date "$dec" "$sys decoding" remove --file "$out/$decode_model" --model_config "$out/config.yaml" \
+        if ! up_to_date "$dec" "$sys decoding" remove --file "model=$out/$decode_model" --model_config "$out/config.yaml" \
                 "${decode_inputs[@]}"; then
             run_logged "$decode_cmd" "$dec/decode.log" $python -m espnet_hdmole.bin.llm_asr_inference \
                 --asr_train_config "$out/config.yaml" --asr_model_file "$out/$decode_model" \

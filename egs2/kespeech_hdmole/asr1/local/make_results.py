@@ -39,6 +39,7 @@ Everything written is deterministic for the same inputs except the one date line
 from __future__ import annotations
 
 import argparse
+import hashlib
 import datetime
 import json
 import os
@@ -691,13 +692,24 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         plots.mkdir(exist_ok=True)
         plot_cer(systems, accents, plots / "cer_per_accent.png")
         files.append(plots / "cer_per_accent.png")
+        # a routing heat map is drawn again only when its data changed (~0.8 s each, and a model
+        # with adapters on every LLM linear has dozens): plots/.routing_keys.json remembers them
+        keys_file = plots / ".routing_keys.json"
+        try:
+            drawn = json.loads(keys_file.read_text())
+        except (OSError, ValueError):
+            drawn = {}
         for s in systems:
             if s["routing"] is None:
                 continue
             for layer, L in s["routing"]["layers"].items():
                 path = plots / plot_names[(s["name"], layer)]
-                plot_routing(s["name"], layer, L, path)
+                key = hashlib.sha256(json.dumps([s["name"], layer, L], sort_keys=True).encode()).hexdigest()
+                if drawn.get(path.name) != key or not path.is_file():
+                    plot_routing(s["name"], layer, L, path)
+                    drawn[path.name] = key
                 files.append(path)
+        keys_file.write_text(json.dumps(drawn, sort_keys=True))
     for f in files:
         print(f"wrote {f}", file=sys.stderr)
     return {"systems": systems, "files": [str(f) for f in files], "accents": accents}

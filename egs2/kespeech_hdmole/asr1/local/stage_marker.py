@@ -3,8 +3,10 @@
 
     python local/stage_marker.py OUT_DIR --write PENDING.json [inputs ...]
 
-Inputs (each may repeat; the label in the record is the option and its path):
-  --file PATH        a file's content: a config, a checkpoint, CMVN statistics
+Inputs (each may repeat; the label in the record is the option and its path, or LABEL):
+  --file [LABEL=]PATH  a file's content: a config, a checkpoint, CMVN statistics. With a LABEL
+                     the record keys it by its role, so the same content at another path is
+                     the same input (the log still names the path)
   --data DIR         a data or dump directory (its wav.scp/feats.scp, text, utt2accent,
                      speech_shape and the .done fingerprint of its features)
   --model_dir DIR    every file of a model directory (e.g. the LLM), hidden files excepted
@@ -60,14 +62,19 @@ def model_config_inputs(config: str):
 
 
 def fingerprint(a: argparse.Namespace) -> dict:
-    inputs = {}
+    inputs, paths = {}, {}
     for config in a.model_config:
         files, dirs = model_config_inputs(config)
         a.file, a.model_dir = a.file + files, a.model_dir + dirs
-    for path in a.file:
+    for item in a.file:
+        label, sep, path = item.partition("=")
+        if not sep or "/" in label or Path(item).exists():
+            label, path = f"file {item}", item
+        else:
+            paths[label] = f"{label} {path}"
         if not Path(path).is_file():
             raise UserError(f"input file '{path}' of {a.out_dir} does not exist")
-        inputs[f"file {path}"] = file_sha256(path)
+        inputs[label] = file_sha256(path)
     for kind, dirs, names in (("data", a.data, DATA_DIR_FILES), ("model dir", a.model_dir, None)):
         for d in dirs:
             if not Path(d).is_dir():
@@ -78,7 +85,7 @@ def fingerprint(a: argparse.Namespace) -> dict:
         if not sep:
             raise UserError(f"--value {item!r}: expected NAME=TEXT")
         inputs[name] = text_sha256(" ".join(text.split()))
-    return {"format": FORMAT, "inputs": inputs}
+    return {"format": FORMAT, "inputs": inputs, "names": paths}
 
 
 def read_record(path: Path):
@@ -99,12 +106,12 @@ def verdict(out: Path, current: dict) -> str:
         old = read_record(done)
         if old is None:
             return "stale: the finished run has no record of its inputs (made by an older version of the recipe)"
-        why = changes(old["inputs"], current["inputs"])
+        why = changes(old["inputs"], current["inputs"], current["names"])
         return "done" if not why else "stale: " + _said(why)
     if started.exists():
         old = read_record(started)
         why = ["the unfinished run has no readable record of its inputs"] if old is None else \
-            changes(old["inputs"], current["inputs"])
+            changes(old["inputs"], current["inputs"], current["names"])
         return "resume" if not why else "stale: unfinished run from other inputs: " + _said(why)
     if out.is_dir() and any(next(out.glob(p), None) is not None for p in RUN_FILES):
         return "stale: it holds an unfinished run with no record of its inputs"
