@@ -216,3 +216,4 @@ def test_changed_data_redoes_features_with_the_reason(recipe):
     text.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = run(["--stage", "2", "--stop_stage", "2"], tmp)
     assert re.search(r"dump/fbank/dev: \S*data/dev/text changed since the features were made: redone", out), out[-3000:]
+    assert re.search(r"  dev: \d+ utterances \(done\)", out) and re.search(r"  train: \d+ utterances \(skipped", out)

@@ -78,11 +78,14 @@ done
 
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (hdmole.sh:${BASH_LINENO[0]}) $*"; }
 die() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ERROR: $*" >&2; exit 1; }
+last_run() {  # last_run LOGFILE: the output of the latest command in a log (cmd.sh appends)
+    awk '/^# started at /{buf=""} {buf = buf $0 "\n"} END {printf "%s", buf}' "$1"
+}
 run_logged() {  # run_logged CMD_VAR LOGFILE COMMAND...: run through cmd.sh; on failure the tool's
     local runner=$1 logf=$2; shift 2  # own ERROR line (a user error), else the log's last lines
     if ! ${runner} "$logf" "$@"; then
-        if [ "$verbose" != true ] && grep -q '^ERROR: ' "$logf"; then
-            die "$(grep '^ERROR: ' "$logf" | tail -n 1 | sed 's/^ERROR: //') (log: $logf)"
+        if [ "$verbose" != true ] && last_run "$logf" | grep -q '^ERROR: '; then
+            die "$(last_run "$logf" | grep '^ERROR: ' | tail -n 1 | sed 's/^ERROR: //') (log: $logf)"
         fi
         echo "---- last lines of $logf ----" >&2; tail -n 30 "$logf" >&2
         die "command failed, see $logf"
@@ -188,8 +191,8 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
         run_logged "$train_cmd" "$exp_dir/logs/stage2_${feats_type}_$s.log" $python local/compute_fbank.py \
             "$data_dir/$s" "$dump_dir/$feats_type/$s" --feats_type "$feats_type" --nj "$nj" --overwrite true "${extra[@]}"
         slog=$exp_dir/logs/stage2_${feats_type}_$s.log
-        log "  $s: $(wc -l < "$dump_dir/$feats_type/$s/speech_shape") utterances ($(grep -q 'skipped' "$slog" && echo skipped, up to date || echo done))"
-        grep -h 'redone' "$slog" | sed 's/^/    /' || true
+        log "  $s: $(wc -l < "$dump_dir/$feats_type/$s/speech_shape") utterances ($(last_run "$slog" | grep -q 'skipped' && echo skipped, up to date || echo done))"
+        last_run "$slog" | grep 'redone' | sed 's/^/    /' || true
     done
     stage_end 2
 fi
