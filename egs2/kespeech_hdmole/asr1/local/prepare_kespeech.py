@@ -74,21 +74,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import string
 import sys
 import time
-import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from data_dir import audio_problem  # noqa: E402  (the audio checks shared with data_dir.py)
 from demo_accents import DOMAINS  # noqa: E402  (the nine KeSpeech labels, in accents.txt order)
+from transcript_text import MalformedTag, normalize_text  # noqa: E402,F401  (the tag/punctuation rule)
 
 # Fixed order: accents.txt uses it (and so do the accent ids downstream); one list for the
 # real corpus and the demo corpus.
@@ -122,41 +119,7 @@ def _examples(items: Sequence[str], n: int = MAX_EXAMPLES) -> str:
 # --------------------------------------------------------------------------
 # Text normalisation
 # --------------------------------------------------------------------------
-TAG_OPEN, TAG_CLOSE = "<[({＜［｛", ">])}＞］｝"
-TAG_BRACKETS = frozenset(TAG_OPEN + TAG_CLOSE)
-_NO_BRACKET = "[^" + re.escape(TAG_OPEN + TAG_CLOSE) + "]*"
-TAG_RE = re.compile("|".join(re.escape(o) + _NO_BRACKET + re.escape(c)
-                             for o, c in zip(TAG_OPEN, TAG_CLOSE)))
-_ASCII_PUNCT = frozenset(string.punctuation)
-
-
-@lru_cache(maxsize=None)
-def _drop_char(ch: str) -> bool:
-    """Punctuation (any script, incl. full-width ASCII forms), whitespace, controls."""
-    if ch.isspace() or ch in _ASCII_PUNCT:
-        return True
-    cat = unicodedata.category(ch)
-    if cat[0] == "P" or cat in ("Cc", "Cf"):
-        return True
-    # full-width forms of ASCII symbols (＋ ＝ ～ ｜ ...), category S but punctuation here
-    return 0xFF01 <= ord(ch) <= 0xFF5E and unicodedata.normalize("NFKC", ch) in _ASCII_PUNCT
-
-
-class MalformedTag(ValueError):
-    """A transcript still holds a tag bracket after the well-formed tags are removed."""
-
-
-def normalize_text(text: str) -> str:
-    """Remove tags, punctuation and whitespace; keep everything else.
-
-    Tags are spans in < > [ ] ( ) { } (or full-width ＜ ＞ ［ ］ ｛ ｝) with no such bracket
-    inside; they go with their content.  Any of these brackets left after that (an unclosed,
-    stray or nested tag) raises MalformedTag.  Chinese brackets （）【】《》 are punctuation."""
-    rest = TAG_RE.sub("", text)
-    left = sorted({ch for ch in rest if ch in TAG_BRACKETS})
-    if left:
-        raise MalformedTag(f"a malformed tag: stray {' '.join(left)} in {text!r}")
-    return "".join(ch for ch in rest if not _drop_char(ch))
+# the rule itself (tags, punctuation) is local/transcript_text.py: normalize_text, MalformedTag
 
 
 def normalize_table(path: Path, table: Table) -> Tuple[Dict[str, str], List[str]]:
