@@ -390,7 +390,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
         done
         log "  $sys: decoded ($(grep '^rtf' "$dec/rtf")) and scored"
     done
-    # the tables describe every trained system of the exp dir, not only those decoded now:
+    # the tables describe every decoded system of the exp dir, not only those decoded now:
     # source, the default systems in their order, then any others (superseded *.stale-* runs left out)
     results_systems=$(
         { echo source; for c in $default_train_configs; do system_name "$c"; done
