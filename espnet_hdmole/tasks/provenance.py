@@ -144,6 +144,8 @@ def check(config_file, model_file, conf, uses_base: bool, uses_llm_dir: bool) ->
             f"{config_file} does not describe the model in {model_file} ({prov_path} records the settings it "
             f"was trained with): {'; '.join(diffs[:4])}{' ...' if len(diffs) > 4 else ''}"
         )
+    if not (uses_base or uses_llm_dir):
+        return  # a full checkpoint: its base files are not read, so not hashed either
     now = base_files(conf)
     if uses_llm_dir and rec["files"].get("model_conf.llm_dir") != now.get("model_conf.llm_dir"):
         raise UserError(
