@@ -190,3 +190,36 @@ def test_fbank_says_why_it_redoes_features(tmp_path, wavs):
         "record in .done): redone")
     assert "skipped" not in err  # the recipe greps the log for 'skipped'
     assert fbank(d, out, "--nj", 1, "--num_mel_bins", 40)[1].strip().endswith("skipped")
+
+
+def test_pitch_features_follow_a_glide_and_mark_noise_unvoiced():
+    """A harmonic tone gliding from 120 to 240 Hz: voiced, log F0 rises by log 2, the slope is
+    positive; white noise: unvoiced (low autocorrelation peak)."""
+    t = np.arange(int(1.0 * FS)) / FS
+    f0 = 120.0 * 2.0 ** t  # 120 -> 240 Hz over one second
+    phase = 2 * np.pi * np.cumsum(f0) / FS
+    x = sum(np.sin(k * phase) / k for k in range(1, 6)).astype(np.float32)
+    n = (len(x) - 400) // 160 + 1
+    p = compute_fbank.pitch_features(x, FS, n)
+    assert p.shape == (n, 3)
+    inner = slice(10, n - 10)
+    assert (p[inner, 0] > 0.8).all()
+    rise = p[n - 15, 1] - p[15, 1]
+    assert abs(rise - np.log(2.0) * (n - 30) / n) < 0.08
+    assert (p[inner, 2] > 0).mean() > 0.9
+    assert abs(p[:, 1].mean()) < 1e-5  # relative to the utterance's mean
+    noise = np.random.default_rng(0).standard_normal(FS).astype(np.float32)
+    assert np.median(compute_fbank.pitch_features(noise, FS, n)[:, 0]) < 0.6
+
+
+def test_fbank_pitch_writes_83_dims_and_their_cmvn_stats(tmp_path, wavs):
+    import kaldiio
+
+    d = make_dir(tmp_path / "d", wavs)
+    out = tmp_path / "fbank_pitch"
+    rc, err = fbank(d, out, "--nj", 1, "--feats_type", "fbank_pitch", "--cmvn_stats", tmp_path / "cmvn.npz")
+    assert rc == 0, err
+    feats = dict(kaldiio.load_scp(str(out / "feats.scp")))
+    assert {x.shape[1] for x in feats.values()} == {83}
+    assert np.load(tmp_path / "cmvn.npz")["sum"].shape == (83,)
+    assert all(line.split()[1].endswith(",83") for line in (out / "speech_shape").read_text().splitlines())

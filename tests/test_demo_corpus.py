@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 sys.path.insert(0, str(LOCAL))
 import demo_accents as acc  # noqa: E402
+import demo_text  # noqa: E402
 import make_demo_corpus as mdc  # noqa: E402
 
 FILES = ("wav.scp", "text", "utt2spk", "spk2utt", "utt2accent")
@@ -224,7 +225,7 @@ def test_accent_changes_the_sound_not_the_text(corpus):
 
     texts = list(read_map(corpus["data"] / "train" / "text").values())
     clauses = {"".join(c): c for c in mdc.load_clauses(mdc.text_corpus_path(), 6, 10)}
-    sents = [mdc.sentence_pinyin(clauses[t], pypinyin.lazy_pinyin, pypinyin.Style.TONE3, table)
+    sents = [demo_text.sentence_pinyin(clauses[t], pypinyin.lazy_pinyin, pypinyin.Style.TONE3, table)
              for t in texts]
     assert all(sents)
     readings = {"".join(v) for v in table.values()}
@@ -304,3 +305,41 @@ def test_missing_espeak_is_explained(tmp_path):
     assert res.returncode != 0
     assert "espeak-ng" in res.stderr and "apt-get install espeak-ng" in res.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_one_channel_for_every_set_but_the_clean_source_test(tmp_path):
+    """source_train/dev and every target set draw their channel from draw_channel; source_test is
+    clean (it measures forgetting of the clean source domain)."""
+    import demo_channel
+
+    table = {"ma": ("m", "A", "")}
+    sents = [("妈", [[("ma", 1)]])] * 40
+    sentences = {"source_train": sents, "source_test": sents, "Mandarin/test": sents, "Mandarin/train": sents,
+                 "Southwestern/train": sents}
+    settings = {"seed": 0, "counts": mdc.SIZES["tiny"], "wav_dir": str(tmp_path)}
+    voices = {}
+    plan = {n: mdc.plan_set(n, sentences, ["Mandarin", "Southwestern"], settings, table, voices)
+            for n in ("source_train", "source_test", "test_Mandarin", "train")}
+    assert all(j["channel"] is None for j in plan["source_test"])
+    for name in ("source_train", "test_Mandarin", "train"):
+        channels = [j["channel"] for j in plan[name]]
+        assert all(isinstance(c, dict) and set(c) == {"rt60", "drr_db", "phone", "snr_db", "noise"} for c in channels)
+    draws = [demo_channel.draw_channel(mdc.seeded_rng(0, k)) for k in range(4000)]
+    assert abs(np.mean([d["phone"] for d in draws]) - 0.5) < 0.03
+    assert abs(np.mean([d["snr_db"] is not None for d in draws]) - 0.8) < 0.03
+    assert abs(np.mean([d["rt60"] is not None for d in draws]) - 0.5) < 0.03
+    assert min(d["snr_db"] for d in draws if d["snr_db"] is not None) >= 15
+
+
+def test_speaker_voices_are_spread_over_small_voice_directories(tmp_path):
+    """espeak-ng stops reading a voices directory at ~350 entries: the default corpus's 570
+    speakers live in one directory per domain code."""
+    counts = mdc.SIZES["default"]
+    assert sum(counts["speakers"]) >= 30 and counts["speakers"][0] >= 30  # >= 30 training speakers a domain
+    per_home = {}
+    for code in list(acc.CODES.values()) + [acc.SOURCE_CODE]:
+        n = sum(counts["source_speakers"] if code == acc.SOURCE_CODE else counts["speakers"])
+        for k in range(n):
+            home = mdc.voice_home(tmp_path, f"{code}-tr-s{k:03d}")
+            per_home[home] = per_home.get(home, 0) + 1
+    assert sum(per_home.values()) > 350 and max(per_home.values()) < 200

@@ -40,9 +40,9 @@ def test_every_stage_produces_its_outputs(recipe):
     for s in ["source_train", "source_dev", "source_test", "train", "dev"] + [f"test_{a}" for a in accents]:
         for f in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2accent"):
             assert (tmp / "data" / s / f).stat().st_size > 0, (s, f)
-        assert (tmp / "dump" / "fbank" / s / "feats.scp").stat().st_size > 0
-        assert (tmp / "dump" / "fbank" / s / "speech_shape").stat().st_size > 0
-    assert (tmp / "dump" / "fbank" / "cmvn_stats.npz").exists()
+        assert (tmp / "dump" / "fbank_pitch" / s / "feats.scp").stat().st_size > 0
+        assert (tmp / "dump" / "fbank_pitch" / s / "speech_shape").stat().st_size > 0
+    assert (tmp / "dump" / "fbank_pitch" / "cmvn_stats.npz").exists()
     for f in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (tmp / "exp" / "llm" / f).exists()
     assert (tmp / "exp" / "source" / "valid.acc.ave.pth").exists()
@@ -84,6 +84,26 @@ def test_results_hold_numbers_for_every_system(recipe):
         assert (tmp / "exp" / s / "RESULTS.md").exists()
     assert (tmp / "exp" / "plots" / "cer_per_accent.png").stat().st_size > 1000
     assert list((tmp / "exp" / "plots").glob("routing_hdmole_*.png"))
+
+
+def test_hdmole_routes_with_the_frozen_accent_head_of_step_3(recipe):
+    """Stage 4 step 3 trains the accent-ID head alone; hdmole starts from it and keeps it; the
+    results show its confusion matrix."""
+    import torch
+
+    from espnet_hdmole.tasks.llm_asr import LLMASRTask
+
+    tmp, out, _ = recipe
+    assert "step 3: the accent-ID head" in out
+    aid = torch.load(tmp / "exp" / "accent_id" / "valid.acc_aid.best.pth", map_location="cpu", weights_only=False)
+    head = {k: v for k, v in aid.items() if k.startswith("accent_head.")}
+    assert head and any(".convs." in k for k in head)  # the TDNN head of conf/train_accent_id.yaml
+    exp = tmp / "exp" / "hdmole"
+    model, _ = LLMASRTask.build_model_from_file(exp / "config.yaml", exp / "valid.acc.ave.pth")
+    for k, v in head.items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+    assert (tmp / "exp" / "plots" / "accent_id_hdmole.png").stat().st_size > 1000
+    assert "## Accent ID (the global router)" in (exp / "RESULTS.md").read_text()
 
 
 def test_rerun_does_no_work_again(recipe):
@@ -215,5 +235,5 @@ def test_changed_data_redoes_features_with_the_reason(recipe):
     lines[0] = f"{uid} {t[::-1]}"
     text.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = run(["--stage", "2", "--stop_stage", "2"], tmp)
-    assert re.search(r"dump/fbank/dev: \S*data/dev/text changed since the features were made: redone", out), out[-3000:]
+    assert re.search(r"dump/fbank_pitch/dev: \S*data/dev/text changed since the features were made: redone", out), out[-3000:]
     assert re.search(r"  dev: \d+ utterances \(done\)", out) and re.search(r"  train: \d+ utterances \(skipped", out)

@@ -221,9 +221,9 @@ def md_rows(text: str):
 SUMMARY_ROWS = {  # worked out by hand from HYPS, params.json, routing.json and rtf above
     #              Beijing  Ji-Lu   avg        source   Δ source  trainable    % FT     acc            active  RTF
     "source": ["18.18", "16.67", "17.42", "0.00", "+0.00", "-", "-", "-", "-", "0.1000"],
-    "full_ft": ["9.09", "0.00", "4.55", "20.00", "+20.00", "1,000,000", "100.00", "80.00 (train)", "-",
+    "full_ft": ["9.09", "0.00", "4.55", "20.00", "+20.00", "1,000,000", "100.00", "80.00 (dev)", "-",
                 "0.2000"],
-    "hdmole": ["0.00", "8.33", "**4.17**", "10.00", "+10.00", "25,000", "2.50", "90.00", "1.50", "-"],
+    "hdmole": ["0.00", "8.33", "**4.17**", "10.00", "+10.00", "25,000", "2.50", "90.00 (dev)", "1.50", "-"],
 }
 
 
@@ -259,8 +259,7 @@ def test_make_results_per_system_files(fake_exp):
     assert "- Δ vs baseline `source` (0.00 %): +10.00 CER points" in hd
     assert "- trainable: 25,000" in hd
     assert "- % of full fine-tuning: 2.50 (of the 1,000,000 trainable parameters of system `full_ft`)" in hd
-    assert "- accent-ID accuracy, decoding (routing.json): 90.00 %" in hd
-    assert "- accent-ID accuracy, training (train_stats.json): 95.00 %" in hd
+    assert "- accent-ID accuracy on dev (routing.json): 90.00 %" in hd
     rows = md_table(hd, "heat map")
     assert rows["`llm.layers.0.self_attn.q_proj`"][:2] == ["1.25", "1.50"]
     assert rows["`llm.layers.0.self_attn.v_proj`"][:2] == ["1.75", "2.50"]
@@ -399,7 +398,7 @@ def test_make_results_reads_model_info_layout_with_nulls(fake_exp):
     assert rows["[hdmole](hdmole/RESULTS.md)"][7:9] == ["-", "-"]  # accent-ID acc, mean active
     hd = (exp / "hdmole" / "RESULTS.md").read_text(encoding="utf-8")
     assert md_table(hd, "heat map")["`q`"] == ["-", "-", "[png](../plots/routing_hdmole_q.png)"]
-    assert "- accent-ID accuracy, decoding (routing.json): - %" in hd
+    assert "- accent-ID accuracy on dev (routing.json): - %" in hd
     png = exp / "plots" / "routing_hdmole_q.png"
     assert str(png) in out["files"] and png.read_bytes()[:8] == PNG_MAGIC
 
@@ -455,3 +454,27 @@ def test_update_readme_copies_table_times_and_plots(tmp_path):
     png.write_bytes(b"x" * 300 * 1024)
     assert update_readme.main(["--results", str(results), "--readme", str(readme), "--plots", str(png)]) == 1
     assert (tmp_path / "docs" / "results" / "cer_per_accent.png").read_bytes() == b"\x89PNG fake"  # nothing copied
+
+
+def test_accent_id_confusion_over_test_sets_and_dev(fake_exp):
+    """The accents predicted by decoding give the test-set accuracy of the table and a confusion
+    matrix per system; the dev matrix comes from train_stats.json; a bad line is named."""
+    exp = fake_exp / "exp"
+    write(exp / "hdmole" / "decode_test_Beijing" / "1best_recog" / "accent", "b1 Beijing\nb2 Ji-Lu\n")
+    write(exp / "hdmole" / "decode_test_Ji-Lu" / "1best_recog" / "accent", "j1 Ji-Lu\nj2 Ji-Lu\n")
+    write(exp / "hdmole" / "train_stats.json", json.dumps(
+        {"accent_acc": 0.75, "mean_active": {}, "accent_confusion": {"accents": ["Ji-Lu", "Beijing"],
+                                                                     "counts": [[2, 0], [1, 1]]}}))
+    run_results(fake_exp)
+    rows = md_rows((exp / "RESULTS.md").read_text(encoding="utf-8"))
+    assert rows["[hdmole](hdmole/RESULTS.md)"][7] == "75.00"  # 3 of the 4 test utterances
+    hd = (exp / "hdmole" / "RESULTS.md").read_text(encoding="utf-8")
+    assert "dev 75.00; test sets 75.00" in hd
+    tables = [t for t in md_tables(hd) if "accent" in t]
+    recall = tables[-1]
+    assert recall["Beijing"] == ["50.0", "50.0"] and recall["Ji-Lu"] == ["100.0", "100.0"]
+    assert (exp / "plots" / "accent_id_hdmole.png").stat().st_size > 0
+    assert not (exp / "plots" / "accent_id_source.png").exists()
+    write(exp / "hdmole" / "decode_test_Ji-Lu" / "1best_recog" / "accent", "j1 Ji-Lu\nj2 Klingon\n")
+    with pytest.raises(make_results.ResultsError, match=r"decode_test_Ji-Lu/1best_recog/accent:2"):
+        run_results(fake_exp)

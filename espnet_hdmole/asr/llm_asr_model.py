@@ -4,8 +4,8 @@
     h --projector (stack k, MLP)--> s (B, T/k, d_llm)
     LLM(inputs_embeds = [prompt_prefix] [s] [prompt] [transcript] <eos>)   loss on transcript + eos
 
-The accent-identification head (HDMoLE's global router) maps the time-pooled encoder output to
-a posterior over the accent domains (cross-entropy with weight ``aid_weight`` against the
+The accent-identification head (HDMoLE's global router, espnet_hdmole.asr.accent_head) maps the
+encoder output or the input features to a posterior over the accent domains (cross-entropy with weight ``aid_weight`` against the
 ``accent`` labels when the batch has them). Whenever the model holds HDMoLE layers, the
 projector and the LLM run inside ``espnet_hdmole.domain_posterior(g)``, with g the head's
 posterior (``global_router: predicted``) or the one-hot labels (``oracle``).
@@ -23,26 +23,13 @@ from espnet2.layers.abs_normalize import AbsNormalize
 from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
+from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, head_input_size
 from espnet_hdmole.asr.llm_utils import load_causal_lm, load_tokenizer, unencodable_chars
 from espnet_hdmole.asr.pinyin_units import PinyinUnits
 from espnet_hdmole.asr.projector import FrameStackProjector
 from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.create_hdmole_adapter import hdmole_aux_loss, hdmole_layers, hdmole_statistics
 from espnet_hdmole.layers.routing import domain_posterior, oracle_posterior
-
-
-class AccentHead(torch.nn.Module):
-    """Mean-pooled encoder output -> ``hidden`` -> ReLU -> ``output``: logits over the domains."""
-
-    def __init__(self, input_size: int, num_domains: int, hidden_size: int = 256):
-        super().__init__()
-        self.hidden = torch.nn.Linear(input_size, hidden_size)
-        self.output = torch.nn.Linear(hidden_size, num_domains)
-
-    def forward(self, h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        mask = (torch.arange(h.shape[1], device=h.device)[None] < lengths[:, None]).to(h.dtype)
-        pooled = (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
-        return self.output(torch.relu(self.hidden(pooled)))
 
 
 class LLMASRModel(AbsESPnetModel):
@@ -57,7 +44,12 @@ class LLMASRModel(AbsESPnetModel):
         prompt: text placed between the speech embeddings and the transcript.
         aid_weight: weight of the accent-ID cross-entropy.
         use_accent_head: build the accent head (default: when aid_weight > 0).
-        accent_head_hidden: its hidden size.
+        accent_head_hidden: its hidden size (the default of accent_head_conf.hidden).
+        accent_head_conf: its shape and input (espnet_hdmole.asr.accent_head): input (encoder |
+            features), feature_dims, layers (0: mean pooling; N: a TDNN and statistics pooling),
+            channels, hidden.
+        feature_size: the input feature dimension (set by the task from --input_size or the
+            frontend), read by an accent head on the features.
         llm_dtype: dtype the LLM is loaded in.
         frame_shift: seconds per input frame (for the real-time factor; 1/fs for raw audio).
         cache_encoder_outputs: when the frontend, normalize and encoder are all frozen, keep each
@@ -100,6 +92,8 @@ class LLMASRModel(AbsESPnetModel):
         aid_weight: float = 0.0,
         use_accent_head: Optional[bool] = None,
         accent_head_hidden: int = 256,
+        accent_head_conf: Optional[dict] = None,
+        feature_size: Optional[int] = None,
         llm_dtype: str = "float32",
         frame_shift: float = 0.01,
         cache_encoder_outputs: bool = False,
@@ -133,18 +127,23 @@ class LLMASRModel(AbsESPnetModel):
             use_accent_head = aid_weight > 0
         if use_accent_head and len(self.accent_list) < 2:
             raise UserError("model_conf.accent_list needs at least 2 domains for the accent head")
+        head_conf = check_accent_head_conf({"hidden": accent_head_hidden, **(accent_head_conf or {})})
+        self.accent_head_input, self.accent_head_dims = head_conf["input"], head_conf["feature_dims"]
         self.accent_head = (
-            AccentHead(encoder.output_size(), len(self.accent_list), accent_head_hidden) if use_accent_head else None
+            AccentHead(head_input_size(head_conf, encoder.output_size(), feature_size), len(self.accent_list),
+                       head_conf["hidden"], head_conf["layers"], head_conf["channels"])
+            if use_accent_head else None
         )
         self.frame_shift = frame_shift
         self.ctc_weight = ctc_weight
         if ctc_units not in ("llm", "pinyin", "pinyin_tone"):
             raise UserError(f"model_conf.ctc_units must be 'llm', 'pinyin' or 'pinyin_tone', not {ctc_units!r}")
         self.ctc_units = ctc_units
-        if asr_weight < 0 or (asr_weight == 0 and ctc_weight <= 0):
+        if asr_weight < 0 or (asr_weight == 0 and ctc_weight <= 0 and aid_weight <= 0):
             raise UserError(
                 f"model_conf.asr_weight must be > 0, or 0 together with ctc_weight > 0 (CTC-only "
-                f"encoder training); got asr_weight={asr_weight}, ctc_weight={ctc_weight}"
+                f"encoder training) or aid_weight > 0 (accent-ID training); got asr_weight={asr_weight}, "
+                f"ctc_weight={ctc_weight}, aid_weight={aid_weight}"
             )
         self.asr_weight = asr_weight
         n_ctc = len(PinyinUnits(ctc_units == "pinyin_tone")) if ctc_units != "llm" else len(self.tokenizer) + 1
@@ -226,18 +225,41 @@ class LLMASRModel(AbsESPnetModel):
             raise ValueError(f"HDMoLE layers disagree on global_router: {sorted(modes)}")
         return modes.pop() if modes else None
 
+    def accent_logits(self, speech, speech_lengths, h, h_lens) -> Optional[torch.Tensor]:
+        """The accent head's logits (None without a head), from the encoder output h or from the
+        normalised input features (accent_head_conf.input)."""
+        if self.accent_head is None:
+            return None
+        if self.accent_head_input == "encoder":
+            return self.accent_head(h, h_lens)
+        feats, lens = self._extract_feats(speech, speech_lengths)
+        if self.normalize is not None:
+            feats, lens = self.normalize(feats, lens)
+        if self.accent_head_dims is not None:
+            feats = feats[..., self.accent_head_dims[0] : self.accent_head_dims[1]]
+        return self.accent_head(feats, lens)
+
+    @torch.no_grad()
+    def predict_accent(self, speech: torch.Tensor, speech_lengths: torch.Tensor) -> Optional[torch.Tensor]:
+        """The accent head's logits for a batch (None without a head); encodes only if the head
+        reads the encoder output."""
+        h = h_lens = None
+        if self.accent_head is not None and self.accent_head_input == "encoder":
+            h, h_lens = self.encode(speech, speech_lengths, use_specaug=False)
+        return self.accent_logits(speech, speech_lengths, h, h_lens)
+
     def domain_posterior(
-        self, h: torch.Tensor, h_lens: torch.Tensor, accent: Optional[torch.Tensor]
+        self, speech, speech_lengths, h: torch.Tensor, h_lens: torch.Tensor, accent: Optional[torch.Tensor]
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """(accent logits or None, the posterior the HDMoLE layers read or None)."""
-        logits = self.accent_head(h, h_lens) if self.accent_head is not None else None
+        logits = self.accent_logits(speech, speech_lengths, h, h_lens)
         mode = self.global_router_mode()
         if mode is None:
             return logits, None
         if mode == "oracle":
             if accent is None:
                 raise UserError("global_router: oracle needs accent labels (an 'accent' data file, e.g. utt2accent)")
-            return logits, oracle_posterior(accent.reshape(-1), len(self.accent_list)).to(h.dtype)
+            return logits, oracle_posterior(accent.reshape(-1), len(self.accent_list)).to(speech.device)
         if logits is None:
             raise UserError(
                 "global_router: predicted needs the accent head: set model_conf.aid_weight > 0 "
@@ -318,10 +340,14 @@ class LLMASRModel(AbsESPnetModel):
         **kwargs,
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
         batch_size = speech.shape[0]
-        h, h_lens = self.encode_cached(speech, speech_lengths, kwargs.get("utt_id"))
-        logits_aid, g = self.domain_posterior(h, h_lens, accent)
+        uses_ctc = self.ctc is not None and self.ctc_weight > 0
+        if self.asr_weight > 0 or uses_ctc or self.accent_head_input == "encoder":
+            h, h_lens = self.encode_cached(speech, speech_lengths, kwargs.get("utt_id"))
+        else:  # accent-ID training of a head on the features: the encoder is not needed
+            h, h_lens = None, None
+        logits_aid, g = self.domain_posterior(speech, speech_lengths, h, h_lens, accent)
         stats: Dict[str, torch.Tensor] = {}
-        loss = torch.zeros((), device=h.device)
+        loss = torch.zeros((), device=speech.device)
         if self.asr_weight > 0:
             with domain_posterior(g) if g is not None else nullcontext():
                 s, s_lens = self.project(h, h_lens, kwargs.get("utt_id"))
@@ -329,7 +355,7 @@ class LLMASRModel(AbsESPnetModel):
             loss = self.asr_weight * loss_asr
             stats["loss_asr"] = loss_asr.detach()
             stats["acc"] = acc
-        if self.ctc is not None and self.ctc_weight > 0:
+        if uses_ctc:
             if self.ctc_units != "llm":
                 if "text_ctc" not in kwargs:
                     raise ValueError(
@@ -399,7 +425,7 @@ class LLMASRModel(AbsESPnetModel):
         from espnet_hdmole.asr.decoding import beam_search, greedy_search
 
         h, h_lens = self.encode(speech, speech_lengths)
-        logits_aid, g = self.domain_posterior(h, h_lens, accent)
+        logits_aid, g = self.domain_posterior(speech, speech_lengths, h, h_lens, accent)
         with domain_posterior(g) if g is not None else nullcontext():
             s, s_lens = self.project(h, h_lens)
         ctx = self._context_embeddings(s, s_lens)

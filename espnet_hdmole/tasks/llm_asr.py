@@ -199,6 +199,7 @@ class LLMASRTask(AbsTask):
         _check_conf_keys(args.encoder_conf, ecls, "encoder_conf", skip=("input_size",))
         encoder = ecls(input_size=input_size, **args.encoder_conf)
 
+        mc["feature_size"] = input_size
         model = LLMASRModel(frontend=frontend, specaug=specaug, normalize=normalize, encoder=encoder, **mc)
         if args.init is not None:
             for part in (model.encoder, model.projector, model.accent_head):

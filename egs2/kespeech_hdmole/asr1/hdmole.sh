@@ -2,7 +2,7 @@
 # HDMoLE recipe: multi-accent adaptation of an LLM-based ASR model, in six stages.
 #
 #   1. data       Kaldi-style dirs: from KeSpeech (--kespeech) or the offline demo corpus
-#   2. features   80-dim fbank (kaldi-native-fbank) into dump/fbank, global CMVN, shapes
+#   2. features   80-dim fbank + 3 pitch features into dump/fbank_pitch (or fbank, raw), global CMVN, shapes
 #   3. LLM        character tokenizer + small Qwen2-style LM pre-trained on the training text,
 #                 or a user's model directory (--llm_dir)
 #   4. source     source-domain (standard Mandarin) pre-training: the encoder with CTC, then
@@ -30,7 +30,7 @@ data_dir=data           # stage 1 output
 data_args=""            # extra options for stage 1's tool (local/prepare_kespeech.py, or local/make_demo_corpus.py
                         # for the demo), e.g. "--check_audio false" or "--max_vocab 1000": the options its messages name
 dump_dir=dump           # stage 2 output
-feats_type=fbank        # fbank (80-dim, for conformer/transformer encoders) | raw (waveforms, for whisper)
+feats_type=fbank_pitch  # fbank_pitch (80 fbank + 3 pitch) | fbank (80-dim) | raw (waveforms, for whisper)
 exp_dir=exp             # stages 3-6 output
 llm_dir=""              # a transformers causal LM + tokenizer dir; empty: pre-train one (stage 3)
 llm_conf=conf/llm_demo.yaml       # stage 3 settings (local/pretrain_llm.py options, as YAML)
@@ -38,6 +38,8 @@ pretrained_model=""     # a source-domain model (.pth; its config.yaml beside it
 source_config=conf/train_source.yaml   # stage 4 training config of the source model
 source_encoder_config=conf/train_source_encoder.yaml   # stage 4 step 1: encoder pre-training (CTC),
                         # overrides on source_config; "" trains the source model in one step
+accent_id_config=conf/train_accent_id.yaml   # stage 4 step 3: the accent-ID head (global router) trained
+                        # alone on the accent training set, then frozen in the systems that use it; "": none
 train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mole_topk.yaml conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml conf/finetune_hdmole_topk.yaml conf/finetune_hdmole_oracle.yaml"
 train_args=""           # extra options for every llm_asr_train run, e.g. "--ngpu 1"
 source_train_args=""    # extra options for stage 4 only, e.g. "--max_epoch 20"
@@ -50,6 +52,8 @@ test_sets=""            # default: every data/test_* and the source test set
 systems=""              # stage 6 systems (default: source + those of --train_configs)
 python=python3          # interpreter (path.sh activates tools/venv)
 verbose=false           # true: show full logs and Python tracebacks of user errors
+sys_jobs=2              # stages 5 and 6: systems trained / decoded at the same time, each with
+                        # (CPU cores / sys_jobs) threads; on a few cores, two one-thread jobs beat one two-thread job
 
 # ---------------------------------------------------------------- option parsing (ours)
 help_message=$(sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//')
@@ -96,10 +100,28 @@ for v in stage stop_stage; do
     is_int "${!v}" && [ "${!v}" -ge 1 ] && [ "${!v}" -le 6 ] || die "--$v must be a stage number from 1 to 6, not '${!v}'"
 done
 [ "$stage" -le "$stop_stage" ] || die "--stage $stage comes after --stop_stage $stop_stage: no stage would run"
-for v in nj seed ngpu; do is_int "${!v}" || die "--$v must be a non-negative integer, not '${!v}'"; done
+for v in nj seed ngpu sys_jobs; do is_int "${!v}" || die "--$v must be a non-negative integer, not '${!v}'"; done
+[ "$sys_jobs" -ge 1 ] || die "--sys_jobs must be at least 1"
+# run_jobs FUNCTION ARG...: FUNCTION ARG for every ARG, sys_jobs at a time, each in a subshell with
+# its share of the CPU threads; fails (after all have ended) if any failed
+run_jobs() {
+    local fn=$1 failed=0 running=0 threads; shift
+    threads=$(( $(nproc) / sys_jobs )); [ "$threads" -ge 1 ] || threads=1
+    for arg in "$@"; do
+        if [ "$sys_jobs" -gt 1 ]; then
+            ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; "$fn" "$arg" ) &
+            running=$(( running + 1 ))
+            if [ "$running" -ge "$sys_jobs" ]; then wait -n || failed=1; running=$(( running - 1 )); fi
+        else
+            ( "$fn" "$arg" ) || failed=1
+        fi
+    done
+    while [ "$running" -gt 0 ]; do wait -n || failed=1; running=$(( running - 1 )); done
+    [ "$failed" = 0 ] || die "$fn failed for at least one of: $* (see the ERROR lines above)"
+}
 [ "$nj" -ge 1 ] || die "--nj must be at least 1"
 case "$verbose" in true|false) ;; *) die "--verbose must be true or false, not '$verbose'" ;; esac
-case "$feats_type" in fbank|raw) ;; *) die "--feats_type must be fbank or raw, not '$feats_type'" ;; esac
+case "$feats_type" in fbank|fbank_pitch|raw) ;; *) die "--feats_type must be fbank_pitch, fbank or raw, not '$feats_type'" ;; esac
 [ "$verbose" = true ] && export HDMOLE_VERBOSE=1
 
 . ./path.sh
@@ -139,8 +161,8 @@ up_to_date() {
     local out=$1 what=$2 old=$3; shift 3
     local pending verdict aside
     pending=$cache_dir/inputs/$(echo "$out" | tr '/' '%').json
-    verdict=$($python local/stage_marker.py "$out" --write "$pending" "$@" 2> "$cache_dir/stage_marker.err") \
-        || die "$(sed 's/^ERROR: //' "$cache_dir/stage_marker.err" | tail -n 1)"
+    verdict=$($python local/stage_marker.py "$out" --write "$pending" "$@" 2> "$pending.err") \
+        || die "$(sed 's/^ERROR: //' "$pending.err" | tail -n 1)"
     case $verdict in
         done) log "  $what: done, skipped"; return 0 ;;
         new) ;;
@@ -187,7 +209,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
     cmvn_set=source_train; [ -d "$data_dir/source_train" ] || cmvn_set=train
     for s in $(all_sets); do
         extra=()
-        [ "$s" = "$cmvn_set" ] && [ "$feats_type" = fbank ] && extra=(--cmvn_stats "$dump_dir/fbank/cmvn_stats.npz")
+        [ "$s" = "$cmvn_set" ] && [ "$feats_type" != raw ] && extra=(--cmvn_stats "$dump_dir/$feats_type/cmvn_stats.npz")
         run_logged "$train_cmd" "$exp_dir/logs/stage2_${feats_type}_$s.log" $python local/compute_fbank.py \
             "$data_dir/$s" "$dump_dir/$feats_type/$s" --feats_type "$feats_type" --nj "$nj" --overwrite true "${extra[@]}"
         slog=$exp_dir/logs/stage2_${feats_type}_$s.log
@@ -247,8 +269,9 @@ train_data_opts() {  # train_data_opts TRAIN_SET VALID_SET
 common_model_opts() {
     echo --model_conf "llm_dir=$llm_dir_eff" --model_conf "accent_list=[$(paste -sd, "$data_dir/accents.txt")]" \
          --ngpu "$ngpu" --seed "$seed" --resume true
-    if [ "$feats_type" = fbank ]; then
-        echo --normalize global_mvn --normalize_conf "stats_file=$dump_dir/fbank/cmvn_stats.npz" --input_size 80
+    if [ "$feats_type" != raw ]; then
+        echo --normalize global_mvn --normalize_conf "stats_file=$feats/cmvn_stats.npz" \
+             --input_size "$([ "$feats_type" = fbank_pitch ] && echo 83 || echo 80)"
     else
         echo --input_size 1
     fi
@@ -258,12 +281,12 @@ need_llm() {
 }
 train_inputs() {  # train_inputs TRAIN_SET VALID_SET: the data, statistics and LLM a training run reads
     echo --data "$feats/$1" --data "$feats/$2" --model_dir "$llm_dir_eff" --file "$data_dir/accents.txt"
-    [ "$feats_type" = fbank ] && echo --file "$dump_dir/fbank/cmvn_stats.npz"
+    [ "$feats_type" != raw ] && echo --file "$feats/cmvn_stats.npz"
     true
 }
 write_info() {  # write params.json / routing.json of a trained system
     $python local/model_info.py --exp "$1" --model "$decode_model" --data "$feats/dev" \
-        --accents "$data_dir/accents.txt" >> "$exp_dir/logs/model_info.log" 2>&1 || die "model_info failed for $1 (see $exp_dir/logs/model_info.log)"
+        --accents "$data_dir/accents.txt" >> "$1/model_info.log" 2>&1 || die "model_info failed for $1 (see $1/model_info.log)"
 }
 
 # ---------------------------------------------------------------- stage 4: source model
@@ -310,34 +333,63 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         fi
         grep -E "epoch results" "$source_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
     fi
+    init_model=${pretrained_model:-$source_exp/valid.acc.ave.pth}
+    if [ -n "$accent_id_config" ]; then  # step 3: the accent-ID head alone, on the accent training set
+        aid_exp=$exp_dir/accent_id
+        if ! up_to_date "$aid_exp" "accent_id" keep --file "accent-ID config=$accent_id_config" \
+                --file "source model config=$(dirname "$init_model")/config.yaml" --file "source model=$init_model" \
+                $(train_inputs train dev) --value "options=$train_args" --value "seed=$seed"; then
+            log "  step 3: the accent-ID head ($accent_id_config on the source model's config) -> $aid_exp"
+            $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$accent_id_config" "$aid_exp/train_config.yaml"
+            run_logged "$train_cmd" "$aid_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
+                --config "$aid_exp/train_config.yaml" --output_dir "$aid_exp" --init_param "$init_model" $(common_model_opts) \
+                $(train_data_opts train dev) $train_args
+            mark_done "$aid_exp"
+        fi
+        grep -E "epoch results" "$aid_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
+    fi
     stage_end 4
 fi
 init_model=${pretrained_model:-$source_exp/valid.acc.ave.pth}
+aid_model=$exp_dir/accent_id/valid.acc_aid.best.pth
 
 # ---------------------------------------------------------------- stage 5: multi-accent fine-tuning
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     stage_start 5 "multi-accent fine-tuning from $init_model: $(for c in $train_configs; do system_name "$c"; done | paste -sd' ')"
     [ -f "$init_model" ] || die "the source model $init_model does not exist: run stage 4 or give --pretrained_model"
     need_llm
-    for cfg in $train_configs; do
+    train_system() {  # train_system CONFIG: one stage-5 system
+        local cfg=$1 sys out merged head_from aid_init aid_input t0 init_spec compress
         sys=$(system_name "$cfg"); out=$exp_dir/$sys
-        up_to_date "$out" "$sys" keep --file "config=$cfg" --file "source model config=$(dirname "$init_model")/config.yaml" \
-            --file "source model=$init_model" \
-            $(train_inputs train dev) --value "options=$train_args" --value "seed=$seed" && continue
+        merged=$cache_dir/$sys.train_config.yaml
+        head_from=(); [ -f "$(dirname "$aid_model")/config.yaml" ] && head_from=(--accent_head_from "$(dirname "$aid_model")/config.yaml")
+        $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$merged" "${head_from[@]}"
+        # a system with an accent head (use_accent_head) starts from step 3's trained head
+        aid_init=(); aid_input=()
+        if [ "$(model_conf_get "$merged" use_accent_head None)" = True ]; then
+            [ -f "$aid_model" ] || die "$cfg uses an accent head (model_conf.use_accent_head), which stage 4 step 3 trains: $aid_model does not exist (run stage 4 with --accent_id_config, or set use_accent_head: false)"
+            aid_init=("$aid_model:accent_head:accent_head"); aid_input=(--file "accent-ID model=$aid_model")
+        fi
+        if up_to_date "$out" "$sys" keep --file "config=$cfg" --file "source model config=$(dirname "$init_model")/config.yaml" \
+            --file "source model=$init_model" "${aid_input[@]}" \
+            $(train_inputs train dev) --value "options=$train_args" --value "seed=$seed"; then
+            return 0
+        fi
         t0=$(date +%s)
         log "  $sys: $cfg -> $out (resumes from $out/checkpoint.pth if present)"
-        $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$out/train_config.yaml"
+        cp "$merged" "$out/train_config.yaml"
         # the source model's CTC head is kept only where the system uses it (ctc_compress)
         init_spec=$init_model:::ctc
         compress=$(model_conf_get "$out/train_config.yaml" ctc_compress none) || exit 1
         [ "$compress" = none ] || init_spec=$init_model
         run_logged "$train_cmd" "$out/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
-            --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_spec" $(common_model_opts) \
+            --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_spec" "${aid_init[@]}" $(common_model_opts) \
             $(train_data_opts train dev) $train_args
         write_info "$out"
         mark_done "$out"
         log "  $sys: $(grep -o 'trainable parameters: [^=]*= [0-9.]*%' "$out/train.log" | head -n 1), $(( $(date +%s) - t0 )) s"
-    done
+    }
+    run_jobs train_system $train_configs
     stage_end 5
 fi
 
@@ -366,7 +418,8 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     fi
     decode_inputs=(--file "$union/$speech_file" --value "options=$decode_args")
     [ -f "$union/utt2accent" ] && decode_inputs+=(--file "$union/utt2accent")
-    for sys in $systems; do
+    decode_system() {  # decode_system SYSTEM: all test sets with one system, then scoring
+        local sys=$1 out dec d s f
         out=$exp_dir/$sys
         [ -f "$out/$decode_model" ] || die "$out/$decode_model does not exist: train $sys first (stage 4/5)"
         dec=$out/decode_union
@@ -389,7 +442,8 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
                 --ref "$feats/$s/text" --hyp "$d/1best_recog/text" --out_dir "$d/score_cer"
         done
         log "  $sys: decoded ($(grep '^rtf' "$dec/rtf")) and scored"
-    done
+    }
+    run_jobs decode_system $systems
     # the tables describe every decoded system of the exp dir, not only those decoded now:
     # source, the default systems in their order, then any others (superseded *.stale-* runs left out)
     results_systems=$(

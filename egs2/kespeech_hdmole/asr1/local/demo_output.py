@@ -1,0 +1,75 @@
+"""The demo corpus's output: Kaldi-style data directories written atomically, and the settings
+record that keeps a directory made with other settings from being overwritten."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from demo_common import CorpusError
+
+
+META_NAME = ".demo_corpus.json"
+
+
+def write_text(path: Path, content: str) -> None:
+    """Write atomically, and not at all if the file already holds ``content``."""
+    if path.is_file() and path.read_text(encoding="utf-8") == content:
+        return
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(content, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_kaldi_dir(d: Path, jobs: List[dict]) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / ".done").unlink(missing_ok=True)
+    spk2utt: Dict[str, List[str]] = {}
+    for j in jobs:
+        spk2utt.setdefault(j["spk"], []).append(j["utt"])
+    files = {
+        "wav.scp": [f"{j['utt']} {j['wav']}" for j in jobs],
+        "text": [f"{j['utt']} {j['text']}" for j in jobs],
+        "utt2spk": [f"{j['utt']} {j['spk']}" for j in jobs],
+        "utt2accent": [f"{j['utt']} {j['domain']}" for j in jobs],
+        "spk2utt": [f"{s} {' '.join(u)}" for s, u in sorted(spk2utt.items())],
+    }
+    for name, lines in files.items():
+        write_text(d / name, "\n".join(lines) + "\n")
+    write_text(d / ".done", f"{len(jobs)} utterances\n")  # last: marks the dir complete
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> List[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k} is {a!r}, requested {b!r}")
+    return out
+
+
+def check_or_claim(root: Path, settings: dict, managed: Sequence[str], what: str) -> None:
+    """Refuse a directory made with other settings or holding foreign data; claim it."""
+    meta = root / META_NAME
+    if meta.is_file():
+        try:
+            old = json.loads(meta.read_text(encoding="utf-8"))
+        except ValueError:
+            old = {}
+        if old != settings:
+            detail = "; ".join(_diff(old, settings))
+            raise CorpusError(
+                f"{what} {root} already holds a demo corpus made with other settings "
+                f"({detail}). Refusing to overwrite it: use another {what} or delete {root}.")
+        return
+    clash = [n for n in managed if (root / n).exists()]
+    if clash:
+        raise CorpusError(
+            f"{what} {root} already holds {', '.join(clash)}, not made by make_demo_corpus.py "
+            f"(no {META_NAME}). Refusing to overwrite: use another {what} or move them away.")
+    root.mkdir(parents=True, exist_ok=True)
+    write_text(meta, json.dumps(settings, indent=1, sort_keys=True) + "\n")

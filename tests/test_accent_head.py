@@ -1,0 +1,109 @@
+"""The accent-ID head (HDMoLE's global router): its TDNN form, its input, and its own training step.
+
+The recipe trains the head alone (stage 4 step 3, asr_weight 0) and the HDMoLE systems start
+from it (--init_param ...:accent_head:accent_head) with the head frozen.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_llm_asr import work  # noqa: E402,F401 (the tiny LLM and data set, as a fixture)
+from tiny import ACCENTS, train_args  # noqa: E402
+
+from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf  # noqa: E402
+from espnet_hdmole.errors import UserError  # noqa: E402
+from espnet_hdmole.tasks.llm_asr import LLMASRTask  # noqa: E402
+
+HEAD = "accent_head_conf={'input': 'features', 'layers': 2, 'channels': 16, 'hidden': 16}"
+AID_ONLY = ["--model_conf", "asr_weight=0.0", "--model_conf", "aid_weight=1.0", "--model_conf", "use_accent_head=true",
+            "--model_conf", HEAD, "--best_model_criterion", "valid,acc_aid,max"]
+
+
+@pytest.mark.parametrize("layers", [0, 3])
+def test_head_output_does_not_depend_on_padding(layers):
+    torch.manual_seed(0)
+    head = AccentHead(5, 3, hidden=8, layers=layers, channels=8).eval()
+    short, long = torch.randn(1, 17, 5), torch.randn(1, 30, 5)
+    batch = torch.zeros(2, 30, 5)
+    batch[0, :17], batch[1] = short[0], long[0]
+    both = head(batch, torch.tensor([17, 30]))
+    torch.testing.assert_close(both[0], head(short, torch.tensor([17]))[0])
+    torch.testing.assert_close(both[1], head(long, torch.tensor([30]))[0])
+
+
+def test_tdnn_head_sees_order_which_a_mean_cannot():
+    """A rising and a falling contour have the same time-mean; the TDNN's statistics differ."""
+    ramp = torch.linspace(-1, 1, 40)[None, :, None]
+    lens = torch.tensor([40])
+    torch.manual_seed(0)
+    mean_head, tdnn = AccentHead(1, 2, hidden=4, layers=0), AccentHead(1, 2, hidden=4, layers=2, channels=4)
+    torch.testing.assert_close(mean_head(ramp, lens), mean_head(ramp.flip(1), lens))
+    assert not torch.allclose(tdnn(ramp, lens), tdnn(ramp.flip(1), lens))
+
+
+@pytest.mark.parametrize("conf, key", [({"input": "pitch"}, "accent_head_conf.input"),
+                                       ({"layer": 2}, "unknown keys"),
+                                       ({"input": "features", "feature_dims": [3, 1]}, "accent_head_conf.feature_dims"),
+                                       ({"feature_dims": [0, 2]}, "needs input: features"),
+                                       ({"layers": -1}, "accent_head_conf.layers")])
+def test_bad_head_settings_name_the_key(conf, key):
+    with pytest.raises(UserError, match=key):
+        check_accent_head_conf(conf)
+
+
+def test_accent_only_training_runs_neither_encoder_nor_llm(work, tmp_path, monkeypatch):
+    w, llm, data = work
+    args = LLMASRTask.get_parser().parse_args(train_args(tmp_path / "exp", data, llm, extra=AID_ONLY))
+    model = LLMASRTask.build_model(args)
+
+    def must_not_run(*a, **k):
+        raise AssertionError("ran although only the accent head trains")
+
+    monkeypatch.setattr(model.encoder, "forward", must_not_run)
+    monkeypatch.setattr(model.llm.base_model, "forward", must_not_run)
+    x = torch.randn(2, 40, 20)
+    loss, stats, _ = model(x, torch.tensor([40, 33]), torch.zeros(2, 1, dtype=torch.long), torch.ones(2, dtype=torch.long),
+                           accent=torch.tensor([[0], [1]]))
+    torch.testing.assert_close(loss.detach().reshape(()), stats["loss_aid"].reshape(()))
+    loss.sum().backward()
+    assert all(p.grad is not None for p in model.accent_head.parameters())
+    assert all(p.grad is None for p in model.encoder.parameters())
+
+
+def test_head_reads_only_its_feature_slice(work, tmp_path):
+    w, llm, data = work
+    extra = AID_ONLY[:-2] + ["--model_conf", HEAD[:-1] + ", 'feature_dims': [2, 5]}"]
+    model = LLMASRTask.build_model(LLMASRTask.get_parser().parse_args(train_args(tmp_path / "e", data, llm, extra=extra)))
+    assert model.accent_head.convs[0].in_channels == 3
+    x, lens = torch.randn(1, 30, 20), torch.tensor([30])
+    y = x.clone()
+    y[..., :2] += 5.0
+    y[..., 5:] -= 3.0
+    torch.testing.assert_close(model.accent_logits(x, lens, None, None), model.accent_logits(y, lens, None, None))
+
+
+def test_trained_head_is_loaded_and_stays_frozen_in_an_hdmole_system(work, tmp_path):
+    """Step 3 trains the head alone; an HDMoLE system starts from it and does not change it;
+    its adapter-only checkpoint reloads with the head from --init_param."""
+    w, llm, data = work
+    aid = tmp_path / "aid"
+    LLMASRTask.main(cmd=train_args(aid, data, llm, epochs=3, iters=10, lr=1e-2, extra=AID_ONLY))
+    head = {k: v for k, v in torch.load(aid / "valid.acc_aid.best.pth").items() if k.startswith("accent_head.")}
+    assert head
+    sysdir = tmp_path / "hdmole"
+    conf = ("{'target_modules': ['q_proj'], 'num_domains': %d, 'experts_per_domain': 1, 'rank': 2, 'alpha': 4, "
+            "'global_router': 'predicted'}" % len(ACCENTS))
+    LLMASRTask.main(cmd=train_args(sysdir, data, llm, epochs=1, iters=3, extra=[
+        "--model_conf", "use_accent_head=true", "--model_conf", HEAD, "--model_conf", "aid_weight=0.0",
+        "--use_adapter", "true", "--adapter", "hdmole", "--adapter_conf", conf,
+        "--save_strategy", "required_grad_only", "--freeze_param", "encoder", "projector",
+        "--init_param", f"{aid / 'valid.acc_aid.best.pth'}:::accent_head",  # the base, without the head
+        f"{aid / 'valid.acc_aid.best.pth'}:accent_head:accent_head"]))
+    saved = torch.load(sysdir / "valid.acc.best.pth")
+    assert not any(k.startswith("accent_head.") for k in saved), "the frozen head is not part of the adapter checkpoint"
+    model, _ = LLMASRTask.build_model_from_file(sysdir / "config.yaml", sysdir / "valid.acc.best.pth")
+    for k, v in head.items():
+        torch.testing.assert_close(model.state_dict()[k], v)
