@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 LOCAL = Path(__file__).resolve().parents[1] / "egs2" / "kespeech_hdmole" / "asr1" / "local"
@@ -436,8 +437,9 @@ def test_update_readme_copies_table_times_and_plots(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:begin -->\nold\n<!-- results:end -->\noutro\n", encoding="utf-8")
     results = tmp_path / "RESULTS.md"
-    results.write_text("# t\n\n| system | CER |\n|---|---:|\n| [hdmole](hdmole/RESULTS.md) | 12.5 |\n\nafter\n",
-                       encoding="utf-8")
+    results.write_text("# t\n\n| system | CER |\n|---|---:|\n| [hdmole](hdmole/RESULTS.md) | 12.5 |\n\nafter\n\n"
+                       "## The accent effect on the source model\n\n| set | CER |\n|---|---:|\n| test_X | 9.0 |\n"
+                       "\n## Plots\n\nnot copied\n", encoding="utf-8")
     times = tmp_path / "stage_times.txt"
     times.write_text("1 10\n4 100\n4 90\n", encoding="utf-8")
     png = tmp_path / "plots" / "cer_per_accent.png"
@@ -448,6 +450,8 @@ def test_update_readme_copies_table_times_and_plots(tmp_path):
     text = readme.read_text(encoding="utf-8")
     assert text.startswith("intro\n<!-- results:begin -->\n") and text.endswith("<!-- results:end -->\noutro\n")
     assert "old" not in text and "| hdmole | 12.5 |" in text and "after" not in text
+    assert "**The accent effect on the source model**\n\n| set | CER |" in text and "| test_X | 9.0 |" in text
+    assert "not copied" not in text
     assert "stage 1: 10, stage 4: 90; total 100 s" in text
     assert "![cer_per_accent](docs/results/cer_per_accent.png)" in text
     assert (tmp_path / "docs" / "results" / "cer_per_accent.png").read_bytes() == b"\x89PNG fake"
@@ -478,3 +482,28 @@ def test_accent_id_confusion_over_test_sets_and_dev(fake_exp):
     write(exp / "hdmole" / "decode_test_Ji-Lu" / "1best_recog" / "accent", "j1 Ji-Lu\nj2 Klingon\n")
     with pytest.raises(make_results.ResultsError, match=r"decode_test_Ji-Lu/1best_recog/accent:2"):
         run_results(fake_exp)
+
+
+def test_cer_bootstrap_intervals():
+    import cer_bootstrap
+
+    rng = np.random.default_rng(0)
+    easy = np.stack([rng.binomial(20, 0.1, 300), np.full(300, 20)], 1)
+    hard = np.stack([rng.binomial(20, 0.3, 300), np.full(300, 20)], 1)
+    d, lo, hi = cer_bootstrap.difference(hard, easy)
+    assert lo < d < hi and lo > 10  # about +20 points, far from 0
+    d, lo, hi = cer_bootstrap.difference(easy, easy)
+    assert d == 0 and lo < 0 < hi
+    r, lo, hi = cer_bootstrap.ratio(hard, easy)
+    assert lo < r < hi and 2.0 < r < 4.0
+
+
+def test_accent_effect_section_reads_per_utterance_scores(fake_exp):
+    import accent_effect
+
+    lines = accent_effect.markdown(fake_exp / "exp" / "hdmole", "hdmole", ACCENTS, "source_test", reference="Beijing")
+    text = "\n".join(lines)
+    assert "| test_Beijing | 0.00 | 0 | - | (reference) |" in text
+    assert re.search(r"\| test_Ji-Lu \| 8\.33 \| \+8\.33 \| \[\+0\.00, \+\d+\.\d+\] \| no \(a tie\) \|", text), text
+    assert "test_Beijing / source_test CER ratio: 0.00" in text
+    assert accent_effect.markdown(fake_exp / "exp" / "hdmole", "hdmole", ACCENTS, "source_test") == []  # no test_Mandarin

@@ -161,6 +161,7 @@ up_to_date() {
     local out=$1 what=$2 old=$3; shift 3
     local pending verdict aside
     pending=$cache_dir/inputs/$(echo "$out" | tr '/' '%').json
+    mkdir -p "$cache_dir/inputs"
     verdict=$($python local/stage_marker.py "$out" --write "$pending" "$@" 2> "$pending.err") \
         || die "$(sed 's/^ERROR: //' "$pending.err" | tail -n 1)"
     case $verdict in

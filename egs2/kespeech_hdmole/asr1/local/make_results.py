@@ -50,7 +50,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import accent_effect  # noqa: E402
 import accent_id_results  # noqa: E402
+import cer_bootstrap  # noqa: E402
 from results_plots import draw_routing_plots, plot_cer  # noqa: E402
 
 DASH = "-"
@@ -629,8 +631,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                        encoding="utf-8")
         files.append(out)
     out = exp / "RESULTS.md"
-    out.write_text(summary_markdown(systems, accents, args.source_set, args.baseline,
-                                    args.full_ft_system, date), encoding="utf-8")
+    text = summary_markdown(systems, accents, args.source_set, args.baseline, args.full_ft_system, date)
+    if baseline is not None:
+        try:
+            text += "\n".join(accent_effect.markdown(exp / args.baseline, args.baseline, accents, args.source_set)) + "\n"
+        except cer_bootstrap.ScoreFileError as e:
+            raise ResultsError(str(e)) from e
+    out.write_text(text, encoding="utf-8")
     files.append(out)
 
     if not args.no_plots:
