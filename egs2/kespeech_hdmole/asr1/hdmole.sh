@@ -105,13 +105,14 @@ for v in nj seed ngpu sys_jobs; do is_int "${!v}" || die "--$v must be a non-neg
 # run_jobs FUNCTION ARG...: FUNCTION ARG for every ARG, sys_jobs at a time, each in a subshell with
 # its share of the CPU threads; fails (after all have ended) if any failed
 run_jobs() {
-    local fn=$1 failed=0 running=0 threads; shift
-    threads=$(( $(nproc) / sys_jobs )); [ "$threads" -ge 1 ] || threads=1
+    local fn=$1 failed=0 running=0 threads jobs=$sys_jobs; shift
+    [ "$#" -lt "$jobs" ] && jobs=$#
+    threads=$(( $(nproc) / (jobs > 0 ? jobs : 1) )); [ "$threads" -ge 1 ] || threads=1
     for arg in "$@"; do
-        if [ "$sys_jobs" -gt 1 ]; then
+        if [ "$jobs" -gt 1 ]; then
             ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; "$fn" "$arg" ) &
             running=$(( running + 1 ))
-            if [ "$running" -ge "$sys_jobs" ]; then wait -n || failed=1; running=$(( running - 1 )); fi
+            if [ "$running" -ge "$jobs" ]; then wait -n || failed=1; running=$(( running - 1 )); fi
         else
             ( "$fn" "$arg" ) || failed=1
         fi
