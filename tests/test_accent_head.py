@@ -27,7 +27,7 @@ def test_head_output_does_not_depend_on_padding(layers):
     torch.manual_seed(0)
     head = AccentHead(5, 3, hidden=8, layers=layers, channels=8).eval()
     short, long = torch.randn(1, 17, 5), torch.randn(1, 30, 5)
-    batch = torch.zeros(2, 30, 5)
+    batch = torch.full((2, 30, 5), 7.0)  # padding that is not zero (e.g. encoder output past the end)
     batch[0, :17], batch[1] = short[0], long[0]
     both = head(batch, torch.tensor([17, 30]))
     torch.testing.assert_close(both[0], head(short, torch.tensor([17]))[0])

@@ -68,7 +68,7 @@ class AccentHead(torch.nn.Module):
             mask = self._mask(x, lengths)
             pooled = (x * mask).sum(1) / mask.sum(1).clamp_min(1)
             return self.output(torch.relu(self.hidden(pooled)))
-        h = x
+        h = x * self._mask(x, lengths)  # whatever the padding holds (encoder output past the end), it reads as zeros
         for conv, norm in zip(self.convs, self.norms):
             h = norm(torch.relu(conv(h.transpose(1, 2))).transpose(1, 2))
             if conv.stride[0] > 1:

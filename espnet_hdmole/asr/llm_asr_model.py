@@ -240,12 +240,12 @@ class LLMASRModel(AbsESPnetModel):
         return self.accent_head(feats, lens)
 
     @torch.no_grad()
-    def predict_accent(self, speech: torch.Tensor, speech_lengths: torch.Tensor) -> Optional[torch.Tensor]:
+    def predict_accent(self, speech: torch.Tensor, speech_lengths: torch.Tensor, utt_id=None) -> Optional[torch.Tensor]:
         """The accent head's logits for a batch (None without a head); encodes only if the head
-        reads the encoder output."""
+        reads the encoder output, through the encoder-output cache when ``utt_id`` is given."""
         h = h_lens = None
         if self.accent_head is not None and self.accent_head_input == "encoder":
-            h, h_lens = self.encode(speech, speech_lengths, use_specaug=False)
+            h, h_lens = self.encode_cached(speech, speech_lengths, utt_id)
         return self.accent_logits(speech, speech_lengths, h, h_lens)
 
     def domain_posterior(
