@@ -44,10 +44,10 @@ def test_tdnn_head_sees_order_which_a_mean_cannot():
     assert not torch.allclose(tdnn(ramp, lens), tdnn(ramp.flip(1), lens))
 
 
-@pytest.mark.parametrize("conf, key", [({"input": "pitch"}, "accent_head_conf.input"),
+@pytest.mark.parametrize("conf, key", [({"input": "pitch"}, "accent_head_conf.input must be one of"),
                                        ({"layer": 2}, "unknown keys"),
                                        ({"input": "features", "feature_dims": [3, 1]}, "accent_head_conf.feature_dims"),
-                                       ({"feature_dims": [0, 2]}, "needs input: features"),
+                                       ({"dropout": 1.0}, "accent_head_conf.dropout"),
                                        ({"layers": -1}, "accent_head_conf.layers")])
 def test_bad_head_settings_name_the_key(conf, key):
     with pytest.raises(UserError, match=key):
@@ -83,6 +83,43 @@ def test_head_reads_only_its_feature_slice(work, tmp_path):
     y[..., :2] += 5.0
     y[..., 5:] -= 3.0
     torch.testing.assert_close(model.accent_logits(x, lens, None, None), model.accent_logits(y, lens, None, None))
+
+
+def test_ctc_head_reads_the_ctc_posteriors_of_the_encoder_output(work, tmp_path):
+    """input: ctc -> the head reads the softmax of the CTC head over h."""
+    w, llm, data = work
+    extra = AID_ONLY[:-2] + ["--model_conf", HEAD.replace("'features'", "'ctc'"), "--model_conf", "ctc_weight=0.5"]
+    model = LLMASRTask.build_model(LLMASRTask.get_parser().parse_args(train_args(tmp_path / "e", data, llm, extra=extra)))
+    assert model.accent_head.convs[0].in_channels == model.ctc.ctc_lo.out_features
+    h, lens = torch.randn(2, 25, model.encoder.output_size()), torch.tensor([25, 19])
+    expected = model.accent_head(torch.softmax(model.ctc.ctc_lo(h), -1), lens)
+    torch.testing.assert_close(model.accent_logits(None, None, h, lens), expected)
+
+
+def test_ctc_head_with_pitch_reads_the_feature_slice_pooled_to_the_encoder_frames(work, tmp_path):
+    w, llm, data = work
+    head = HEAD.replace("'features'", "'ctc'")[:-1] + ", 'feature_dims': [17, 20]}"
+    extra = AID_ONLY[:-2] + ["--model_conf", head, "--model_conf", "ctc_weight=0.5"]
+    model = LLMASRTask.build_model(LLMASRTask.get_parser().parse_args(train_args(tmp_path / "e", data, llm, extra=extra)))
+    assert model.accent_head.convs[0].in_channels == model.ctc.ctc_lo.out_features + 3
+    x, lens = torch.randn(2, 60, 20), torch.tensor([60, 42])
+    h, h_lens = torch.randn(2, 10, model.encoder.output_size()), torch.tensor([10, 7])
+    feats = model.normalize(x, lens)[0] if model.normalize is not None else x
+    pitch = torch.zeros(2, 10, 3)
+    pitch[0] = feats[0, :, 17:20].reshape(10, 6, 3).mean(1)  # 60 frames -> 10: means of 6
+    pitch[1, :7] = feats[1, :42, 17:20].reshape(7, 6, 3).mean(1)
+    expected = model.accent_head(torch.cat([torch.softmax(model.ctc.ctc_lo(h), -1), pitch], -1), h_lens)
+    torch.testing.assert_close(model.accent_logits(x, lens, h, h_lens), expected)
+    y = x.clone()
+    y[..., :17] += 4.0  # outside the slice: no effect
+    torch.testing.assert_close(model.accent_logits(y, lens, h, h_lens), expected)
+
+
+def test_ctc_head_without_a_ctc_head_is_refused(work, tmp_path):
+    w, llm, data = work
+    extra = AID_ONLY[:-2] + ["--model_conf", HEAD.replace("'features'", "'ctc'")]
+    with pytest.raises(UserError, match="input: ctc needs the model's CTC head"):
+        LLMASRTask.build_model(LLMASRTask.get_parser().parse_args(train_args(tmp_path / "e", data, llm, extra=extra)))
 
 
 def test_trained_head_is_loaded_and_stays_frozen_in_an_hdmole_system(work, tmp_path):

@@ -3,6 +3,7 @@
 A tiny corpus is synthesised once per module into a temporary directory.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -229,6 +230,7 @@ def test_accent_changes_the_sound_not_the_text(corpus):
              for t in texts]
     assert all(sents)
     readings = {"".join(v) for v in table.values()}
+    rhotic = {v[0] + v[1] + table["er"][1] for v in table.values()}  # erhua: er's vowel for the coda
     for d in acc.DOMAINS[1:]:
         differ = 0
         for i, s in enumerate(sents):
@@ -238,7 +240,7 @@ def test_accent_changes_the_sound_not_the_text(corpus):
             # only syllables espeak-ng itself produced, with a stress mark and a contour
             for syl in acc_[2:-2].split():
                 m = re.fullmatch(r"([^'\d]*)'?([^'\d]+)(214|11|21|22|33|35|44|51|53|55)(\D*)", syl)
-                assert m and "".join(m.group(1, 2, 4)) in readings, syl
+                assert m and ("".join(m.group(1, 2, 4)) in readings or "".join(m.group(1, 2, 4)) in rhotic), syl
         assert differ >= len(sents) // 2, d
     # and it sounds different: Southwestern vs standard, same sentence and voice
     s = sents[0]
@@ -256,7 +258,8 @@ def test_rules():
     assert acc.N_TO_L("n", "v") == "lv"
     assert acc.R_TO_Y("r", "en") == "yin"
     assert acc.ZH_TO_Z("sh", "i") == "si"
-    assert acc.NG_TO_N("y", "ing") == "yin"
+    assert acc.NG_TO_N_ALL("y", "ing") == "yin" and acc.NG_TO_N_ALL("w", "ang") == "wan"
+    assert acc.E_TO_UO("d", "e") == "duo" and acc.E_TO_IE("d", "e") == "die" and acc.E_TO_EI("d", "e") == "dei"
     assert acc.N_TO_NG("d", "un") == "dong"
     assert acc.ZERO_TO_NG("", "an") == "ngan" and acc.ZERO_TO_NG("", "er") is None
     assert acc.W_TO_V("w", "ei") == "vei" and acc.W_TO_V("w", "u") is None
@@ -267,6 +270,31 @@ def test_rules():
     phon, changed = acc.render([[("ni", 3), ("hao", 3)]], "Jiang-Huai", table,
                                np.random.default_rng(0))
     assert phon.endswith("X'Au22]]")
+
+
+def test_erhua_puts_the_rhotic_vowel_in_place_of_the_coda(monkeypatch):
+    table = {"yi": ("j", "i", ""), "wan": ("w", "A", "n"), "er": ("", "@r", "")}
+    rhotic = dataclasses.replace(acc.ACCENTS["Beijing"], erhua=1.0, extra_neutral=0.0)
+    monkeypatch.setitem(acc.ACCENTS, "Beijing", rhotic)
+    phon, changed = acc.render([[("yi", 1), ("wan", 4)]], "Beijing", table, np.random.default_rng(0))
+    assert phon == "[[j'i55 w'A51@r]]" and changed == 1  # only the word's last syllable
+    phon, changed = acc.render([[("yi", 1), ("wan", 4)]], "Mandarin", table, np.random.default_rng(0))
+    assert phon == "[[j'i55 w'A51n]]" and changed == 0
+
+
+def test_accent_rules_are_part_of_the_corpus_settings(corpus, monkeypatch):
+    """A corpus made with other accent rules is refused, never reused: the rules' fingerprint
+    is in the settings record, and it changes with any rule's probability or output."""
+    meta = json.loads((corpus["data"] / ".demo_corpus.json").read_text("utf-8"))
+    assert meta["accent_rules"] == acc.fingerprint()
+    before = acc.fingerprint()
+    lan_yin = acc.ACCENTS["Lan-Yin"]
+    monkeypatch.setitem(acc.ACCENTS, "Lan-Yin", dataclasses.replace(
+        lan_yin, rules=(dataclasses.replace(lan_yin.rules[0], prob=0.5),) + lan_yin.rules[1:]))
+    assert acc.fingerprint() != before
+    monkeypatch.setitem(acc.ACCENTS, "Lan-Yin", dataclasses.replace(
+        lan_yin, rules=(dataclasses.replace(lan_yin.rules[0], fn=acc.NG_TO_N_ALL),) + lan_yin.rules[1:]))
+    assert acc.fingerprint() != before
 
 
 def test_rerun_skips_and_changes_nothing(corpus):

@@ -9,10 +9,16 @@ Two shapes, chosen by ``model_conf.accent_head_conf`` (see ``AccentHead``):
   logits. The convolutions span about half a second, a syllable or two: enough to see a tone
   contour, which a time-mean of frames cannot keep.
 
-``input`` says what the head reads: ``encoder`` (the speech encoder's output) or ``features``
-(the model's normalised input features, e.g. fbank + pitch; ``feature_dims: [start, end]``
-restricts it to a slice, e.g. the 3 pitch dimensions [80, 83]). A head on the features does not
-depend on the encoder at all, so it can be trained on its own before any fine-tuning.
+``input`` says what the head reads: ``encoder`` (the speech encoder's output), ``ctc`` (the
+posteriors of the model's CTC head over its units, e.g. pinyin initials and finals: what was
+said, with little of who said it, so the head learns the accent's sound changes rather than the
+training speakers) or ``features`` (the model's normalised input features, e.g. fbank + pitch;
+``feature_dims: [start, end]`` restricts it to a slice, e.g. the 3 pitch dimensions [80, 83]).
+With ``encoder`` or ``ctc``, ``feature_dims`` appends that slice of the features, average-pooled
+to the encoder's frames: e.g. the pitch track beside the CTC posteriors, so that the head hears
+both the accent's sound changes and its tone contours.
+A head on the features does not depend on the encoder at all, so it can be trained on its own
+before any fine-tuning.
 """
 from typing import List, Optional
 
@@ -20,7 +26,8 @@ import torch
 
 from espnet_hdmole.errors import UserError
 
-KEYS = ("input", "feature_dims", "layers", "channels", "hidden")
+KEYS = ("input", "feature_dims", "layers", "channels", "hidden", "dropout")
+INPUTS = ("encoder", "ctc", "features")
 
 
 def check_accent_head_conf(conf: Optional[dict]) -> dict:
@@ -29,28 +36,30 @@ def check_accent_head_conf(conf: Optional[dict]) -> dict:
     unknown = sorted(set(conf) - set(KEYS))
     if unknown:
         raise UserError(f"model_conf.accent_head_conf has unknown keys {unknown}; known: {list(KEYS)}")
-    out = {"input": "encoder", "feature_dims": None, "layers": 0, "channels": 128, "hidden": 256}
+    out = {"input": "encoder", "feature_dims": None, "layers": 0, "channels": 128, "hidden": 256, "dropout": 0.0}
     out.update(conf)
-    if out["input"] not in ("encoder", "features"):
-        raise UserError(f"model_conf.accent_head_conf.input must be 'encoder' or 'features', not {out['input']!r}")
+    if out["input"] not in INPUTS:
+        raise UserError(f"model_conf.accent_head_conf.input must be one of {list(INPUTS)}, not {out['input']!r}")
     dims = out["feature_dims"]
     if dims is not None and not (
         isinstance(dims, (list, tuple)) and len(dims) == 2 and all(isinstance(d, int) for d in dims) and 0 <= dims[0] < dims[1]
     ):
         raise UserError(f"model_conf.accent_head_conf.feature_dims must be [start, end] with 0 <= start < end, not {dims!r}")
-    if dims is not None and out["input"] != "features":
-        raise UserError("model_conf.accent_head_conf.feature_dims needs input: features")
     for key in ("layers", "channels", "hidden"):
         if not isinstance(out[key], int) or out[key] < (0 if key == "layers" else 1):
             raise UserError(f"model_conf.accent_head_conf.{key} must be a{' non-negative' if key == 'layers' else ' positive'} integer, not {out[key]!r}")
+    if not isinstance(out["dropout"], (int, float)) or not 0 <= out["dropout"] < 1:
+        raise UserError(f"model_conf.accent_head_conf.dropout must be in [0, 1), not {out['dropout']!r}")
     return out
 
 
 class AccentHead(torch.nn.Module):
     """Sequence (B, T, input_size) and lengths -> logits (B, num_domains)."""
 
-    def __init__(self, input_size: int, num_domains: int, hidden: int = 256, layers: int = 0, channels: int = 128):
+    def __init__(self, input_size: int, num_domains: int, hidden: int = 256, layers: int = 0, channels: int = 128,
+                 dropout: float = 0.0):
         super().__init__()
+        self.dropout = torch.nn.Dropout(dropout)  # on the input of every layer, in training only
         self.convs = torch.nn.ModuleList()
         self.norms = torch.nn.ModuleList()
         size = input_size
@@ -67,10 +76,10 @@ class AccentHead(torch.nn.Module):
         if not self.convs:
             mask = self._mask(x, lengths)
             pooled = (x * mask).sum(1) / mask.sum(1).clamp_min(1)
-            return self.output(torch.relu(self.hidden(pooled)))
+            return self.output(self.dropout(torch.relu(self.hidden(self.dropout(pooled)))))
         h = x * self._mask(x, lengths)  # whatever the padding holds (encoder output past the end), it reads as zeros
         for conv, norm in zip(self.convs, self.norms):
-            h = norm(torch.relu(conv(h.transpose(1, 2))).transpose(1, 2))
+            h = norm(torch.relu(conv(self.dropout(h).transpose(1, 2))).transpose(1, 2))
             if conv.stride[0] > 1:
                 lengths = (lengths - 1) // conv.stride[0] + 1
             h = h * self._mask(h, lengths)  # padding stays zero for the next convolution
@@ -79,22 +88,39 @@ class AccentHead(torch.nn.Module):
         mean = (h * mask).sum(1) / count
         var = (((h - mean[:, None]) ** 2) * mask).sum(1) / count
         pooled = torch.cat([mean, var.clamp_min(1e-6).sqrt()], -1)
-        return self.output(torch.relu(self.hidden(pooled)))
+        return self.output(self.dropout(torch.relu(self.hidden(self.dropout(pooled)))))
 
     @staticmethod
     def _mask(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return (torch.arange(h.shape[1], device=h.device)[None] < lengths[:, None]).to(h.dtype).unsqueeze(-1)
 
 
-def head_input_size(conf: dict, encoder_size: int, feature_size: Optional[int]) -> int:
-    """How many dimensions the head reads."""
-    if conf["input"] == "encoder":
-        return encoder_size
+def pool_to(x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) frames -> (B, max(target), D): each utterance's valid frames average-pooled to
+    its target length (e.g. 10-ms features to the encoder's frames); zeros past the end."""
+    out = x.new_zeros(x.shape[0], int(target.max()), x.shape[2])
+    for b in range(x.shape[0]):
+        n, m = int(lengths[b]), int(target[b])
+        if n > 0 and m > 0:
+            out[b, :m] = torch.nn.functional.adaptive_avg_pool1d(x[b, :n].T[None], m)[0].T
+    return out
+
+
+def head_input_size(conf: dict, encoder_size: int, feature_size: Optional[int], ctc_size: Optional[int] = None) -> int:
+    """How many dimensions the head reads (ctc_size: the CTC head's output size, None without one)."""
+    if conf["input"] == "ctc" and ctc_size is None:
+        raise UserError(
+            "model_conf.accent_head_conf.input: ctc needs the model's CTC head "
+            "(model_conf.ctc_compress other than none, or ctc_weight > 0)"
+        )
+    base = {"encoder": encoder_size, "ctc": ctc_size, "features": 0}[conf["input"]]
+    if conf["input"] != "features" and conf["feature_dims"] is None:
+        return base
     if feature_size is None:
-        raise UserError("model_conf.accent_head_conf.input: features needs the input feature size (--input_size)")
+        raise UserError("model_conf.accent_head_conf: reading the features needs the input feature size (--input_size)")
     dims: Optional[List[int]] = conf["feature_dims"]
     if dims is None:
         return feature_size
     if dims[1] > feature_size:
         raise UserError(f"model_conf.accent_head_conf.feature_dims {dims} exceeds the {feature_size} input features")
-    return dims[1] - dims[0]
+    return base + dims[1] - dims[0]

@@ -23,7 +23,7 @@ from espnet2.layers.abs_normalize import AbsNormalize
 from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
-from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, head_input_size
+from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, head_input_size, pool_to
 from espnet_hdmole.asr.llm_utils import load_causal_lm, load_tokenizer, unencodable_chars
 from espnet_hdmole.asr.pinyin_units import PinyinUnits
 from espnet_hdmole.asr.projector import FrameStackProjector
@@ -127,13 +127,6 @@ class LLMASRModel(AbsESPnetModel):
             use_accent_head = aid_weight > 0
         if use_accent_head and len(self.accent_list) < 2:
             raise UserError("model_conf.accent_list needs at least 2 domains for the accent head")
-        head_conf = check_accent_head_conf({"hidden": accent_head_hidden, **(accent_head_conf or {})})
-        self.accent_head_input, self.accent_head_dims = head_conf["input"], head_conf["feature_dims"]
-        self.accent_head = (
-            AccentHead(head_input_size(head_conf, encoder.output_size(), feature_size), len(self.accent_list),
-                       head_conf["hidden"], head_conf["layers"], head_conf["channels"])
-            if use_accent_head else None
-        )
         self.frame_shift = frame_shift
         self.ctc_weight = ctc_weight
         if ctc_units not in ("llm", "pinyin", "pinyin_tone"):
@@ -151,6 +144,14 @@ class LLMASRModel(AbsESPnetModel):
         self.ctc = CTC(odim=n_ctc, encoder_output_size=encoder.output_size()) if use_ctc else None
         if ctc_compress != "none" and ctc_weight <= 0:
             self.ctc.requires_grad_(False)
+        head_conf = check_accent_head_conf({"hidden": accent_head_hidden, **(accent_head_conf or {})})
+        self.accent_head_input, self.accent_head_dims = head_conf["input"], head_conf["feature_dims"]
+        self.accent_head = (
+            AccentHead(head_input_size(head_conf, encoder.output_size(), feature_size,
+                                       n_ctc if use_ctc else None), len(self.accent_list),
+                       head_conf["hidden"], head_conf["layers"], head_conf["channels"], head_conf["dropout"])
+            if use_accent_head else None
+        )
         self.cache_encoder_outputs = cache_encoder_outputs
         self._enc_cache: Dict[str, torch.Tensor] = {}
         self._cmp_cache: Dict[str, torch.Tensor] = {}  # CTC-compressed encoder outputs
@@ -226,25 +227,33 @@ class LLMASRModel(AbsESPnetModel):
         return modes.pop() if modes else None
 
     def accent_logits(self, speech, speech_lengths, h, h_lens) -> Optional[torch.Tensor]:
-        """The accent head's logits (None without a head), from the encoder output h or from the
-        normalised input features (accent_head_conf.input)."""
+        """The accent head's logits (None without a head), from the encoder output h, the CTC
+        head's posteriors over h, or the normalised input features (accent_head_conf.input); a
+        slice of the features (feature_dims) is appended, pooled to h's frames, to the first two."""
         if self.accent_head is None:
             return None
-        if self.accent_head_input == "encoder":
-            return self.accent_head(h, h_lens)
-        feats, lens = self._extract_feats(speech, speech_lengths)
-        if self.normalize is not None:
-            feats, lens = self.normalize(feats, lens)
-        if self.accent_head_dims is not None:
-            feats = feats[..., self.accent_head_dims[0] : self.accent_head_dims[1]]
-        return self.accent_head(feats, lens)
+        feats = None
+        if self.accent_head_input == "features" or self.accent_head_dims is not None:
+            feats, lens = self._extract_feats(speech, speech_lengths)
+            if self.normalize is not None:
+                feats, lens = self.normalize(feats, lens)
+            if self.accent_head_dims is not None:
+                feats = feats[..., self.accent_head_dims[0] : self.accent_head_dims[1]]
+            if self.accent_head_input == "features":
+                return self.accent_head(feats, lens)
+        # CTC posteriors, not log posteriors: values in [0, 1] (log posteriors of -20 and below
+        # killed the TDNN's ReLUs in the first updates: the head stayed at chance)
+        x = h if self.accent_head_input == "encoder" else self.ctc.softmax(h)
+        if feats is not None:
+            x = torch.cat([x, pool_to(feats, lens, h_lens)], dim=-1)
+        return self.accent_head(x, h_lens)
 
     @torch.no_grad()
     def predict_accent(self, speech: torch.Tensor, speech_lengths: torch.Tensor, utt_id=None) -> Optional[torch.Tensor]:
         """The accent head's logits for a batch (None without a head); encodes only if the head
         reads the encoder output, through the encoder-output cache when ``utt_id`` is given."""
         h = h_lens = None
-        if self.accent_head is not None and self.accent_head_input == "encoder":
+        if self.accent_head is not None and self.accent_head_input != "features":
             h, h_lens = self.encode_cached(speech, speech_lengths, utt_id)
         return self.accent_logits(speech, speech_lengths, h, h_lens)
 
@@ -341,7 +350,7 @@ class LLMASRModel(AbsESPnetModel):
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
         batch_size = speech.shape[0]
         uses_ctc = self.ctc is not None and self.ctc_weight > 0
-        if self.asr_weight > 0 or uses_ctc or self.accent_head_input == "encoder":
+        if self.asr_weight > 0 or uses_ctc or self.accent_head_input != "features":
             h, h_lens = self.encode_cached(speech, speech_lengths, kwargs.get("utt_id"))
         else:  # accent-ID training of a head on the features: the encoder is not needed
             h, h_lens = None, None

@@ -76,7 +76,7 @@ from demo_speech import (  # noqa: E402
 from demo_text import (  # noqa: E402
     SPLITS, allocate_sentences, import_pypinyin, load_clauses, restrict_vocabulary, text_corpus_path)
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # utterance counts: source sets, then per domain; speakers per (domain, split)
 SIZES = {
@@ -137,7 +137,7 @@ def plan_set(name: str, sentences: Dict[str, list], domains, settings, table,
             if spk not in voices:
                 voices[spk] = speaker_voice(spk, seed)
             rng = seeded_rng(seed, utt, "plan")
-            phonemes, _ = acc.render(words, domain, table, rng)
+            phonemes, n_changed = acc.render(words, domain, table, rng)
             channel = draw_channel(rng) if name != "source_test" else None
             jobs.append({
                 "utt": utt, "spk": spk, "text": text, "domain": domain,
@@ -145,9 +145,23 @@ def plan_set(name: str, sentences: Dict[str, list], domains, settings, table,
                 "rate": int(round(voices[spk][1] * acc.ACCENTS[domain].rate)),
                 "channel": channel, "pad": float(rng.uniform(0.05, 0.3)),
                 "gain_db": float(rng.uniform(-12, -2)),
-                "seed": seed,
+                "seed": seed, "changed": n_changed, "syllables": sum(map(len, words)),
             })
     return sorted(jobs, key=lambda j: j["utt"])
+
+
+def log_accent_changes(plans: Dict[str, List[dict]]) -> None:
+    """Per domain: the share of syllables whose sound an accent rule changed, and the share of
+    utterances without any change (which only tones and rate tell apart from Mandarin)."""
+    by_domain: Dict[str, List[dict]] = {}
+    for name, jobs in plans.items():
+        if not name.startswith("source_"):
+            for j in jobs:
+                by_domain.setdefault(j["domain"], []).append(j)
+    for domain, jobs in by_domain.items():
+        syl = sum(j["syllables"] for j in jobs)
+        log(f"accent {domain}: {100 * sum(j['changed'] for j in jobs) / max(syl, 1):.1f}% of syllables changed, "
+            f"{100 * sum(j['changed'] == 0 for j in jobs) / len(jobs):.0f}% of {len(jobs)} utterances unchanged")
 
 
 def build_corpus(out_dir, wav_dir, size="default", seed=0, nj=2, domains=None,
@@ -168,7 +182,8 @@ def build_corpus(out_dir, wav_dir, size="default", seed=0, nj=2, domains=None,
     out_dir, wav_dir = Path(out_dir).resolve(), Path(wav_dir).resolve()
     settings = {"generator": "make_demo_corpus.py", "format": FORMAT_VERSION, "size": size,
                 "seed": seed, "min_chars": min_chars, "max_chars": max_chars, "max_vocab": max_vocab,
-                "domains": domains, "counts": preset, "wav_dir": str(wav_dir)}
+                "domains": domains, "counts": preset, "wav_dir": str(wav_dir),
+                "accent_rules": acc.fingerprint()}
     settings = json.loads(json.dumps(settings))  # as it reads back from the JSON file
     names = set_names(domains)
 
@@ -204,6 +219,7 @@ def build_corpus(out_dir, wav_dir, size="default", seed=0, nj=2, domains=None,
            for v in (min(voices), max(voices)) if voices):
         raise CorpusError(f"espeak-ng ignored the speaker voices in {private}/espeak-ng-data "
                           "(--path); cannot make distinct speakers with this espeak-ng.")
+    log_accent_changes(plans)
     log(f"planned {sum(map(len, plans.values()))} utterances from {len(clauses)} candidate "
         f"sentences ({min_chars}-{max_chars} characters"
         + (f", from the {max_vocab} most frequent" if max_vocab > 0 else "") + f") in {time.time() - t0:.1f} s")
