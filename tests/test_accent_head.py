@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_llm_asr import work  # noqa: E402,F401 (the tiny LLM and data set, as a fixture)
 from tiny import ACCENTS, train_args  # noqa: E402
 
-from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf  # noqa: E402
+from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, pool_to  # noqa: E402
 from espnet_hdmole.errors import UserError  # noqa: E402
 from espnet_hdmole.tasks.llm_asr import LLMASRTask  # noqa: E402
 
@@ -32,6 +32,28 @@ def test_head_output_does_not_depend_on_padding(layers):
     both = head(batch, torch.tensor([17, 30]))
     torch.testing.assert_close(both[0], head(short, torch.tensor([17]))[0])
     torch.testing.assert_close(both[1], head(long, torch.tensor([30]))[0])
+
+
+def test_dropout_acts_only_while_the_head_trains():
+    """A frozen head (the HDMoLE systems' router) gives the same posteriors in fine-tuning, where
+    ESPnet's trainer sets training mode on the whole model, as in decoding."""
+    torch.manual_seed(0)
+    head = AccentHead(6, 3, hidden=16, layers=2, channels=16, dropout=0.5)
+    x, lens = torch.randn(2, 30, 6), torch.tensor([30, 21])
+    head.train()
+    assert not torch.allclose(head(x, lens), head(x, lens))  # trains: dropout on
+    expected = head.eval()(x, lens)
+    head.requires_grad_(False)
+    torch.testing.assert_close(head.train()(x, lens), expected)
+
+
+def test_pool_to_averages_each_utterance_to_its_own_length():
+    x = torch.arange(2 * 8 * 1, dtype=torch.float).reshape(2, 8, 1)
+    out = pool_to(x, torch.tensor([7, 8]), torch.tensor([3, 2]), 4)
+    assert out.shape == (2, 4, 1)
+    # 7 frames -> 3: windows [0, 3), [2, 5), [4, 7) (adaptive pooling); 8 -> 2: halves; zeros after
+    torch.testing.assert_close(out[0, :, 0], torch.tensor([1.0, 3.0, 5.0, 0.0]))
+    torch.testing.assert_close(out[1, :, 0], torch.tensor([9.5, 13.5, 0.0, 0.0]))
 
 
 def test_tdnn_head_sees_order_which_a_mean_cannot():

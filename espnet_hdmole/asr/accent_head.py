@@ -59,7 +59,7 @@ class AccentHead(torch.nn.Module):
     def __init__(self, input_size: int, num_domains: int, hidden: int = 256, layers: int = 0, channels: int = 128,
                  dropout: float = 0.0):
         super().__init__()
-        self.dropout = torch.nn.Dropout(dropout)  # on the input of every layer, in training only
+        self.p_drop = dropout  # on the input of every layer, while the head trains (see _drop)
         self.convs = torch.nn.ModuleList()
         self.norms = torch.nn.ModuleList()
         size = input_size
@@ -76,10 +76,10 @@ class AccentHead(torch.nn.Module):
         if not self.convs:
             mask = self._mask(x, lengths)
             pooled = (x * mask).sum(1) / mask.sum(1).clamp_min(1)
-            return self.output(self.dropout(torch.relu(self.hidden(self.dropout(pooled)))))
+            return self.output(self._drop(torch.relu(self.hidden(self._drop(pooled)))))
         h = x * self._mask(x, lengths)  # whatever the padding holds (encoder output past the end), it reads as zeros
         for conv, norm in zip(self.convs, self.norms):
-            h = norm(torch.relu(conv(self.dropout(h).transpose(1, 2))).transpose(1, 2))
+            h = norm(torch.relu(conv(self._drop(h).transpose(1, 2))).transpose(1, 2))
             if conv.stride[0] > 1:
                 lengths = (lengths - 1) // conv.stride[0] + 1
             h = h * self._mask(h, lengths)  # padding stays zero for the next convolution
@@ -88,17 +88,24 @@ class AccentHead(torch.nn.Module):
         mean = (h * mask).sum(1) / count
         var = (((h - mean[:, None]) ** 2) * mask).sum(1) / count
         pooled = torch.cat([mean, var.clamp_min(1e-6).sqrt()], -1)
-        return self.output(self.dropout(torch.relu(self.hidden(self.dropout(pooled)))))
+        return self.output(self._drop(torch.relu(self.hidden(self._drop(pooled)))))
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout in training mode, but only while the head itself trains: a frozen head (the
+        HDMoLE systems' global router, trained in step 3) routes the same way in fine-tuning as
+        in decoding, although ESPnet's trainer puts the whole model in training mode."""
+        active = self.training and self.p_drop > 0 and self.output.weight.requires_grad
+        return torch.nn.functional.dropout(x, self.p_drop, training=True) if active else x
 
     @staticmethod
     def _mask(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return (torch.arange(h.shape[1], device=h.device)[None] < lengths[:, None]).to(h.dtype).unsqueeze(-1)
 
 
-def pool_to(x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B, T, D) frames -> (B, max(target), D): each utterance's valid frames average-pooled to
-    its target length (e.g. 10-ms features to the encoder's frames); zeros past the end."""
-    out = x.new_zeros(x.shape[0], int(target.max()), x.shape[2])
+def pool_to(x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, T, D) frames -> (B, length, D): each utterance's valid frames average-pooled to its
+    target length (e.g. 10-ms features to the encoder's frames); zeros past it."""
+    out = x.new_zeros(x.shape[0], length, x.shape[2])
     for b in range(x.shape[0]):
         n, m = int(lengths[b]), int(target[b])
         if n > 0 and m > 0:
@@ -117,7 +124,7 @@ def head_input_size(conf: dict, encoder_size: int, feature_size: Optional[int], 
     if conf["input"] != "features" and conf["feature_dims"] is None:
         return base
     if feature_size is None:
-        raise UserError("model_conf.accent_head_conf: reading the features needs the input feature size (--input_size)")
+        raise UserError("model_conf.accent_head_conf: reading the features (input: features or feature_dims) needs the input feature size (--input_size)")
     dims: Optional[List[int]] = conf["feature_dims"]
     if dims is None:
         return feature_size

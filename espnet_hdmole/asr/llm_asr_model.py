@@ -245,13 +245,14 @@ class LLMASRModel(AbsESPnetModel):
         # killed the TDNN's ReLUs in the first updates: the head stayed at chance)
         x = h if self.accent_head_input == "encoder" else self.ctc.softmax(h)
         if feats is not None:
-            x = torch.cat([x, pool_to(feats, lens, h_lens)], dim=-1)
+            x = torch.cat([x, pool_to(feats, lens, h_lens, h.shape[1])], dim=-1)
         return self.accent_head(x, h_lens)
 
     @torch.no_grad()
     def predict_accent(self, speech: torch.Tensor, speech_lengths: torch.Tensor, utt_id=None) -> Optional[torch.Tensor]:
         """The accent head's logits for a batch (None without a head); encodes only if the head
-        reads the encoder output, through the encoder-output cache when ``utt_id`` is given."""
+        reads the encoder output or the CTC posteriors, through the encoder-output cache when
+        ``utt_id`` is given."""
         h = h_lens = None
         if self.accent_head is not None and self.accent_head_input != "features":
             h, h_lens = self.encode_cached(speech, speech_lengths, utt_id)

@@ -338,6 +338,12 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     init_model=${pretrained_model:-$source_exp/valid.acc.ave.pth}
     if [ -n "$accent_id_config" ]; then  # step 3: the accent-ID head alone, on the accent training set
         aid_exp=$exp_dir/accent_id
+        # the default head reads CTC posteriors + the 3 pitch features: it needs both
+        if [ "$accent_id_config" = conf/train_accent_id.yaml ] && { [ "$feats_type" != fbank_pitch ] ||
+                [ "$(model_conf_get "$(dirname "$init_model")/config.yaml" ctc_compress none)" = none ]; }; then
+            accent_id_config=conf/train_accent_id_encoder.yaml
+            log "  step 3 reads the encoder output ($accent_id_config): the default head reads CTC posteriors and pitch, which need --feats_type fbank_pitch and a source model with a CTC head (ctc_compress)"
+        fi
         if ! up_to_date "$aid_exp" "accent_id" keep --file "accent-ID config=$accent_id_config" \
                 --file "source model config=$(dirname "$init_model")/config.yaml" --file "source model=$init_model" \
                 $(train_inputs train dev) --value "options=$train_args" --value "seed=$seed"; then

@@ -13,7 +13,9 @@ others.  With a few rare changes per accent (the first version of these tables),
 accent's utterances had no changed syllable at all and accent ID stayed at 34% (chance 11%).
 Every accent but Mandarin therefore changes frequent sounds (the finals e, i, u, ou, ong, -n/-ng,
 the initials y, j/q/x, zh/ch/sh) in a way no other accent does; Beijing rhotacises (erhua) the
-last syllable of words.  make_demo_corpus.py logs, per domain, the share of changed syllables
+last syllable of words: its coda gives way to the vowel of "er", which espeak-ng reads as an
+unstressed neutral-tone syllable of its own (``w'A51@r`` -> ``w'A51 @r11``), as in a careful
+reading of 玩儿 rather than a fused rhotic final.  make_demo_corpus.py logs, per domain, the share of changed syllables
 and of utterances without a change.
 
 A rewrite only takes effect if espeak-ng could read the resulting syllable
@@ -154,7 +156,7 @@ class Accent:
     sandhi: bool = False  # standard tone-3 sandhi and neutral tone after tone 3
     extra_neutral: float = 0.0  # chance that a non-first syllable of a word goes neutral
     rate: float = 1.0  # speaking-rate factor
-    erhua: float = 0.0  # chance that a word's last syllable is rhotacised (its coda -> er)
+    erhua: float = 0.0  # chance that a word's last syllable is rhotacised (coda -> a neutral er)
 
 
 # domain: tone contours of T1-T4, then its sound changes with their probabilities (see the
@@ -231,19 +233,19 @@ def rule_targets(syllables: Sequence[str]) -> List[str]:
 
 _FINALS = ("a", "ai", "an", "ang", "ao", "e", "ei", "en", "eng", "er", "i", "ia", "ian", "iang",
            "iao", "ie", "in", "ing", "iong", "iu", "o", "ong", "ou", "u", "ua", "uai", "uan",
-           "uang", "ui", "un", "uo", "v", "ve")
+           "uang", "ue", "ui", "un", "uo", "v", "ve")
 
 
 def fingerprint() -> str:
     """A hash of what the accents do (tones, settings, each rule's probability and its output on
     every initial+final), so that a corpus made with other accent rules is never reused."""
     import hashlib
-    probe = [i + f for i in ("",) + INITIALS for f in _FINALS]
+    probe = [i + f for i in ("",) + INITIALS for f in _FINALS] + ["m", "n", "ng", "hm", "hng"]
     desc = []
     for name, a in ACCENTS.items():
         desc.append((name, a.tones, a.sandhi, a.extra_neutral, a.rate, a.erhua))
         for r in a.rules:
-            desc.append((r.name, r.prob, r.part, [r.fn(*split_syllable(s)) for s in probe]))
+            desc.append((r.prob, r.part, [r.fn(*split_syllable(s)) for s in probe]))  # not the name
     return hashlib.sha256(repr(desc).encode("utf-8")).hexdigest()[:16]
 
 
@@ -307,7 +309,7 @@ def render(words: Sequence[Sequence[Tuple[str, int]]], domain: str, table: Table
     for syl, (contour, stressed), rho in zip(syls, contours(tones, accent), rhotic):
         onset, rhyme, coda = table[syl]
         mark = STRESS if stressed else ""
-        # erhua: the rhotic vowel of "er" replaces the coda (wan -> wa + er)
+        # erhua: the vowel of "er" replaces the coda; espeak-ng reads it as an unstressed syllable
         pieces.append(f"{onset}{mark}{rhyme}{contour}{er if rho else coda}")
     n_changed = sum(a != b or rho for a, b, rho in zip(orig, syls, rhotic))
     return "[[" + " ".join(pieces) + "]]", n_changed

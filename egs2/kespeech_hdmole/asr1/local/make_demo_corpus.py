@@ -158,7 +158,8 @@ def log_accent_changes(plans: Dict[str, List[dict]]) -> None:
         if not name.startswith("source_"):
             for j in jobs:
                 by_domain.setdefault(j["domain"], []).append(j)
-    for domain, jobs in by_domain.items():
+    for domain in [d for d in acc.DOMAINS if d in by_domain]:
+        jobs = by_domain[domain]
         syl = sum(j["syllables"] for j in jobs)
         log(f"accent {domain}: {100 * sum(j['changed'] for j in jobs) / max(syl, 1):.1f}% of syllables changed, "
             f"{100 * sum(j['changed'] == 0 for j in jobs) / len(jobs):.0f}% of {len(jobs)} utterances unchanged")
