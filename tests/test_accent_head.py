@@ -6,6 +6,7 @@ from it (--init_param ...:accent_head:accent_head) with the head frozen.
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,6 +136,24 @@ def test_ctc_head_with_pitch_reads_the_feature_slice_pooled_to_the_encoder_frame
     y = x.clone()
     y[..., :17] += 4.0  # outside the slice: no effect
     torch.testing.assert_close(model.accent_logits(y, lens, h, h_lens), expected)
+
+
+def test_encoding_and_the_head_leave_the_callers_features_alone(work, tmp_path):
+    """GlobalMVN normalises in place: without a copy, the head's feature slice was normalised twice
+    after the encoder had run on the same batch (decoding, model_info), and its accuracy fell."""
+    w, llm, data = work
+    head = HEAD.replace("'features'", "'ctc'")[:-1] + ", 'feature_dims': [17, 20]}"
+    extra = AID_ONLY[:-2] + ["--model_conf", head, "--model_conf", "ctc_weight=0.5"]
+    stats = tmp_path / "cmvn.npz"  # mean 1, std 2 per dimension: normalising twice is visible
+    np.savez(stats, count=np.array(100.0), sum=np.full(20, 100.0), sum_square=np.full(20, 500.0))
+    extra += ["--normalize", "global_mvn", "--normalize_conf", f"stats_file={stats}"]
+    args = LLMASRTask.get_parser().parse_args(train_args(tmp_path / "e", data, llm, extra=extra))
+    model = LLMASRTask.build_model(args).eval()
+    x, lens = torch.randn(2, 60, 20), torch.tensor([60, 42])
+    kept = x.clone()
+    first = model.predict_accent(x, lens)
+    torch.testing.assert_close(x, kept)
+    torch.testing.assert_close(model.predict_accent(x, lens), first)
 
 
 def test_ctc_head_without_a_ctc_head_is_refused(work, tmp_path):

@@ -213,7 +213,9 @@ class LLMASRModel(AbsESPnetModel):
         speech = speech[:, : speech_lengths.max()]
         if self.frontend is not None:
             return self.frontend(speech, speech_lengths)
-        return speech, speech_lengths
+        # a copy: ESPnet's GlobalMVN normalises in place, and the caller's batch is read again
+        # (the accent head's feature slice after the encoder; model_info's second pass)
+        return speech.clone(), speech_lengths
 
     def collect_feats(self, speech, speech_lengths, text=None, text_lengths=None, **kwargs) -> Dict[str, torch.Tensor]:
         feats, feats_lengths = self._extract_feats(speech, speech_lengths)
