@@ -113,6 +113,20 @@ def pool_to(x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor, length
     return out
 
 
+def head_input(kind: str, h, h_lens, ctc, feats, feats_lens):
+    """-> (sequence, lengths) the head reads (see the module doc): the normalised features
+    (``features``), or the encoder output h (``encoder``) or the CTC head's posteriors over h
+    (``ctc``), with the feature slice, if any, pooled to h's frames and appended."""
+    if kind == "features":
+        return feats, feats_lens
+    # CTC posteriors, not log posteriors: values in [0, 1] (log posteriors of -20 and below
+    # killed the TDNN's ReLUs in the first updates: the head stayed at chance)
+    x = h if kind == "encoder" else ctc.softmax(h)
+    if feats is not None:
+        x = torch.cat([x, pool_to(feats, feats_lens, h_lens, h.shape[1])], dim=-1)
+    return x, h_lens
+
+
 def head_input_size(conf: dict, encoder_size: int, feature_size: Optional[int], ctc_size: Optional[int] = None) -> int:
     """How many dimensions the head reads (ctc_size: the CTC head's output size, None without one)."""
     if conf["input"] == "ctc" and ctc_size is None:

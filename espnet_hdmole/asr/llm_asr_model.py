@@ -23,7 +23,7 @@ from espnet2.layers.abs_normalize import AbsNormalize
 from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
-from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, head_input_size, pool_to
+from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, head_input, head_input_size
 from espnet_hdmole.asr.llm_utils import load_causal_lm, load_tokenizer, unencodable_chars
 from espnet_hdmole.asr.pinyin_units import PinyinUnits
 from espnet_hdmole.asr.projector import FrameStackProjector
@@ -234,21 +234,14 @@ class LLMASRModel(AbsESPnetModel):
         slice of the features (feature_dims) is appended, pooled to h's frames, to the first two."""
         if self.accent_head is None:
             return None
-        feats = None
+        feats = lens = None
         if self.accent_head_input == "features" or self.accent_head_dims is not None:
             feats, lens = self._extract_feats(speech, speech_lengths)
             if self.normalize is not None:
                 feats, lens = self.normalize(feats, lens)
             if self.accent_head_dims is not None:
                 feats = feats[..., self.accent_head_dims[0] : self.accent_head_dims[1]]
-            if self.accent_head_input == "features":
-                return self.accent_head(feats, lens)
-        # CTC posteriors, not log posteriors: values in [0, 1] (log posteriors of -20 and below
-        # killed the TDNN's ReLUs in the first updates: the head stayed at chance)
-        x = h if self.accent_head_input == "encoder" else self.ctc.softmax(h)
-        if feats is not None:
-            x = torch.cat([x, pool_to(feats, lens, h_lens, h.shape[1])], dim=-1)
-        return self.accent_head(x, h_lens)
+        return self.accent_head(*head_input(self.accent_head_input, h, h_lens, self.ctc, feats, lens))
 
     @torch.no_grad()
     def predict_accent(self, speech: torch.Tensor, speech_lengths: torch.Tensor, utt_id=None) -> Optional[torch.Tensor]:
