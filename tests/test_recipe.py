@@ -57,19 +57,46 @@ def test_every_stage_produces_its_outputs(recipe):
         assert f"stage {i} done" in out
 
 
-def test_the_ctc_head_of_step_1_segments_for_every_later_model(recipe):
-    """conf/train_source.yaml compresses with the CTC head: stage 4 step 2 takes it from step 1,
-    stage 5 keeps it (frozen) in the systems."""
+def test_the_toned_ctc_head_of_step_1b_segments_for_every_later_model(recipe):
+    """Step 1 trains the encoder with a toneless CTC, step 1b continues it with toned finals (a new
+    head); conf/train_source.yaml compresses with that head: step 2 takes it from step 1b, stage 5
+    keeps it (frozen) in the systems."""
     import torch
 
-    tmp, _, _ = recipe
+    from espnet_hdmole.asr.pinyin_units import PinyinUnits
 
-    def ctc(path):
-        return torch.load(path, map_location="cpu", weights_only=False)["ctc.ctc_lo.weight"]
+    tmp, out, _ = recipe
 
-    enc = ctc(tmp / "exp" / "source_encoder" / "valid.loss.best.pth")
-    torch.testing.assert_close(ctc(tmp / "exp" / "source" / "valid.acc.ave.pth"), enc)
-    torch.testing.assert_close(ctc(tmp / "exp" / "full" / "valid.acc.ave.pth"), enc)
+    def load(path):
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    step1 = load(tmp / "exp" / "source_encoder" / "valid.loss.best.pth")
+    tone = load(tmp / "exp" / "source_encoder_tone" / "valid.loss.best.pth")
+    assert step1["ctc.ctc_lo.weight"].shape[0] == len(PinyinUnits(False))  # the blank included
+    assert tone["ctc.ctc_lo.weight"].shape[0] == len(PinyinUnits(True))
+    assert "step 1b: the CTC over toned units" in out
+    enc = tone["ctc.ctc_lo.weight"]
+    torch.testing.assert_close(load(tmp / "exp" / "source" / "valid.acc.ave.pth")["ctc.ctc_lo.weight"], enc)
+    torch.testing.assert_close(load(tmp / "exp" / "full" / "valid.acc.ave.pth")["ctc.ctc_lo.weight"], enc)
+
+
+def test_the_frozen_encoder_runs_once_per_set_and_every_run_reads_its_outputs(recipe):
+    """Stage 4 writes the source encoder's outputs of train and dev, stage 6 those of the test
+    sets; step 3, every system and every decoding read them instead of encoding again."""
+    tmp, out, _ = recipe
+    accents = (tmp / "data" / "accents.txt").read_text().split()
+    for s in ["train", "dev", "source_test"] + [f"test_{a}" for a in accents]:
+        d = tmp / "exp" / "encoder_out" / s
+        assert (d / ".done").exists() and (d / "encoder_out.scp").stat().st_size > 0, s
+    stored = "encoder_out.scp,encoder_out,kaldi_ark"
+    for s in ["accent_id"] + SYSTEMS:
+        log = (tmp / "exp" / s / "train.log").read_text()
+        assert f"train_data_path_and_name_and_type {tmp}/exp/encoder_out/train/{stored}" in log, s
+        assert f"valid_data_path_and_name_and_type {tmp}/exp/encoder_out/dev/{stored}" in log, s
+        assert "stored outputs ('encoder_out') are ignored" not in log, s
+    for s in ["source"] + SYSTEMS:
+        assert "encoder_timed 0" in (tmp / "exp" / s / "decode_union" / "rtf").read_text(), s
+    assert out.count("the frozen encoder's outputs of") == 2  # train+dev in stage 4, the test sets in stage 6
 
 
 def test_results_hold_numbers_for_every_system(recipe):
@@ -113,6 +140,7 @@ def test_rerun_does_no_work_again(recipe):
     assert "skipped" in out
     for s in SYSTEMS:
         assert f"{s}: done, skipped" in out
+    assert "encoder outputs of train: done, skipped" in out
     assert time.time() - t0 < 0.5 * first
 
 
@@ -217,7 +245,9 @@ def test_a_retrained_source_model_is_never_mixed_with_old_adapters(recipe):
     tmp, _, _ = recipe
     out = run(["--stage", "4", "--stop_stage", "4", "--source_train_args", "--max_epoch 1"], tmp)
     assert "source_encoder: redone, because options changed" in out
+    assert re.search(r"source_encoder_tone: redone, because step-1 encoder \S+ changed; options changed", out), out[-3000:]
     assert re.search(r"source: redone, because step-1 encoder \S+ changed; options changed", out)
+    assert re.search(r"encoder outputs of train: redone, because model \S+/source/valid.acc.ave.pth changed", out), out[-3000:]
     err = run_fails(["--stage", "6", "--stop_stage", "6", "--systems", "mole_topk"], tmp)
     assert re.search(r"the base checkpoint \S+/source/valid.acc.ave.pth \(--init_param of \S+/mole_topk/config.yaml\) "
                      r"has changed since \S+/mole_topk/valid.acc.ave.pth was trained on it", err), err[-2000:]

@@ -24,6 +24,9 @@ from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, head_input, head_input_size
+from espnet_hdmole.asr.ctc_compression import ctc_compress
+from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
+from espnet_hdmole.asr.encoder_store import check_stored_outputs
 from espnet_hdmole.asr.llm_utils import load_causal_lm, load_tokenizer, unencodable_chars
 from espnet_hdmole.asr.pinyin_units import PinyinUnits
 from espnet_hdmole.asr.projector import FrameStackProjector
@@ -155,6 +158,7 @@ class LLMASRModel(AbsESPnetModel):
         self.cache_encoder_outputs = cache_encoder_outputs
         self._enc_cache: Dict[str, torch.Tensor] = {}
         self._cmp_cache: Dict[str, torch.Tensor] = {}  # CTC-compressed encoder outputs
+        self._stored_checked, self._stored_ignored = set(), False  # stored encoder outputs: see encode_cached
         self.eos_id = self.tokenizer.eos_token_id
         for name, text in (("prompt_prefix", prompt_prefix), ("prompt", prompt)):
             bad = unencodable_chars(self.tokenizer, text) if text else ""
@@ -176,27 +180,43 @@ class LLMASRModel(AbsESPnetModel):
         """Per-utterance caching is enabled, the trainer passed the ids and the encoder is frozen."""
         return self.cache_encoder_outputs and utt_id is not None and self.encoder_is_frozen()
 
-    def encode_cached(self, speech, speech_lengths, utt_id) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``encode``, through the per-utterance cache when it is enabled and allowed."""
+    def encode_cached(self, speech, speech_lengths, utt_id, stored=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``encode``, or the stored outputs ``stored`` = (encoder_out, lengths) of the frozen
+        encoder (encoder_store.py) when given and allowed, or the per-utterance cache when it is
+        enabled and allowed."""
+        if stored is not None and stored[0] is not None:
+            if not self.training or self.encoder_is_frozen():
+                if self.training not in self._stored_checked:  # once in train mode, once in eval mode
+                    check_stored_outputs(self, speech, speech_lengths, stored[0], stored[1], utt_id)
+                    self._stored_checked.add(self.training)
+                return stored[0].to(speech.device), stored[1].to(speech.device)
+            if not self._stored_ignored:
+                logging.warning(f"the encoder trains: its stored outputs ('{ENCODER_OUT}') are ignored")
+                self._stored_ignored = True
         if not self._may_cache(utt_id):
             return self.encode(speech, speech_lengths)
         missing = [i for i, u in enumerate(utt_id) if u not in self._enc_cache]
         if missing:
             idx = torch.tensor(missing, device=speech.device)
-            modes = [(m, m.training) for m in (self.frontend, self.normalize, self.encoder) if m is not None]
-            try:
-                for m, _ in modes:
-                    m.eval()
-                with torch.no_grad():
-                    h, h_lens = self.encode(speech[idx], speech_lengths[idx], use_specaug=False)
-            finally:
-                for m, mode in modes:
-                    m.train(mode)
+            h, h_lens = self.encode_frozen(speech[idx], speech_lengths[idx])
             for j, i in enumerate(missing):
                 self._enc_cache[utt_id[i]] = h[j, : h_lens[j]].detach().clone()
         hs = [self._enc_cache[u].to(speech.device) for u in utt_id]
         h_lens = torch.tensor([x.shape[0] for x in hs], device=speech.device)
         return torch.nn.utils.rnn.pad_sequence(hs, batch_first=True), h_lens
+
+    @torch.no_grad()
+    def encode_frozen(self, speech, speech_lengths) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``encode`` as the frozen encoder: no gradient, no SpecAugment, frontend/normalize/encoder
+        in eval mode (their modes are restored after)."""
+        modes = [(m, m.training) for m in (self.frontend, self.normalize, self.encoder) if m is not None]
+        try:
+            for m, _ in modes:
+                m.eval()
+            return self.encode(speech, speech_lengths, use_specaug=False)
+        finally:
+            for m, mode in modes:
+                m.train(mode)
 
     def encode(
         self, speech: torch.Tensor, speech_lengths: torch.Tensor, use_specaug: bool = True
@@ -244,13 +264,14 @@ class LLMASRModel(AbsESPnetModel):
         return self.accent_head(*head_input(self.accent_head_input, h, h_lens, self.ctc, feats, lens))
 
     @torch.no_grad()
-    def predict_accent(self, speech: torch.Tensor, speech_lengths: torch.Tensor, utt_id=None) -> Optional[torch.Tensor]:
+    def predict_accent(self, speech: torch.Tensor, speech_lengths: torch.Tensor, utt_id=None,
+                       encoder_out=None, encoder_out_lengths=None) -> Optional[torch.Tensor]:
         """The accent head's logits for a batch (None without a head); encodes only if the head
         reads the encoder output or the CTC posteriors, through the encoder-output cache when
-        ``utt_id`` is given."""
+        ``utt_id`` is given, or reads the stored encoder outputs when given."""
         h = h_lens = None
         if self.accent_head is not None and self.accent_head_input != "features":
-            h, h_lens = self.encode_cached(speech, speech_lengths, utt_id)
+            h, h_lens = self.encode_cached(speech, speech_lengths, utt_id, (encoder_out, encoder_out_lengths))
         return self.accent_logits(speech, speech_lengths, h, h_lens)
 
     def domain_posterior(
@@ -274,43 +295,7 @@ class LLMASRModel(AbsESPnetModel):
 
     def compress(self, h: torch.Tensor, h_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Shorten the encoder output along the CTC head's greedy path (see ``ctc_compress``)."""
-        with torch.no_grad():
-            labels = self.ctc.argmax(h)
-        out = []
-        for b in range(h.shape[0]):
-            x, lab = h[b, : h_lens[b]], labels[b, : h_lens[b]]
-            keep = lab != 0
-            if not bool(keep.any()):
-                mean = x.mean(0, keepdim=True)
-                out.append(torch.cat([torch.zeros_like(mean), mean], -1) if self.ctc_compress == "syllable" else mean)
-                continue
-            new = torch.ones_like(keep)
-            new[1:] = lab[1:] != lab[:-1]
-            starts = keep & new
-            seg_id = torch.cumsum(starts, 0) - 1
-            n = int(starts.sum())
-            total = x.new_zeros(n, x.shape[1]).index_add(0, seg_id[keep], x[keep])
-            count = torch.bincount(seg_id[keep], minlength=n).to(x.dtype)
-            segs = total / count[:, None]
-            out.append(self._syllables(segs, lab[starts]) if self.ctc_compress == "syllable" else segs)
-        lens = torch.tensor([s.shape[0] for s in out], device=h.device)
-        return torch.nn.utils.rnn.pad_sequence(out, batch_first=True), lens
-
-    @staticmethod
-    def _syllables(segs: torch.Tensor, seg_labels: torch.Tensor) -> torch.Tensor:
-        """Pinyin unit segments -> one [initial; final] row per syllable (zeros where one is missing).
-
-        A final continues the syllable of the initial right before it; every other segment starts
-        a new syllable."""
-        initial = seg_labels <= len(PinyinUnits.initials())  # ids 1..len(initials) are initials
-        after_initial = torch.zeros_like(initial)
-        after_initial[1:] = initial[:-1]
-        syl = torch.cumsum(initial | ~after_initial, 0) - 1
-        d = segs.shape[1]
-        rows = segs.new_zeros(int(syl[-1]) + 1, 2 * d)
-        rows[syl[initial], :d] = segs[initial]
-        rows[syl[~initial], d:] = segs[~initial]
-        return rows
+        return ctc_compress(self.ctc, h, h_lens, self.ctc_compress)
 
     def project(self, h: torch.Tensor, h_lens: torch.Tensor, utt_id=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Encoder output -> LLM input embeddings (CTC compression first when enabled; its result
@@ -347,7 +332,8 @@ class LLMASRModel(AbsESPnetModel):
         batch_size = speech.shape[0]
         uses_ctc = self.ctc is not None and self.ctc_weight > 0
         if self.asr_weight > 0 or uses_ctc or self.accent_head_input != "features":
-            h, h_lens = self.encode_cached(speech, speech_lengths, kwargs.get("utt_id"))
+            stored = (kwargs.get(ENCODER_OUT), kwargs.get(ENCODER_OUT + "_lengths"))
+            h, h_lens = self.encode_cached(speech, speech_lengths, kwargs.get("utt_id"), stored)
         else:  # accent-ID training of a head on the features: the encoder is not needed
             h, h_lens = None, None
         logits_aid, g = self.domain_posterior(speech, speech_lengths, h, h_lens, accent)
@@ -425,11 +411,15 @@ class LLMASRModel(AbsESPnetModel):
         beam_size: int = 1,
         max_new_tokens: int = 128,
         length_penalty: float = 1.0,
+        encoder_out: Optional[torch.Tensor] = None,
+        encoder_out_lengths: Optional[torch.Tensor] = None,
     ) -> List[Dict]:
-        """Decode a batch. Returns per utterance {'token_ids', 'text', 'score', 'accent'}."""
+        """Decode a batch. Returns per utterance {'token_ids', 'text', 'score', 'accent'}.
+        ``encoder_out``/``encoder_out_lengths``: the encoder's stored outputs (encoder_store.py),
+        checked on the first batch, then used instead of the encoder."""
         from espnet_hdmole.asr.decoding import beam_search, greedy_search
 
-        h, h_lens = self.encode(speech, speech_lengths)
+        h, h_lens = self.encode_cached(speech, speech_lengths, None, (encoder_out, encoder_out_lengths))
         logits_aid, g = self.domain_posterior(speech, speech_lengths, h, h_lens, accent)
         with domain_posterior(g) if g is not None else nullcontext():
             s, s_lens = self.project(h, h_lens)

@@ -7,7 +7,8 @@ Writes ESPnet-style outputs under --output_dir:
   1best_recog/token   uid -> tokens (space separated)
   1best_recog/score   uid -> log-probability of the hypothesis
   1best_recog/accent  uid -> predicted accent (when the model has an accent head)
-  rtf                 decoding time, audio duration and the real-time factor
+  rtf                 decoding time, audio duration and the real-time factor (without the
+                      encoder's time when its stored outputs are read: encoder_timed 0)
 
 Decoding needs no accent label (the accent head predicts the domain posterior) unless the
 model's adapter uses global_router: oracle; then pass the labels as a data file named accent.
@@ -26,6 +27,7 @@ import torch
 from espnet2.fileio.datadir_writer import DatadirWriter
 from espnet2.utils.types import str2bool, str2triple_str, str_or_none
 
+from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
 from espnet_hdmole.errors import run_cli
 from espnet_hdmole.tasks.llm_asr import LLMASRTask
 
@@ -35,7 +37,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--asr_train_config", required=True, help="config.yaml written by training")
     p.add_argument("--asr_model_file", required=True, help="checkpoint (.pth), e.g. valid.acc.ave.pth")
     p.add_argument("--data_path_and_name_and_type", type=str2triple_str, action="append", required=True,
-                   help="path,name,type of the input data (speech; accent for oracle routing)")
+                   help="path,name,type of the input data (speech; accent for oracle routing; encoder_out: "
+                        "the encoder's stored outputs, see espnet_hdmole.bin.dump_encoder_outputs)")
     p.add_argument("--key_file", type=str_or_none, default=None, help="decode only these utterance ids")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--batch_size", type=int, default=8, help="utterances decoded together")
@@ -71,14 +74,17 @@ def inference(args) -> dict:
         inference=True,
     )
     out = Path(args.output_dir)
+    stored = any(name == ENCODER_OUT for _, name, _ in args.data_path_and_name_and_type)
     total_time, total_audio, n = 0.0, 0.0, 0
     with DatadirWriter(out) as writer:
         for keys, batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items() if not k.endswith("_lengths") or k == "speech_lengths"}
+            keep = ("speech_lengths", ENCODER_OUT + "_lengths")
+            batch = {k: v.to(device) for k, v in batch.items() if not k.endswith("_lengths") or k in keep}
             t0 = time.perf_counter()
             hyps = model.recognize(
                 batch["speech"], batch["speech_lengths"], accent=batch.get("accent"),
                 beam_size=args.beam_size, max_new_tokens=args.max_new_tokens, length_penalty=args.length_penalty,
+                encoder_out=batch.get(ENCODER_OUT), encoder_out_lengths=batch.get(ENCODER_OUT + "_lengths"),
             )
             total_time += time.perf_counter() - t0
             total_audio += float(batch["speech_lengths"].sum()) * model.frame_shift
@@ -96,6 +102,7 @@ def inference(args) -> dict:
     (out / "rtf").write_text(
         f"utterances {n}\ndecoding_seconds {total_time:.3f}\naudio_seconds {total_audio:.3f}\nrtf {rtf:.5f}\n"
         f"beam_size {args.beam_size}\nthreads {torch.get_num_threads()}\n"
+        f"encoder_timed {0 if stored else 1}\n"
     )
     logging.info(f"RTF {rtf:.4f} ({total_time:.2f} s for {total_audio:.2f} s of audio, {n} utterances)")
     return {"rtf": rtf, "utterances": n}

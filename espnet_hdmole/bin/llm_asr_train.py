@@ -9,6 +9,8 @@ Data: speech (fbank ark or wav), text (transcripts), optionally accent (utt2acce
   --train_data_path_and_name_and_type dump/train/feats.scp,speech,kaldi_ark
   --train_data_path_and_name_and_type dump/train/text,text,text
   --train_data_path_and_name_and_type dump/train/utt2accent,accent,text
+and, for a frozen encoder, its stored outputs (espnet_hdmole.bin.dump_encoder_outputs):
+  --train_data_path_and_name_and_type exp/encoder_out/train/encoder_out.scp,encoder_out,kaldi_ark
 Adapters: `adapter: hdmole` (this project; save_strategy: required_grad_only for adapter-only
 checkpoints) or `adapter: lora` (ESPnet's). Inputs are checked before training starts; a user error
 (bad config key, data file, model directory) is one ERROR line, with its traceback under --verbose true.

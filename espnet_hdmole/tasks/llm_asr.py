@@ -36,6 +36,7 @@ from espnet2.utils.nested_dict_action import NestedDictAction
 from espnet2.utils.types import int_or_none, str_or_none
 
 import espnet_hdmole  # noqa: F401  (registers the hdmole adapter)
+from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
 from espnet_hdmole.asr.llm_asr_model import LLMASRModel
 from espnet_hdmole.asr.llm_utils import check_model_dir, load_tokenizer, unencodable_chars
 from espnet_hdmole.asr.param_report import trainable_parameter_report
@@ -170,7 +171,7 @@ class LLMASRTask(AbsTask):
 
     @classmethod
     def optional_data_names(cls, train: bool = True, inference: bool = False) -> Tuple[str, ...]:
-        return ("accent",)
+        return ("accent", ENCODER_OUT)
 
     @classmethod
     def build_model(cls, args: argparse.Namespace) -> LLMASRModel:

@@ -5,8 +5,8 @@
 #   2. features   80-dim fbank + 3 pitch features into dump/fbank_pitch (or fbank, raw), global CMVN, shapes
 #   3. LLM        character tokenizer + small Qwen2-style LM pre-trained on the training text,
 #                 or a user's model directory (--llm_dir)
-#   4. source     source-domain (standard Mandarin) pre-training: the encoder with CTC, then
-#                 projector + LLM on the frozen encoder (skipped with --pretrained_model)
+#   4. source     source-domain (standard Mandarin) pre-training: the encoder with CTC (toneless, then
+#                 toned), projector + LLM on it, frozen; its outputs once per set; the accent-ID head
 #   5. fine-tune  one multi-accent fine-tuning run per YAML in --train_configs -> exp/<system>
 #   6. decode     every test set and the source test set, CER scoring, exp/*/RESULTS.md + plots
 #
@@ -38,6 +38,8 @@ pretrained_model=""     # a source-domain model (.pth; its config.yaml beside it
 source_config=conf/train_source.yaml   # stage 4 training config of the source model
 source_encoder_config=conf/train_source_encoder.yaml   # stage 4 step 1: encoder pre-training (CTC),
                         # overrides on source_config; "" trains the source model in one step
+source_tone_config=conf/train_source_encoder_tone.yaml   # stage 4 step 1b: the CTC continued over toned
+                        # units from step 1's encoder (overrides on step 1's config); "": none
 accent_id_config=conf/train_accent_id.yaml   # stage 4 step 3: the accent-ID head (global router) trained
                         # alone on the accent training set, then frozen in the systems that use it; "": none
 train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mole_topk.yaml conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml conf/finetune_hdmole_topk.yaml conf/finetune_hdmole_oracle.yaml"
@@ -52,11 +54,14 @@ test_sets=""            # default: every data/test_* and the source test set
 systems=""              # stage 6 systems (default: source + those of --train_configs)
 python=python3          # interpreter (path.sh activates tools/venv)
 verbose=false           # true: show full logs and Python tracebacks of user errors
+encoder_outputs=true    # true: the frozen source encoder runs once per data set (stage 4 step 3, stages 5-6
+                        # read its outputs from $exp_dir/encoder_out); false: every run encodes (set it
+                        # when a stage-5 system trains the encoder; ignored for --feats_type raw)
 sys_jobs=2              # stages 5 and 6: systems trained / decoded at the same time, each with
                         # (CPU cores / sys_jobs) threads; on a few cores, two one-thread jobs beat one two-thread job
 
 # ---------------------------------------------------------------- option parsing (ours)
-help_message=$(sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//')
+help_message=$(sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//')   # the header comment
 command_line="$0 $*"
 default_train_configs=$train_configs   # their order is the order of the results table
 declared=$(sed -n '/^# ---* settings/,/^# ---* option parsing/p' "$0" | grep -oE '^[a-z_]+=' | tr -d '=')
@@ -80,46 +85,13 @@ while [ $# -gt 0 ]; do
     printf -v "$name" '%s' "$value"
 done
 
-log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (hdmole.sh:${BASH_LINENO[0]}) $*"; }
-die() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ERROR: $*" >&2; exit 1; }
-last_run() {  # last_run LOGFILE: the output of the latest command in a log (cmd.sh appends)
-    awk '/^# started at /{buf=""} {buf = buf $0 "\n"} END {printf "%s", buf}' "$1"
-}
-run_logged() {  # run_logged CMD_VAR LOGFILE COMMAND...: run through cmd.sh; on failure the tool's
-    local runner=$1 logf=$2; shift 2  # own ERROR line (a user error), else the log's last lines
-    if ! ${runner} "$logf" "$@"; then
-        if [ "$verbose" != true ] && last_run "$logf" | grep -q '^ERROR: '; then
-            die "$(last_run "$logf" | grep '^ERROR: ' | tail -n 1 | sed 's/^ERROR: //') (log: $logf)"
-        fi
-        echo "---- last lines of $logf ----" >&2; tail -n 30 "$logf" >&2
-        die "command failed, see $logf"
-    fi
-}
-is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
+. ./local/recipe_lib.sh   # log, die, run_logged, run_jobs, up_to_date, mark_done, ...
 for v in stage stop_stage; do
     is_int "${!v}" && [ "${!v}" -ge 1 ] && [ "${!v}" -le 6 ] || die "--$v must be a stage number from 1 to 6, not '${!v}'"
 done
 [ "$stage" -le "$stop_stage" ] || die "--stage $stage comes after --stop_stage $stop_stage: no stage would run"
 for v in nj seed ngpu sys_jobs; do is_int "${!v}" || die "--$v must be a non-negative integer, not '${!v}'"; done
 [ "$sys_jobs" -ge 1 ] || die "--sys_jobs must be at least 1"
-# run_jobs FUNCTION ARG...: FUNCTION ARG for every ARG, sys_jobs at a time, each in a subshell with
-# its share of the CPU threads; fails (after all have ended) if any failed
-run_jobs() {
-    local fn=$1 failed=0 running=0 threads jobs=$sys_jobs; shift
-    [ "$#" -lt "$jobs" ] && jobs=$#
-    threads=$(( $(nproc) / (jobs > 0 ? jobs : 1) )); [ "$threads" -ge 1 ] || threads=1
-    for arg in "$@"; do
-        if [ "$jobs" -gt 1 ]; then
-            ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; "$fn" "$arg" ) &
-            running=$(( running + 1 ))
-            if [ "$running" -ge "$jobs" ]; then wait -n || failed=1; running=$(( running - 1 )); fi
-        else
-            ( "$fn" "$arg" ) || failed=1
-        fi
-    done
-    while [ "$running" -gt 0 ]; do wait -n || failed=1; running=$(( running - 1 )); done
-    [ "$failed" = 0 ] || die "$fn failed for at least one of: $* (see the ERROR lines above)"
-}
 [ "$nj" -ge 1 ] || die "--nj must be at least 1"
 case "$verbose" in true|false) ;; *) die "--verbose must be true or false, not '$verbose'" ;; esac
 case "$feats_type" in fbank|fbank_pitch|raw) ;; *) die "--feats_type must be fbank_pitch, fbank or raw, not '$feats_type'" ;; esac
@@ -133,14 +105,6 @@ case "$feats_type" in fbank|fbank_pitch|raw) ;; *) die "--feats_type must be fba
 case "$demo_size" in tiny|small|default) ;; *) die "--demo_size must be tiny, small or default, not '$demo_size'" ;; esac
 for c in $source_config $train_configs; do [ -f "$c" ] || die "training config '$c' does not exist"; done
 
-# model_conf.<key> of a training YAML, or a default when the key is absent
-model_conf_get() {
-    $python -c "import sys, yaml; mc = (yaml.safe_load(open(sys.argv[1], encoding='utf-8')) or {}).get('model_conf') or {}; print(mc.get(sys.argv[2], sys.argv[3]))" "$1" "$2" "$3" \
-        || die "cannot read model_conf.$2 from $1"
-}
-system_name() { local b; b=$(basename "$1" .yaml); b=${b#finetune_}; echo "${b#train_}"; }
-stage_start() { STAGE_T0=$(date +%s); log "stage $1: $2"; }
-stage_end() { log "stage $1 done in $(( $(date +%s) - STAGE_T0 )) s"; echo "$1 $(( $(date +%s) - STAGE_T0 ))" >> "${exp_dir}/stage_times.txt"; }
 mkdir -p "$exp_dir/logs"   # every stage logs there, also when run alone into a new --exp_dir
 
 # one run at a time in an exp dir: a second one is refused (the lock goes with this process and its jobs)
@@ -153,35 +117,6 @@ echo "pid $$ on $(hostname), started $(date '+%Y-%m-%dT%H:%M:%S'): $command_line
 cache_dir=$exp_dir/.cache; mkdir -p "$cache_dir"
 export HDMOLE_HASH_CACHE=$cache_dir/sha256.json
 
-# Done-markers that know their inputs (local/stage_marker.py). up_to_date DIR WHAT OLD INPUTS...:
-#   returns 0 when DIR/.done records the same INPUTS (logs "WHAT: done, skipped"); else gets DIR
-#   ready for a run (returns 1): a run of other inputs is moved aside (OLD=keep: DIR.stale-<time>)
-#   or removed (OLD=remove: derived outputs such as decodings), and the log says why.
-#   mark_done DIR: the run in DIR has finished.
-up_to_date() {
-    local out=$1 what=$2 old=$3; shift 3
-    local pending verdict aside
-    pending=$cache_dir/inputs/$(echo "$out" | tr '/' '%').json
-    mkdir -p "$cache_dir/inputs"
-    verdict=$($python local/stage_marker.py "$out" --write "$pending" "$@" 2> "$pending.err") \
-        || die "$(sed 's/^ERROR: //' "$pending.err" | tail -n 1)"
-    case $verdict in
-        done) log "  $what: done, skipped"; return 0 ;;
-        new) ;;
-        resume) log "  $what: resuming the unfinished run in $out (same inputs)" ;;
-        stale:*)
-            if [ "$old" = keep ]; then
-                aside=$out.stale-$(date +%Y%m%d-%H%M%S); mv "$out" "$aside"
-                log "  $what: redone, because ${verdict#stale: } (the previous run is kept in $aside)"
-            else
-                rm -rf "$out"; log "  $what: redone, because ${verdict#stale: }"
-            fi ;;
-        *) die "local/stage_marker.py said '$verdict' for $out" ;;
-    esac
-    mkdir -p "$out"; cp "$pending" "$out/.inputs"
-    return 1
-}
-mark_done() { cp "$1/.inputs" "$1/.done"; }
 
 # ---------------------------------------------------------------- stage 1: data
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
@@ -258,38 +193,7 @@ fi
 # common training data options
 feats=$dump_dir/$feats_type
 if [ "$feats_type" = raw ]; then speech_file=wav.scp; speech_type=sound; else speech_file=feats.scp; speech_type=kaldi_ark; fi
-train_data_opts() {  # train_data_opts TRAIN_SET VALID_SET
-    local tr=$feats/$1 va=$feats/$2
-    echo --train_data_path_and_name_and_type "$tr/$speech_file,speech,$speech_type" \
-         --train_data_path_and_name_and_type "$tr/text,text,text" \
-         --train_data_path_and_name_and_type "$tr/utt2accent,accent,text" \
-         --valid_data_path_and_name_and_type "$va/$speech_file,speech,$speech_type" \
-         --valid_data_path_and_name_and_type "$va/text,text,text" \
-         --valid_data_path_and_name_and_type "$va/utt2accent,accent,text" \
-         --train_shape_file "$tr/speech_shape" --valid_shape_file "$va/speech_shape"
-}
-common_model_opts() {
-    echo --model_conf "llm_dir=$llm_dir_eff" --model_conf "accent_list=[$(paste -sd, "$data_dir/accents.txt")]" \
-         --ngpu "$ngpu" --seed "$seed" --resume true
-    if [ "$feats_type" != raw ]; then
-        echo --normalize global_mvn --normalize_conf "stats_file=$feats/cmvn_stats.npz" \
-             --input_size "$([ "$feats_type" = fbank_pitch ] && echo 83 || echo 80)"
-    else
-        echo --input_size 1
-    fi
-}
-need_llm() {
-    [ -d "$llm_dir_eff" ] || die "the LLM directory $llm_dir_eff does not exist: run stage 3 first, or give --llm_dir DIR"
-}
-train_inputs() {  # train_inputs TRAIN_SET VALID_SET: the data, statistics and LLM a training run reads
-    echo --data "$feats/$1" --data "$feats/$2" --model_dir "$llm_dir_eff" --file "$data_dir/accents.txt"
-    [ "$feats_type" != raw ] && echo --file "$feats/cmvn_stats.npz"
-    true
-}
-write_info() {  # write params.json / routing.json of a trained system
-    $python local/model_info.py --exp "$1" --model "$decode_model" --data "$feats/dev" \
-        --accents "$data_dir/accents.txt" >> "$1/model_info.log" 2>&1 || die "model_info failed for $1 (see $1/model_info.log)"
-}
+. ./local/recipe_train_opts.sh   # train_data_opts, common_model_opts, train_inputs, write_info, write_enc_out, ...
 
 # ---------------------------------------------------------------- stage 4: source model
 source_exp=$exp_dir/source
@@ -319,23 +223,47 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
                 mark_done "$enc_exp"
             fi
             grep -E "epoch results" "$enc_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
-            source_init=(--init_param "$enc_exp/valid.loss.best.pth:encoder:encoder")
-            # a CTC-compressing model (model_conf.ctc_compress) also takes step 1's CTC head
-            [ "$compress" = none ] || source_init+=("$enc_exp/valid.loss.best.pth:ctc:ctc")
-            log "  step 2: the LLM-based ASR model ($source_config, encoder from step 1) -> $source_exp"
+            ctc_exp=$enc_exp
+            if [ -n "$source_tone_config" ]; then  # step 1b: the CTC over toned units, from step 1's encoder
+                ctc_exp=$exp_dir/source_encoder_tone
+                if ! up_to_date "$ctc_exp" "source_encoder_tone" keep --file "config=$source_config" \
+                        --file "encoder config=$source_encoder_config" --file "tone config=$source_tone_config" \
+                        --file "step-1 encoder=$enc_exp/valid.loss.best.pth" $(train_inputs source_train source_dev) \
+                        --value "options=$train_args $source_train_args" --value "seed=$seed"; then
+                    log "  step 1b: the CTC over toned units ($source_tone_config), from step 1's encoder -> $ctc_exp"
+                    $python local/merge_config.py "$source_config" "$source_encoder_config" "$source_tone_config" \
+                        "$ctc_exp/train_config.yaml"
+                    run_logged "$train_cmd" "$ctc_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
+                        --config "$ctc_exp/train_config.yaml" --output_dir "$ctc_exp" $(common_model_opts) \
+                        --init_param "$enc_exp/valid.loss.best.pth:encoder:encoder" \
+                        $(train_data_opts source_train source_dev) $train_args $source_train_args
+                    mark_done "$ctc_exp"
+                fi
+                grep -E "epoch results" "$ctc_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
+            fi
+            # a CTC-compressing model (model_conf.ctc_compress) also takes the CTC head: its units must match
+            units=$(model_conf_get "$ctc_exp/train_config.yaml" ctc_units llm)
+            if [ "$compress" != none ] && [ "$units" != "$(model_conf_get "$source_config" ctc_units llm)" ]; then
+                die "$source_config compresses with a CTC head over model_conf.ctc_units: $(model_conf_get "$source_config" ctc_units llm), but the CTC of $ctc_exp was trained over $units: make them agree (model_conf.ctc_units of $source_config, $source_encoder_config${source_tone_config:+, $source_tone_config})"
+            fi
+            source_init=(--init_param "$ctc_exp/valid.loss.best.pth:encoder:encoder")
+            [ "$compress" = none ] || source_init+=("$ctc_exp/valid.loss.best.pth:ctc:ctc")
+            log "  step 2: the LLM-based ASR model ($source_config, encoder and CTC head from $ctc_exp) -> $source_exp"
         fi
-        step1=(); [ -n "$source_encoder_config" ] && step1=(--file "step-1 encoder=$enc_exp/valid.loss.best.pth")
+        step1=(); [ -n "$source_encoder_config" ] && step1=(--file "step-1 encoder=$ctc_exp/valid.loss.best.pth")
         if ! up_to_date "$source_exp" "source" keep --file "config=$source_config" "${step1[@]}" \
                 $(train_inputs source_train source_dev) --value "options=$train_args $source_train_args" --value "seed=$seed"; then
             run_logged "$train_cmd" "$source_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
                 --config "$source_config" --output_dir "$source_exp" $(common_model_opts) "${source_init[@]}" \
                 $(train_data_opts source_train source_dev) $train_args $source_train_args
+            write_enc_out "$source_exp/valid.acc.ave.pth" train dev   # (model_info reads dev's)
             write_info "$source_exp"
             mark_done "$source_exp"
         fi
         grep -E "epoch results" "$source_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
     fi
     init_model=${pretrained_model:-$source_exp/valid.acc.ave.pth}
+    write_enc_out "$init_model" train dev
     if [ -n "$accent_id_config" ]; then  # step 3: the accent-ID head alone, on the accent training set
         aid_exp=$exp_dir/accent_id
         # the default head reads CTC posteriors + the 3 pitch features: it needs both
@@ -351,7 +279,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
             $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$accent_id_config" "$aid_exp/train_config.yaml"
             run_logged "$train_cmd" "$aid_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
                 --config "$aid_exp/train_config.yaml" --output_dir "$aid_exp" --init_param "$init_model" $(common_model_opts) \
-                $(train_data_opts train dev) $train_args
+                $(train_data_opts train dev) $(enc_out_opts train dev) $train_args
             mark_done "$aid_exp"
         fi
         grep -E "epoch results" "$aid_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
@@ -366,6 +294,7 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     stage_start 5 "multi-accent fine-tuning from $init_model: $(for c in $train_configs; do system_name "$c"; done | paste -sd' ')"
     [ -f "$init_model" ] || die "the source model $init_model does not exist: run stage 4 or give --pretrained_model"
     need_llm
+    write_enc_out "$init_model" train dev
     train_system() {  # train_system CONFIG: one stage-5 system
         local cfg=$1 sys out merged head_from aid_init aid_input t0 init_spec compress
         sys=$(system_name "$cfg"); out=$exp_dir/$sys
@@ -392,7 +321,7 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         [ "$compress" = none ] || init_spec=$init_model
         run_logged "$train_cmd" "$out/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
             --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_spec" "${aid_init[@]}" $(common_model_opts) \
-            $(train_data_opts train dev) $train_args
+            $(train_data_opts train dev) $(enc_out_opts train dev) $train_args
         write_info "$out"
         mark_done "$out"
         log "  $sys: $(grep -o 'trainable parameters: [^=]*= [0-9.]*%' "$out/train.log" | head -n 1), $(( $(date +%s) - t0 )) s"
@@ -424,7 +353,17 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     else
         rm -f "$union/utt2accent"
     fi
-    decode_inputs=(--file "$union/$speech_file" --value "options=$decode_args")
+    # the source encoder's outputs of the test sets, read by every system whose encoder it is
+    # (the RTF then leaves the encoder out: its rtf file says so)
+    [ -f "$init_model" ] && write_enc_out "$init_model" $test_sets
+    stored_opts=()
+    if uses_enc_out && (for s in $test_sets; do [ -n "$(enc_out_scp "$s")" ] || exit 1; done); then
+        for s in $test_sets; do cat "$(enc_out_scp "$s")"; done | sort -u -k1,1 > "$union/encoder_out.scp"
+        stored_opts=(--data_path_and_name_and_type "$union/encoder_out.scp,encoder_out,kaldi_ark")
+    else
+        rm -f "$union/encoder_out.scp"
+    fi
+    decode_inputs=(--file "$union/$speech_file" --value "options=$decode_args" --value "encoder outputs stored=${#stored_opts[@]}")
     [ -f "$union/utt2accent" ] && decode_inputs+=(--file "$union/utt2accent")
     decode_system() {  # decode_system SYSTEM: all test sets with one system, then scoring
         local sys=$1 out dec d s f
@@ -436,7 +375,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
             run_logged "$decode_cmd" "$dec/decode.log" $python -m espnet_hdmole.bin.llm_asr_inference \
                 --asr_train_config "$out/config.yaml" --asr_model_file "$out/$decode_model" \
                 --output_dir "$dec" --data_path_and_name_and_type "$union/$speech_file,speech,$speech_type" \
-                "${accent_opts[@]}" --ngpu "$ngpu" $decode_args
+                "${accent_opts[@]}" "${stored_opts[@]}" --ngpu "$ngpu" $decode_args
             mark_done "$dec"
         fi
         for s in $test_sets; do

@@ -3,7 +3,7 @@ accent-ID accuracy and, for HDMoLE/MoLE systems, the mean routing weight per acc
 of every adapted layer and the mean number of active experts (routing.json).
 
     python local/model_info.py --exp exp/hdmole --model valid.acc.ave.pth \\
-        --data dump/fbank/dev --accents data/accents.txt
+        --data dump/fbank/dev --accents data/accents.txt [--encoder_out exp/encoder_out/dev/encoder_out.scp]
 """
 import argparse
 import json
@@ -20,6 +20,8 @@ def main(argv=None):
     ap.add_argument("--model", default="valid.acc.ave.pth")
     ap.add_argument("--data", required=True, help="a dumped set with feats.scp, text, utt2accent")
     ap.add_argument("--accents", required=True)
+    ap.add_argument("--encoder_out", default=None,
+                    help="the set's stored encoder outputs (encoder_out.scp of dump_encoder_outputs): the encoder is skipped")
     ap.add_argument("--batch_size", type=int, default=16)
     a = ap.parse_args(argv)
     from espnet_hdmole import hdmole_layers, hdmole_statistics
@@ -47,7 +49,8 @@ def main(argv=None):
     loader = LLMASRTask.build_streaming_iterator(
         data_path_and_name_and_type=[(str(data / "feats.scp"), "speech", "kaldi_ark"),
                                      (str(data / "text"), "text", "text"),
-                                     (str(data / "utt2accent"), "accent", "text")],
+                                     (str(data / "utt2accent"), "accent", "text")]
+        + ([(a.encoder_out, "encoder_out", "kaldi_ark")] if a.encoder_out else []),
         dtype="float32", batch_size=a.batch_size, key_file=None, num_workers=0,
         preprocess_fn=LLMASRTask.build_preprocess_fn(args, False),
         collate_fn=LLMASRTask.build_collate_fn(args, False), allow_variable_data_keys=False, inference=False)
@@ -63,7 +66,9 @@ def main(argv=None):
             model(**batch, utt_id=ids)  # the encoder output is cached by id: predict_accent reuses it
             lab = batch["accent"].reshape(-1).numpy()
             b = len(lab)
-            logits = model.predict_accent(batch["speech"], batch["speech_lengths"], utt_id=ids)
+            logits = model.predict_accent(batch["speech"], batch["speech_lengths"], utt_id=ids,
+                                          encoder_out=batch.get("encoder_out"),
+                                          encoder_out_lengths=batch.get("encoder_out_lengths"))
             if logits is not None:
                 np.add.at(confusion, (lab, logits.argmax(-1).numpy()), 1)
             n_utts += b

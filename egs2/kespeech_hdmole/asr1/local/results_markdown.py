@@ -235,16 +235,17 @@ def system_markdown(s: dict, accents: Sequence[str], source_set: str, baseline_n
     for st in s["sets"]:
         k = s["rtf"][st]
         if k is None:
-            rows.append([st] + [DASH] * 6)
+            rows.append([st] + [DASH] * 7)
         else:
             rows.append([st, fnum(k.get("utterances")), f2(k.get("decoding_seconds")),
                          f2(k.get("audio_seconds")),
                          DASH if k.get("rtf") is None else f"{k['rtf']:.4f}",
-                         fnum(k.get("beam_size")), fnum(k.get("threads"))])
+                         fnum(k.get("beam_size")), fnum(k.get("threads")),
+                         {None: DASH, 1.0: "timed", 0.0: "stored, not timed"}.get(k.get("encoder_timed"), DASH)])
     rows.append(["all sets (total decoding s / total audio s)", "", "", "",
-                 DASH if s["rtf_all"] is None else f"{s['rtf_all']:.4f}", "", ""])
-    L += table(["set", "utterances", "decoding s", "audio s", "RTF", "beam", "threads"], rows,
-               "lrrrrrr")
+                 DASH if s["rtf_all"] is None else f"{s['rtf_all']:.4f}", "", "", ""])
+    L += table(["set", "utterances", "decoding s", "audio s", "RTF", "beam", "threads", "encoder"], rows,
+               "lrrrrrrl")
     return "\n".join(L) + "\n"
 
 
@@ -258,7 +259,9 @@ def summary_markdown(systems: Sequence[dict], accents: Sequence[str], source_set
           f"against baseline `{baseline_name}`; % full FT = trainable / trainable of "
           f"`{full_ft_name}` (else params.json share); accent-ID acc in % over the test sets ((dev): "
           f"on the dev set, when no decoding predicted accents); mean active = experts per "
-          f"token averaged over layers; RTF = total decoding s / total audio s over all sets. "
+          f"token averaged over layers; RTF = total decoding s / total audio s over all sets "
+          f"(the encoder's time left out where its stored outputs were read: each system's "
+          f"RESULTS.md says). "
           f"(train) = from train_stats.json because routing.json lacks it. "
           f"{DASH} = not available.", ""]
     avgs = [round(s["accent_avg"], 2) for s in systems if s["accent_avg"] is not None]

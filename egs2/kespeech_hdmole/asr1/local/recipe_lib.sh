@@ -1,0 +1,78 @@
+# Shell functions of the recipe (hdmole.sh sources this file): logging, running logged commands,
+# parallel jobs, reading a YAML's model_conf, stage timing and the done-markers that know their
+# inputs. They read hdmole.sh's settings (verbose, sys_jobs, python, exp_dir, cache_dir) when called.
+
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (${BASH_SOURCE[1]##*/}:${BASH_LINENO[0]}) $*"; }
+die() { echo "$(date '+%Y-%m-%dT%H:%M:%S') ERROR: $*" >&2; exit 1; }
+last_run() {  # last_run LOGFILE: the output of the latest command in a log (cmd.sh appends)
+    awk '/^# started at /{buf=""} {buf = buf $0 "\n"} END {printf "%s", buf}' "$1"
+}
+run_logged() {  # run_logged CMD_VAR LOGFILE COMMAND...: run through cmd.sh; on failure the tool's
+    local runner=$1 logf=$2; shift 2  # own ERROR line (a user error), else the log's last lines
+    if ! ${runner} "$logf" "$@"; then
+        if [ "$verbose" != true ] && last_run "$logf" | grep -q '^ERROR: '; then
+            die "$(last_run "$logf" | grep '^ERROR: ' | tail -n 1 | sed 's/^ERROR: //') (log: $logf)"
+        fi
+        echo "---- last lines of $logf ----" >&2; tail -n 30 "$logf" >&2
+        die "command failed, see $logf"
+    fi
+}
+is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
+
+# run_jobs FUNCTION ARG...: FUNCTION ARG for every ARG, sys_jobs at a time, each in a subshell with
+# its share of the CPU threads; fails (after all have ended) if any failed
+run_jobs() {
+    local fn=$1 failed=0 running=0 threads jobs=$sys_jobs; shift
+    [ "$#" -lt "$jobs" ] && jobs=$#
+    threads=$(( $(nproc) / (jobs > 0 ? jobs : 1) )); [ "$threads" -ge 1 ] || threads=1
+    for arg in "$@"; do
+        if [ "$jobs" -gt 1 ]; then
+            ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; "$fn" "$arg" ) &
+            running=$(( running + 1 ))
+            if [ "$running" -ge "$jobs" ]; then wait -n || failed=1; running=$(( running - 1 )); fi
+        else
+            ( "$fn" "$arg" ) || failed=1
+        fi
+    done
+    while [ "$running" -gt 0 ]; do wait -n || failed=1; running=$(( running - 1 )); done
+    [ "$failed" = 0 ] || die "$fn failed for at least one of: $* (see the ERROR lines above)"
+}
+
+# model_conf.<key> of a training YAML, or a default when the key is absent
+model_conf_get() {
+    $python -c "import sys, yaml; mc = (yaml.safe_load(open(sys.argv[1], encoding='utf-8')) or {}).get('model_conf') or {}; print(mc.get(sys.argv[2], sys.argv[3]))" "$1" "$2" "$3" \
+        || die "cannot read model_conf.$2 from $1"
+}
+system_name() { local b; b=$(basename "$1" .yaml); b=${b#finetune_}; echo "${b#train_}"; }
+stage_start() { STAGE_T0=$(date +%s); log "stage $1: $2"; }
+stage_end() { log "stage $1 done in $(( $(date +%s) - STAGE_T0 )) s"; echo "$1 $(( $(date +%s) - STAGE_T0 ))" >> "${exp_dir}/stage_times.txt"; }
+
+# Done-markers that know their inputs (local/stage_marker.py). up_to_date DIR WHAT OLD INPUTS...:
+#   returns 0 when DIR/.done records the same INPUTS (logs "WHAT: done, skipped"); else gets DIR
+#   ready for a run (returns 1): a run of other inputs is moved aside (OLD=keep: DIR.stale-<time>)
+#   or removed (OLD=remove: derived outputs such as decodings), and the log says why.
+#   mark_done DIR: the run in DIR has finished.
+up_to_date() {
+    local out=$1 what=$2 old=$3; shift 3
+    local pending verdict aside
+    pending=$cache_dir/inputs/$(echo "$out" | tr '/' '%').json
+    mkdir -p "$cache_dir/inputs"
+    verdict=$($python local/stage_marker.py "$out" --write "$pending" "$@" 2> "$pending.err") \
+        || die "$(sed 's/^ERROR: //' "$pending.err" | tail -n 1)"
+    case $verdict in
+        done) log "  $what: done, skipped"; return 0 ;;
+        new) ;;
+        resume) log "  $what: resuming the unfinished run in $out (same inputs)" ;;
+        stale:*)
+            if [ "$old" = keep ]; then
+                aside=$out.stale-$(date +%Y%m%d-%H%M%S); mv "$out" "$aside"
+                log "  $what: redone, because ${verdict#stale: } (the previous run is kept in $aside)"
+            else
+                rm -rf "$out"; log "  $what: redone, because ${verdict#stale: }"
+            fi ;;
+        *) die "local/stage_marker.py said '$verdict' for $out" ;;
+    esac
+    mkdir -p "$out"; cp "$pending" "$out/.inputs"
+    return 1
+}
+mark_done() { cp "$1/.inputs" "$1/.done"; }
