@@ -81,7 +81,7 @@ def test_training_reads_stored_outputs_same_loss_encoder_run_only_for_the_check(
     torch.testing.assert_close(stats1["acc_aid"], stats_plain["acc_aid"])
 
 
-def test_a_trainable_encoder_ignores_stored_outputs(trained):
+def test_a_trainable_encoder_ignores_stored_outputs_in_training_and_validation(trained):
     w, llm, data, exp = trained
     model, args = load(exp)
     model.train()
@@ -91,6 +91,14 @@ def test_a_trainable_encoder_ignores_stored_outputs(trained):
     model(**batch, utt_id=ids)
     model(**batch, utt_id=ids)
     assert len(calls) == 2
+    # validation of that run: the trained encoder no longer matches the stored outputs, which
+    # stay ignored (no refusal, the encoder runs)
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    model(**batch, utt_id=ids)
+    assert len(calls) == 3
 
 
 def test_outputs_of_another_encoder_are_refused(trained):

@@ -185,14 +185,15 @@ class LLMASRModel(AbsESPnetModel):
         encoder (encoder_store.py) when given and allowed, or the per-utterance cache when it is
         enabled and allowed."""
         if stored is not None and stored[0] is not None:
-            if not self.training or self.encoder_is_frozen():
+            if self.training and not self.encoder_is_frozen() and not self._stored_ignored:
+                # the encoder trains: its outputs change, in training and in validation
+                logging.warning(f"the encoder trains: its stored outputs ('{ENCODER_OUT}') are ignored")
+                self._stored_ignored = True
+            if not self._stored_ignored:
                 if self.training not in self._stored_checked:  # once in train mode, once in eval mode
                     check_stored_outputs(self, speech, speech_lengths, stored[0], stored[1], utt_id)
                     self._stored_checked.add(self.training)
                 return stored[0].to(speech.device), stored[1].to(speech.device)
-            if not self._stored_ignored:
-                logging.warning(f"the encoder trains: its stored outputs ('{ENCODER_OUT}') are ignored")
-                self._stored_ignored = True
         if not self._may_cache(utt_id):
             return self.encode(speech, speech_lengths)
         missing = [i for i, u in enumerate(utt_id) if u not in self._enc_cache]
