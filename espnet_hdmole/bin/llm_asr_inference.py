@@ -75,10 +75,10 @@ def inference(args) -> dict:
     )
     out = Path(args.output_dir)
     stored = any(name == ENCODER_OUT for _, name, _ in args.data_path_and_name_and_type)
+    keep = ("speech_lengths", ENCODER_OUT + "_lengths")  # the lengths recognize reads
     total_time, total_audio, n = 0.0, 0.0, 0
     with DatadirWriter(out) as writer:
         for keys, batch in loader:
-            keep = ("speech_lengths", ENCODER_OUT + "_lengths")
             batch = {k: v.to(device) for k, v in batch.items() if not k.endswith("_lengths") or k in keep}
             t0 = time.perf_counter()
             hyps = model.recognize(
