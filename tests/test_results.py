@@ -216,15 +216,15 @@ def test_make_results_plots_are_png_and_deterministic(fake_exp, monkeypatch):
     out = run_results(fake_exp)
     plots = fake_exp / "exp" / "plots"
     names = sorted(p.name for p in plots.iterdir() if not p.name.startswith("."))
-    assert names == ["cer_per_accent.png", "routing_hdmole_llm.layers.0.self_attn.q_proj.png",
-                     "routing_hdmole_llm.layers.0.self_attn.v_proj.png"]
+    assert names == ["cer_per_accent.png", "routing_hdmole.png"]  # one routing figure per system
     first = {}
     for n in names:
         b = (plots / n).read_bytes()
         assert b[:8] == PNG_MAGIC and len(b) > 5000, n
         first[n] = b
     hd = (fake_exp / "exp" / "hdmole" / "RESULTS.md").read_text(encoding="utf-8")
-    assert "(../plots/routing_hdmole_llm.layers.0.self_attn.q_proj.png)" in hd
+    assert md_table(hd, "heat map")["`llm.layers.0.self_attn.q_proj`"][-1] == "[png](../plots/routing_hdmole.png)"
+    assert md_table(hd, "heat map")["`llm.layers.0.self_attn.v_proj`"][-1] == "[png](../plots/routing_hdmole.png)"
     md = {f: Path(f).read_text(encoding="utf-8") for f in out["files"] if f.endswith(".md")}
     assert all("on 1970-01-01." in t.splitlines()[0] for t in md.values())
 
@@ -239,18 +239,17 @@ def test_make_results_plots_are_png_and_deterministic(fake_exp, monkeypatch):
 def test_make_results_draws_a_routing_plot_again_only_when_its_data_changed(fake_exp):
     run_results(fake_exp)
     plots = fake_exp / "exp" / "plots"
-    q, v = (plots / f"routing_hdmole_llm.layers.0.self_attn.{m}.png" for m in ("q_proj", "v_proj"))
-    for p in (q, v):
-        p.write_bytes(b"marker")
+    fig = plots / "routing_hdmole.png"
+    fig.write_bytes(b"marker")
     run_results(fake_exp)
-    assert q.read_bytes() == b"marker" and v.read_bytes() == b"marker"  # same data: not drawn again
+    assert fig.read_bytes() == b"marker"  # same data: not drawn again
     routing = fake_exp / "exp" / "hdmole" / "routing.json"
     r = json.loads(routing.read_text())
     w = r["layers"]["llm.layers.0.self_attn.q_proj"]["mean_weight"]
     w[0] = list(reversed(w[0]))
     routing.write_text(json.dumps(r))
     run_results(fake_exp)
-    assert q.read_bytes()[:8] == PNG_MAGIC and v.read_bytes() == b"marker"
+    assert fig.read_bytes()[:8] == PNG_MAGIC  # one layer's data changed: the system's figure is redrawn
 
 
 def test_make_results_without_date_override_only_date_line_differs(fake_exp, monkeypatch):
@@ -299,9 +298,9 @@ def test_make_results_reads_model_info_layout_with_nulls(fake_exp):
     rows = md_rows((exp / "RESULTS.md").read_text(encoding="utf-8"))
     assert rows["[hdmole](hdmole/RESULTS.md)"][7:9] == ["-", "-"]  # accent-ID acc, mean active
     hd = (exp / "hdmole" / "RESULTS.md").read_text(encoding="utf-8")
-    assert md_table(hd, "heat map")["`q`"] == ["-", "-", "[png](../plots/routing_hdmole_q.png)"]
+    assert md_table(hd, "heat map")["`q`"] == ["-", "-", "[png](../plots/routing_hdmole.png)"]
     assert "- accent-ID accuracy on dev (routing.json): - %" in hd
-    png = exp / "plots" / "routing_hdmole_q.png"
+    png = exp / "plots" / "routing_hdmole.png"
     assert str(png) in out["files"] and png.read_bytes()[:8] == PNG_MAGIC
 
 

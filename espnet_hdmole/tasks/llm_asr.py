@@ -38,6 +38,7 @@ from espnet2.utils.types import int_or_none, str_or_none
 import espnet_hdmole  # noqa: F401  (registers the hdmole adapter)
 from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
 from espnet_hdmole.asr.llm_asr_model import LLMASRModel
+from espnet_hdmole.asr.narrow_conformer import ConformerEncoderNarrowSubsampling
 from espnet_hdmole.asr.llm_utils import check_model_dir, load_tokenizer, unencodable_chars
 from espnet_hdmole.asr.param_report import trainable_parameter_report
 from espnet_hdmole.asr.preprocessor import LLMASRPreprocessor
@@ -65,7 +66,8 @@ normalize_choices = ClassChoices(
 )
 encoder_choices = ClassChoices(
     "encoder",
-    classes=dict(conformer=ConformerEncoder, transformer=TransformerEncoder, **_whisper_encoder_class()),
+    classes=dict(conformer=ConformerEncoder, conformer_narrow_subsampling=ConformerEncoderNarrowSubsampling,
+                 transformer=TransformerEncoder, **_whisper_encoder_class()),
     type_check=AbsEncoder,
     default="conformer",
 )
@@ -73,10 +75,18 @@ encoder_choices = ClassChoices(
 
 def _check_conf_keys(conf: dict, cls, key: str, skip: Tuple[str, ...] = ()) -> None:
     """Unknown keys of a *_conf dict for a class (its __init__) or a function are a UserError."""
-    sig = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls)
-    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+    # a class whose __init__ passes **kwargs on to its base takes the base's keys too
+    allowed = []
+    for c in (cls.__mro__ if inspect.isclass(cls) else (cls,)):
+        if inspect.isclass(c) and "__init__" not in vars(c):
+            continue
+        params = inspect.signature(c.__init__ if inspect.isclass(c) else c).parameters
+        allowed += [k for k in params if k not in ("self", "model") + skip and k not in allowed
+                    and params[k].kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break
+    else:
         return
-    allowed = [k for k in sig.parameters if k not in ("self", "model") + skip]
     unknown = sorted(set(conf or {}) - set(allowed))
     if unknown:
         raise UserError(f"unknown key(s) {unknown} in {key} (for {cls.__name__}); expected some of {allowed}")

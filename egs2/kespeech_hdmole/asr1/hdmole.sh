@@ -6,7 +6,8 @@
 #   3. LLM        character tokenizer + small Qwen2-style LM pre-trained on the training text,
 #                 or a user's model directory (--llm_dir)
 #   4. source     source-domain (standard Mandarin) pre-training: the encoder with CTC (toneless, then
-#                 toned), projector + LLM on it, frozen; its outputs once per set; the accent-ID head
+#                 toned); its outputs once per set; projector + LLM on it, frozen, and beside that the
+#                 accent-ID head (local/recipe_source_model.sh)
 #   5. fine-tune  one multi-accent fine-tuning run per YAML in --train_configs -> exp/<system>
 #   6. decode     every test set and the source test set, CER scoring, exp/*/RESULTS.md + plots
 #
@@ -196,105 +197,32 @@ if [ "$feats_type" = raw ]; then speech_file=wav.scp; speech_type=sound; else sp
 . ./local/recipe_train_opts.sh   # train_data_opts, common_model_opts, train_inputs, write_info, write_enc_out, ...
 
 # ---------------------------------------------------------------- stage 4: source model
-source_exp=$exp_dir/source
+. ./local/recipe_source_model.sh   # steps 1, 1b, 2, 3: run_stage4, frozen_encoder_model, ...
+enc_model=$(frozen_encoder_model)  # the frozen encoder every later run shares (its outputs are stored)
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     if [ -n "$pretrained_model" ]; then
         stage_start 4 "using the pre-trained source model $pretrained_model"
         [ -f "$pretrained_model" ] || die "--pretrained_model $pretrained_model does not exist"
         [ -f "$(dirname "$pretrained_model")/config.yaml" ] || die "no config.yaml beside $pretrained_model"
+        write_enc_out "$enc_model" train dev
+        [ -z "$accent_id_config" ] || train_accent_id
     else
         stage_start 4 "source-domain pre-training: $feats/source_train -> $source_exp"
         [ -d "$feats/source_train" ] || die "no source-domain training set ($feats/source_train); give --pretrained_model"
         need_llm
-        source_init=()
-        compress=$(model_conf_get "$source_config" ctc_compress none) || exit 1
-        if [ "$compress" != none ] && [ -z "$source_encoder_config" ]; then
-            die "$source_config compresses with a CTC head (model_conf.ctc_compress: $compress), which step 1 trains: give --source_encoder_config"
-        fi
-        if [ -n "$source_encoder_config" ]; then  # step 1: the encoder alone, CTC
-            enc_exp=$exp_dir/source_encoder
-            if ! up_to_date "$enc_exp" "source_encoder" keep --file "config=$source_config" --file "encoder config=$source_encoder_config" \
-                    $(train_inputs source_train source_dev) --value "options=$train_args $source_train_args" --value "seed=$seed"; then
-                log "  step 1: encoder pre-training ($source_config + $source_encoder_config) -> $enc_exp"
-                $python local/merge_config.py "$source_config" "$source_encoder_config" "$enc_exp/train_config.yaml"
-                run_logged "$train_cmd" "$enc_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
-                    --config "$enc_exp/train_config.yaml" --output_dir "$enc_exp" $(common_model_opts) \
-                    $(train_data_opts source_train source_dev) $train_args $source_train_args
-                mark_done "$enc_exp"
-            fi
-            grep -E "epoch results" "$enc_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
-            ctc_exp=$enc_exp
-            if [ -n "$source_tone_config" ]; then  # step 1b: the CTC over toned units, from step 1's encoder
-                ctc_exp=$exp_dir/source_encoder_tone
-                if ! up_to_date "$ctc_exp" "source_encoder_tone" keep --file "config=$source_config" \
-                        --file "encoder config=$source_encoder_config" --file "tone config=$source_tone_config" \
-                        --file "step-1 encoder=$enc_exp/valid.loss.best.pth" $(train_inputs source_train source_dev) \
-                        --value "options=$train_args $source_train_args" --value "seed=$seed"; then
-                    log "  step 1b: the CTC over toned units ($source_tone_config), from step 1's encoder -> $ctc_exp"
-                    $python local/merge_config.py "$source_config" "$source_encoder_config" "$source_tone_config" \
-                        "$ctc_exp/train_config.yaml"
-                    run_logged "$train_cmd" "$ctc_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
-                        --config "$ctc_exp/train_config.yaml" --output_dir "$ctc_exp" $(common_model_opts) \
-                        --init_param "$enc_exp/valid.loss.best.pth:encoder:encoder" \
-                        $(train_data_opts source_train source_dev) $train_args $source_train_args
-                    mark_done "$ctc_exp"
-                fi
-                grep -E "epoch results" "$ctc_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
-            fi
-            # a CTC-compressing model (model_conf.ctc_compress) also takes the CTC head: its units must match
-            units=$(model_conf_get "$ctc_exp/train_config.yaml" ctc_units llm)
-            if [ "$compress" != none ] && [ "$units" != "$(model_conf_get "$source_config" ctc_units llm)" ]; then
-                die "$source_config compresses with a CTC head over model_conf.ctc_units: $(model_conf_get "$source_config" ctc_units llm), but the CTC of $ctc_exp was trained over $units: make them agree (model_conf.ctc_units of $source_config, $source_encoder_config${source_tone_config:+, $source_tone_config})"
-            fi
-            source_init=(--init_param "$ctc_exp/valid.loss.best.pth:encoder:encoder")
-            [ "$compress" = none ] || source_init+=("$ctc_exp/valid.loss.best.pth:ctc:ctc")
-            log "  step 2: the LLM-based ASR model ($source_config, encoder and CTC head from $ctc_exp) -> $source_exp"
-        fi
-        step1=(); [ -n "$source_encoder_config" ] && step1=(--file "step-1 encoder=$ctc_exp/valid.loss.best.pth")
-        if ! up_to_date "$source_exp" "source" keep --file "config=$source_config" "${step1[@]}" \
-                $(train_inputs source_train source_dev) --value "options=$train_args $source_train_args" --value "seed=$seed"; then
-            run_logged "$train_cmd" "$source_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
-                --config "$source_config" --output_dir "$source_exp" $(common_model_opts) "${source_init[@]}" \
-                $(train_data_opts source_train source_dev) $train_args $source_train_args
-            write_enc_out "$source_exp/valid.acc.ave.pth" train dev   # (model_info reads dev's)
-            write_info "$source_exp"
-            mark_done "$source_exp"
-        fi
-        grep -E "epoch results" "$source_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
-    fi
-    init_model=${pretrained_model:-$source_exp/valid.acc.ave.pth}
-    write_enc_out "$init_model" train dev
-    if [ -n "$accent_id_config" ]; then  # step 3: the accent-ID head alone, on the accent training set
-        aid_exp=$exp_dir/accent_id
-        # the default head reads CTC posteriors + the 3 pitch features: it needs both
-        if [ "$accent_id_config" = conf/train_accent_id.yaml ] && { [ "$feats_type" != fbank_pitch ] ||
-                [ "$(model_conf_get "$(dirname "$init_model")/config.yaml" ctc_compress none)" = none ]; }; then
-            accent_id_config=conf/train_accent_id_encoder.yaml
-            log "  step 3 reads the encoder output ($accent_id_config): the default head reads CTC posteriors and pitch, which need --feats_type fbank_pitch and a source model with a CTC head (ctc_compress)"
-        fi
-        if ! up_to_date "$aid_exp" "accent_id" keep --file "accent-ID config=$accent_id_config" \
-                --file "source model config=$(dirname "$init_model")/config.yaml" --file "source model=$init_model" \
-                $(train_inputs train dev) --value "options=$train_args" --value "seed=$seed"; then
-            log "  step 3: the accent-ID head ($accent_id_config on the source model's config) -> $aid_exp"
-            $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$accent_id_config" "$aid_exp/train_config.yaml"
-            run_logged "$train_cmd" "$aid_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
-                --config "$aid_exp/train_config.yaml" --output_dir "$aid_exp" --init_param "$init_model" $(common_model_opts) \
-                $(train_data_opts train dev) $(enc_out_opts train dev) $train_args
-            mark_done "$aid_exp"
-        fi
-        grep -E "epoch results" "$aid_exp/train.log" | tail -n 1 | sed 's/^.*\[valid\]/    valid:/' || true
+        run_stage4
     fi
     stage_end 4
 fi
 init_model=${pretrained_model:-$source_exp/valid.acc.ave.pth}
-aid_model=$exp_dir/accent_id/valid.acc_aid.best.pth
+aid_model=$aid_exp/valid.acc_aid.best.pth
 
 # ---------------------------------------------------------------- stage 5: multi-accent fine-tuning
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     stage_start 5 "multi-accent fine-tuning from $init_model: $(for c in $train_configs; do system_name "$c"; done | paste -sd' ')"
     [ -f "$init_model" ] || die "the source model $init_model does not exist: run stage 4 or give --pretrained_model"
     need_llm
-    write_enc_out "$init_model" train dev
+    write_enc_out "$enc_model" train dev
     train_system() {  # train_system CONFIG: one stage-5 system
         local cfg=$1 sys out merged head_from aid_init aid_input t0 init_spec compress
         sys=$(system_name "$cfg"); out=$exp_dir/$sys
@@ -355,7 +283,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     fi
     # the source encoder's outputs of the test sets, read by every system whose encoder it is
     # (the RTF then leaves the encoder out: its rtf file says so)
-    [ -f "$init_model" ] && write_enc_out "$init_model" $test_sets
+    [ -f "$enc_model" ] && write_enc_out "$enc_model" $test_sets
     stored_opts=()
     if uses_enc_out && (for s in $test_sets; do [ -n "$(enc_out_scp "$s")" ] || exit 1; done); then
         for s in $test_sets; do cat "$(enc_out_scp "$s")"; done | sort -u -k1,1 > "$union/encoder_out.scp"
@@ -400,10 +328,14 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
             case $s in *.stale-*) continue ;; esac
             if [ -f "$exp_dir/$s/params.json" ] && [ -f "$exp_dir/$s/decode_union/.done" ]; then echo "$s"; fi
         done | paste -sd' ')
-    run_logged "$decode_cmd" "$exp_dir/logs/stage6_results.log" $python local/make_results.py \
-        --exp_dir "$exp_dir" --systems $results_systems --accents_file "$data_dir/accents.txt" \
-        --source_set source_test --baseline source
-    log "results: $exp_dir/RESULTS.md and $exp_dir/*/RESULTS.md, plots in $exp_dir/plots"
+    if [ -z "$results_systems" ]; then
+        log "no RESULTS.md: no decoded system of $exp_dir has its params.json (written when stage 4 or 5 trains it)"
+    else
+        run_logged "$decode_cmd" "$exp_dir/logs/stage6_results.log" $python local/make_results.py \
+            --exp_dir "$exp_dir" --systems $results_systems --accents_file "$data_dir/accents.txt" \
+            --source_set source_test --baseline source
+        log "results: $exp_dir/RESULTS.md and $exp_dir/*/RESULTS.md, plots in $exp_dir/plots"
+    fi
     stage_end 6
 fi
 log "finished stages $stage..$stop_stage"

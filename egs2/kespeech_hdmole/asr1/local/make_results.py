@@ -24,7 +24,8 @@ Writes:
                                       from --baseline, trainable parameters, routing, RTF
   exp/RESULTS.md                      all systems side by side, best accent average in bold
   exp/plots/cer_per_accent.png        grouped bars, CER per accent per system
-  exp/plots/routing_<sys>_<layer>.png heat map accents x experts of the mean routing weight
+  exp/plots/routing_<sys>.png         per adapted layer, a heat map accents x experts of the mean
+                                      routing weight (one figure per system)
 
 Conventions: CER in % of reference characters; "Δ source" is the difference in CER points
 (system minus baseline).  A number whose inputs are missing is printed as "-": the accent

@@ -112,18 +112,19 @@ def safe_name(s: str) -> str:
 
 
 def routing_plot_names(systems: Sequence[dict]) -> Dict[Tuple[str, str], str]:
+    """(system, layer) -> the file of the system's routing figure (one per system, all its layers)."""
     names: Dict[Tuple[str, str], str] = {}
     used = set()
     for s in systems:
         if s["routing"] is None:
             continue
+        base = f"routing_{safe_name(s['name'])}"
+        name, k = base, 1
+        while name in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name)
         for layer in s["routing"]["layers"]:
-            base = f"routing_{safe_name(s['name'])}_{safe_name(layer)}"
-            name, k = base, 1
-            while name in used:
-                k += 1
-                name = f"{base}_{k}"
-            used.add(name)
             names[(s["name"], layer)] = name + ".png"
     return names
 

@@ -1,4 +1,5 @@
-"""The plots of local/make_results.py: CER per accent, and routing heat maps per adapted layer.
+"""The plots of local/make_results.py: CER per accent, and per system one figure of routing heat
+maps (one per adapted layer).
 
 PNG files are byte-identical across runs for the same data (no version string in them).
 """
@@ -6,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -54,48 +56,71 @@ def plot_cer(systems: Sequence[dict], accents: Sequence[str], path: Path) -> Non
     plt.close(fig)
 
 
-def plot_routing(system: str, layer: str, L: dict, path: Path) -> None:
+def _routing_panel(ax, layer: str, L: dict, left: bool, bottom: bool, numbers: bool):
     import numpy as np
 
-    plt = _pyplot()
     w = np.asarray(L["mean_weight"], dtype=float)
     n_acc, n_exp = w.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * n_exp + 2.5), max(3.0, 0.45 * n_acc + 1.5)))
     im = ax.imshow(w, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(float(w.max()), 1e-9))
     ax.set_xticks(range(n_exp))
     epd, nd = L.get("experts_per_domain"), L.get("num_domains")
-    if (isinstance(epd, int) and isinstance(nd, int) and epd > 0 and nd == n_acc
+    if not bottom:
+        ax.set_xticklabels([])
+    elif (isinstance(epd, int) and isinstance(nd, int) and epd > 0 and nd == n_acc
             and nd * epd == n_exp):  # expert i belongs to domain i // experts_per_domain
         ax.set_xticklabels([f"E{i} {L['accents'][i // epd]}" for i in range(n_exp)],
-                           rotation=45, ha="right")
-        ax.set_xlabel("expert (its domain)")
+                           rotation=60, ha="right", fontsize=6)
+        ax.set_xlabel("expert (its domain)", fontsize=7)
     else:
-        ax.set_xticklabels([f"E{i}" for i in range(n_exp)])
-        ax.set_xlabel("expert")
+        ax.set_xticklabels([f"E{i}" for i in range(n_exp)], fontsize=6)
+        ax.set_xlabel("expert", fontsize=7)
     ax.set_yticks(range(n_acc))
-    ax.set_yticklabels(L["accents"])
-    ax.set_ylabel("accent")
-    title = f"{system}: {layer}"
-    if "mean_active" in L:
-        title += f"\nmean active experts {L['mean_active']:.2f}"
-    ax.set_title(title, fontsize="small")
-    if n_acc * n_exp <= 144:
+    ax.set_yticklabels(L["accents"] if left else [], fontsize=6)
+    title = re.sub(r"^llm\.(model\.)?layers\.(\d+)\.(self_attn|mlp)\.", r"L\2 ", layer)
+    if L.get("mean_active") is not None:
+        title += f" ({L['mean_active']:.2f} active)"
+    ax.set_title(title, fontsize=7)
+    if numbers and n_acc * n_exp <= 144:
         thr = 0.5 * float(w.max())
         for i in range(n_acc):
             for j in range(n_exp):
-                ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=6,
                         color="black" if w[i, j] > thr else "white")
-    fig.colorbar(im, ax=ax, label="mean routing weight")
-    fig.tight_layout()
+    return im
+
+
+def plot_routing(system: str, layers: Dict[str, dict], path: Path) -> None:
+    """One figure per system: a heat map (accents x experts, mean routing weight) per adapted layer,
+    in the model's order, 7 to a row (the 7 linears of an LLM layer share a row). The weights are
+    written in the cells when there are at most 4 maps (routing.json has them all)."""
+    import math
+
+    plt = _pyplot()
+    names = list(layers)
+    ncols = min(7, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    n_acc, n_exp = (len(x) for x in (layers[names[0]]["mean_weight"], layers[names[0]]["mean_weight"][0]))
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False,
+                             figsize=(1.5 + ncols * max(2.2, 0.3 * n_exp), 1.0 + nrows * max(1.8, 0.25 * n_acc)),
+                             constrained_layout=True)
+    im = None
+    for k, layer in enumerate(names):
+        r, c = divmod(k, ncols)
+        bottom = k + ncols >= len(names)
+        im = _routing_panel(axes[r][c], layer, layers[layer], left=c == 0, bottom=bottom, numbers=len(names) <= 4)
+    for k in range(len(names), nrows * ncols):
+        axes[k // ncols][k % ncols].axis("off")
+    fig.suptitle(f"{system}: mean routing weight per accent (rows) and expert (columns)", fontsize=9)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="mean routing weight")
     fig.savefig(path, dpi=100, metadata=PNG_META)
     plt.close(fig)
 
 
 def draw_routing_plots(systems: Sequence[dict], plot_names: Dict[Tuple[str, str], str], plots: Path) -> List[Path]:
-    """One heat map per (system, adapted layer); returns their paths.
+    """One figure of heat maps per system (all its adapted layers); returns their paths.
 
-    A map is drawn again only when its data changed (~0.8 s each, and a model with adapters on
-    every LLM linear has dozens): plots/.routing_keys.json remembers what each file shows."""
+    A figure is drawn again only when its data changed: plots/.routing_keys.json remembers what
+    each file shows."""
     files: List[Path] = []
     keys_file = plots / ".routing_keys.json"
     try:
@@ -103,14 +128,14 @@ def draw_routing_plots(systems: Sequence[dict], plot_names: Dict[Tuple[str, str]
     except (OSError, ValueError):
         drawn = {}
     for s in systems:
-        if s["routing"] is None:
+        if s["routing"] is None or not s["routing"]["layers"]:
             continue
-        for layer, L in s["routing"]["layers"].items():
-            path = plots / plot_names[(s["name"], layer)]
-            key = hashlib.sha256(json.dumps([s["name"], layer, L], sort_keys=True).encode()).hexdigest()
-            if drawn.get(path.name) != key or not path.is_file():
-                plot_routing(s["name"], layer, L, path)
-                drawn[path.name] = key
-            files.append(path)
+        layers = s["routing"]["layers"]
+        path = plots / plot_names[(s["name"], next(iter(layers)))]
+        key = hashlib.sha256(json.dumps([s["name"], layers], sort_keys=True).encode()).hexdigest()
+        if drawn.get(path.name) != key or not path.is_file():
+            plot_routing(s["name"], layers, path)
+            drawn[path.name] = key
+        files.append(path)
     keys_file.write_text(json.dumps(drawn, sort_keys=True))
     return files
