@@ -52,6 +52,14 @@ def reference_forward(layer, x, g=None):
                 w = [p[i] / tot if i in order else p[i] * 0 for i in range(n)]
             else:
                 w = [p[i] for i in range(n)]
+            if layer.output_scale == "lora":  # times the number of experts in use
+                if layer.activation == "dense":
+                    used = n
+                elif layer.activation == "topk":
+                    used = layer.top_k
+                else:
+                    used = sum(1 for i in range(n) if p[i] >= tau)
+                w = [wi * used for wi in w]
             for i in range(n):
                 delta = layer.lora_B[i] @ (layer.lora_A[i] @ xv)
                 out[bi, ti] = out[bi, ti] + w[i] * layer.scaling * delta
@@ -66,9 +74,12 @@ CONFIGS = [
     dict(num_domains=3, experts_per_domain=2, rank=4, activation="dense", global_router="none", temperature=2.0),
     dict(num_domains=4, experts_per_domain=1, rank=3, activation="topk", top_k=2, global_router="oracle"),
 ]
+# the same at the LoRA-equivalent output scale (adapter_conf.output_scale: lora)
+CONFIGS += [dict(c, output_scale="lora") for c in CONFIGS if c["activation"] != "token_threshold"]
+CONFIGS.append(dict(num_domains=3, experts_per_domain=2, rank=4, activation="token_threshold", output_scale="lora"))
 
 
-@pytest.mark.parametrize("conf", CONFIGS, ids=lambda c: f"{c['activation']}-{c.get('combine', c.get('global_router'))}")
+@pytest.mark.parametrize("conf", CONFIGS, ids=lambda c: f"{c['activation']}-{c.get('combine', c.get('global_router'))}-{c.get('output_scale', 'expert')}")
 def test_batched_equals_reference(conf):
     layer = make_layer(**conf)
     if conf["activation"] == "token_threshold":
@@ -193,6 +204,8 @@ def test_bad_layer_settings_are_rejected():
         make_layer(num_domains=2, activation="topk", top_k=3)
     with pytest.raises(ValueError, match="activation"):
         make_layer(activation="sparse")
+    with pytest.raises(ValueError, match="output_scale"):
+        make_layer(output_scale="rank")
 
 
 def test_load_balancing_loss_is_minimal_when_balanced():

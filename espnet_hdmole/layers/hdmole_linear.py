@@ -13,7 +13,13 @@ belongs to domain dom(i) = i // experts_per_domain):
                token_threshold: the same with tau(x) = tau_max * sigmoid(w_tau . x + b_tau)
                topk:            the top_k largest p_i, renormalised
                dense:           w = p
-    y      = W0 x + b + sum_i w_i E_i(x)
+    y      = W0 x + b + c * sum_i w_i E_i(x)
+               c (``output_scale``): 1 for 'expert' (each expert at LoRA's scale, the routing weights
+               summing to 1); for 'lora' the number of experts in use: N for dense, top_k for
+               topk, the token's active experts for the thresholds. With 'lora' a uniform dense
+               mixture of N rank-r experts is exactly a LoRA of rank N*r with the same alpha per
+               rank (alpha_lora = N * alpha, scale alpha / r), in its output and in its gradients;
+               with 'expert' it moves the output at 1/N of that LoRA's scale.
 
 tau_max defaults to 1/N, so max_i p_i >= 1/N > tau and at least one expert is always active.
 The experts run batched: A stacked to (N*r, d_in) and B to (d_out, N*r) give two matmuls for
@@ -42,8 +48,11 @@ from espnet_hdmole.layers.routing import (
 )
 
 
+OUTPUT_SCALES = ("expert", "lora")
+
+
 def _check_settings(num_domains, experts_per_domain, rank, alpha, dropout_rate, temperature, global_router,
-                    combine, activation, top_k, tau_max) -> None:
+                    combine, activation, top_k, tau_max, output_scale="expert") -> None:
     """adapter_conf values, checked; a UserError names the key and what was expected."""
 
     def need(ok: bool, key: str, expected: str, value) -> None:
@@ -62,6 +71,7 @@ def _check_settings(num_domains, experts_per_domain, rank, alpha, dropout_rate, 
         raise UserError(f"adapter_conf.combine: {combine!r} needs a global router, but adapter_conf.global_router "
                         f"is 'none'")
     need(activation in ACTIVATIONS, "activation", f"one of {list(ACTIVATIONS)}", activation)
+    need(output_scale in OUTPUT_SCALES, "output_scale", f"one of {list(OUTPUT_SCALES)}", output_scale)
     for key, v in (("num_domains", num_domains), ("experts_per_domain", experts_per_domain), ("rank", rank)):
         need(is_int(v) and v >= 1, key, "an integer >= 1", v)
     n = num_domains * experts_per_domain
@@ -97,6 +107,9 @@ class HDMoLELinear(torch.nn.Linear):
         threshold_init: initial theta (tau = tau_max * sigmoid(theta)).
         mix_init: initial logit of the mixing share s for combine 'mix'.
         lb_weight: weight of the Switch-style load-balancing loss (0 disables it).
+        output_scale: 'expert' (default: the mixture's weights sum to 1, each expert at scale
+            alpha / r) | 'lora' (the sum multiplied by the number of experts in use, so that a
+            uniform mixture equals a LoRA of rank N * r with the same alpha per rank).
         name: the layer's name in its model, used in error messages and statistics.
     """
 
@@ -117,6 +130,7 @@ class HDMoLELinear(torch.nn.Linear):
         threshold_init: float = 0.0,
         mix_init: float = 0.0,
         lb_weight: float = 0.0,
+        output_scale: str = "expert",
         name: str = "",
     ):
         if not isinstance(base, torch.nn.Linear):
@@ -132,7 +146,7 @@ class HDMoLELinear(torch.nn.Linear):
         if combine is None:
             combine = "none" if global_router == "none" else "product"
         _check_settings(num_domains, experts_per_domain, rank, alpha, dropout_rate, temperature, global_router,
-                        combine, activation, top_k, tau_max)
+                        combine, activation, top_k, tau_max, output_scale)
         n = num_domains * experts_per_domain
 
         self.name = name
@@ -143,6 +157,7 @@ class HDMoLELinear(torch.nn.Linear):
         self.top_k = top_k
         self.tau_max = 1.0 / n if tau_max is None else float(tau_max)
         self.lb_weight = lb_weight
+        self.output_scale = output_scale
 
         factory = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = torch.nn.Parameter(torch.empty(n, rank, self.in_features, **factory))
@@ -180,7 +195,7 @@ class HDMoLELinear(torch.nn.Linear):
         return (
             f"in={self.in_features}, out={self.out_features}, experts={self.num_domains}x"
             f"{self.experts_per_domain}, rank={self.rank}, global_router={self.global_router}, "
-            f"combine={self.combine}, activation={self.activation}"
+            f"combine={self.combine}, activation={self.activation}, output_scale={self.output_scale}"
         )
 
     # ---- routing ----
@@ -233,10 +248,11 @@ class HDMoLELinear(torch.nn.Linear):
         xt = x.reshape(-1, self.in_features)
         t, n, r = xt.shape[0], self.num_experts, self.rank
         w, p, local, active, tau = self.route(xt, lead)
+        scale = self.scaling * self.experts_in_use(active) if self.output_scale == "lora" else self.scaling
 
         # all experts at once: (T, d_in) x (d_in, N*r) -> scale by routing -> x (N*r, d_out)
         z = F.linear(self.lora_dropout(xt), self.lora_A.reshape(n * r, self.in_features))
-        z = (z.view(t, n, r) * (w * self.scaling).unsqueeze(-1).to(z.dtype)).view(t, n * r)
+        z = (z.view(t, n, r) * (w * scale).unsqueeze(-1).to(z.dtype)).view(t, n * r)
         b_all = self.lora_B.permute(1, 0, 2).reshape(self.out_features, n * r)
         delta = F.linear(z, b_all)
 
@@ -250,6 +266,13 @@ class HDMoLELinear(torch.nn.Linear):
         else:
             self._aux_loss = None
         return y + delta.view(*lead, self.out_features)
+
+    def experts_in_use(self, active: Optional[torch.Tensor]):
+        """How many experts a token's weights spread over: N (dense), or the count of its active
+        experts, (T, 1) (top-k, thresholds); a constant for the gradient."""
+        if active is None:
+            return float(self.num_experts)
+        return active.sum(dim=-1, keepdim=True).to(self.lora_A.dtype)
 
     def load_balancing_loss(self, local: torch.Tensor, dispatch: torch.Tensor) -> torch.Tensor:
         """Switch-style loss N * sum_i f_i P_i: f_i the share of token dispatch to expert i
