@@ -13,12 +13,17 @@ from espnet_hdmole.layers.create_hdmole_adapter import (  # noqa: F401
     hdmole_state_dict,
     hdmole_statistics,
     load_hdmole_state_dict,
+    mark_positions,
 )
 from espnet_hdmole.layers.hdmole_linear import HDMoLELinear  # noqa: F401
 from espnet_hdmole.layers.routing import (  # noqa: F401
+    PAD,
+    SPEECH,
+    TEXT,
     current_domain_posterior,
     domain_posterior,
     oracle_posterior,
+    position_kinds,
 )
 
 __version__ = "0.1.0"

@@ -126,5 +126,8 @@ def test_statistics_collected_in_one_call():
     assert 1 <= stats["hdmole_active"] <= 6
     assert stats["hdmole_tau"] == pytest.approx(0.5 / 6)  # tau_max * sigmoid(0)
     assert "hdmole_active/layers.1.q_proj" in stats
+    use = [stats[f"hdmole_use_e{i}"] for i in range(6)]  # each expert's mean weight, over the layers
+    assert "hdmole_use_e6" not in stats and float(sum(use)) == pytest.approx(1.0, abs=1e-5)
+    assert all(u.dim() == 0 for u in use)  # scalars, as ESPnet's reporter needs
     aux = espnet_hdmole.hdmole_aux_loss(model)
     assert aux.requires_grad and aux.item() == pytest.approx(stats["hdmole_lb"].item())

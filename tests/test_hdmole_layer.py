@@ -230,3 +230,32 @@ def test_dtype_and_shapes():
     assert layer.tau_max == pytest.approx(1 / 6)
     assert layer(torch.randn(7, 12)).shape == (7, 10)
     assert math.isclose(layer.scaling, 8 / 4)
+
+
+def test_routing_statistics_leave_padding_out_and_split_speech_from_text():
+    """Padded positions route near-uniformly; counted, they would pull the heat map and the active
+    count toward uniform. After mark_positions only the valid positions (or one kind) count."""
+    from espnet_hdmole import PAD, SPEECH, TEXT, position_kinds
+
+    layer = make_layer(num_domains=3, experts_per_domain=1, rank=2, activation="threshold", global_router="none")
+    x = torch.randn(2, 6, 12) * 3
+    x[1, 3:] = 0.0  # utterance 1 is 3 positions long: zeros after it, as pad_sequence leaves them
+    layer(x)
+    w = layer._last["w"].view(2, 6, 3)
+    unmarked = layer.utterance_routing_weights()
+    torch.testing.assert_close(unmarked, w.mean(1))  # without marks: every position, padding included
+    kinds = position_kinds([[(SPEECH, 2), (TEXT, 4)], [(SPEECH, 1), (TEXT, 2)]])
+    assert kinds[1].tolist() == [SPEECH, TEXT, TEXT, PAD, PAD, PAD]
+    assert layer.mark_positions(kinds)
+    valid = layer.utterance_routing_weights()
+    torch.testing.assert_close(valid[0], w[0].mean(0))
+    torch.testing.assert_close(valid[1], w[1, :3].mean(0))
+    assert not torch.allclose(valid[1], unmarked[1], atol=1e-3)  # the padding would have changed the figure
+    torch.testing.assert_close(layer.utterance_routing_weights(SPEECH)[1], w[1, 0])
+    torch.testing.assert_close(layer.utterance_routing_weights(TEXT)[0], w[0, 2:].mean(0))
+    active = layer._last["active"].view(2, 6, 3).sum(-1).float()
+    stats = layer.routing_statistics()
+    torch.testing.assert_close(stats["active"], torch.cat([active[0], active[1, :3]]).mean())
+    torch.testing.assert_close(layer.routing_statistics(TEXT)["active"], torch.cat([active[0, 2:], active[1, 1:3]]).mean())
+    # a layout that is not (batch, T) is left unmarked
+    assert not layer.mark_positions(torch.ones(3, 4, dtype=torch.long))

@@ -500,3 +500,30 @@ def test_token_dropout_corrupts_teacher_forced_inputs_only_in_training(work, tmp
     with pytest.raises(ValueError, match="token_dropout"):
         LLMASRTask.build_model(LLMASRTask.get_parser().parse_args(
             train_args(tmp_path / "bad", data, llm, extra=["--model_conf", "token_dropout=1.0"])))
+
+
+def test_the_model_marks_speech_text_and_padding_for_the_routing_statistics(work):
+    """In training and in model_info's pass, the LLM's HDMoLE layers count their speech and text
+    positions apart and leave padding out; the projector's count its valid speech positions."""
+    from espnet2.layers.create_adapter import create_adapter
+
+    from espnet_hdmole import PAD, SPEECH, TEXT, hdmole_layers
+
+    w, llm, data = work
+    args = LLMASRTask.get_parser().parse_args(train_args(w / "unused", data, llm, extra=SYSTEMS["hdmole"]))
+    model = LLMASRTask.build_model(args)
+    create_adapter(model, "hdmole", args.adapter_conf)
+    ids, batch = task_batch(args, data)
+    model(**batch, utt_id=ids)
+    h, h_lens = model.encode_cached(batch["speech"], batch["speech_lengths"], None, (None, None))
+    k = model.projector.stack
+    s_lens = (h_lens + k - 1) // k  # the projector's output lengths (no CTC compression here)
+    layers = dict(hdmole_layers(model))
+    q = layers[next(n for n in layers if n.endswith("q_proj"))]
+    kinds = q._last["kinds"].view(len(ids), -1)
+    n_text = len(model.prefix_ids) + len(model.prompt_ids) + batch["text_lengths"]
+    assert (kinds == SPEECH).sum(1).tolist() == s_lens.tolist()
+    assert (kinds == TEXT).sum(1).tolist() == n_text.tolist()
+    assert (kinds == PAD).sum() > 0  # utterances of different lengths: the batch has padding
+    p1 = model.projector.linear1
+    assert (p1._last["kinds"].view(len(ids), -1) == SPEECH).sum(1).tolist() == s_lens.tolist()

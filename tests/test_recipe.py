@@ -115,6 +115,12 @@ def test_results_hold_numbers_for_every_system(recipe):
         assert (tmp / "exp" / s / "RESULTS.md").exists()
     assert (tmp / "exp" / "plots" / "cer_per_accent.png").stat().st_size > 1000
     assert (tmp / "exp" / "plots" / "routing_hdmole.png").is_file()
+    # routing statistics over valid positions, the LLM's speech and text positions apart
+    routing = json.loads((tmp / "exp" / "hdmole" / "routing.json").read_text())
+    assert routing["positions"].startswith("valid positions only")
+    q = next(v for k, v in routing["layers"].items() if k.endswith("q_proj"))
+    assert len(q["mean_weight_speech"]) == len(q["mean_weight_text"]) == 9 and q["mean_active_text"] >= 1
+    assert "mean_weight_text" not in routing["layers"]["projector.linear1"]
 
 
 def test_hdmole_routes_with_the_frozen_accent_head_of_step_3(recipe):

@@ -45,7 +45,8 @@ HYPS = {
 ROUTING = {
     "layers": {
         "llm.layers.0.self_attn.q_proj": {"accents": ACCENTS, "mean_weight": [[0.7, 0.1], [0.2, 0.6]],
-                                          "mean_active": 1.25},
+                                          "mean_active": 1.25, "mean_active_speech": 1.5, "mean_active_text": 1.125,
+                                          "mean_weight_speech": [[0.6, 0.4], [0.3, 0.7]]},
         "llm.layers.0.self_attn.v_proj": {"accents": ACCENTS, "mean_weight": [[0.5, 0.5], [0.1, 0.9]],
                                           "mean_active": 1.75},
     },
@@ -162,9 +163,10 @@ def test_make_results_per_system_files(fake_exp):
     assert "- % of full fine-tuning: 2.50 (of the 1,000,000 trainable parameters of system `full_ft`)" in hd
     assert "- accent-ID accuracy on dev (routing.json): 90.00 %" in hd
     rows = md_table(hd, "heat map")
-    assert rows["`llm.layers.0.self_attn.q_proj`"][:2] == ["1.25", "1.50"]
-    assert rows["`llm.layers.0.self_attn.v_proj`"][:2] == ["1.75", "2.50"]
-    assert rows["mean over layers"][:2] == ["1.50", "2.00"]
+    # decoding (valid positions), speech / text positions apart, training
+    assert rows["`llm.layers.0.self_attn.q_proj`"][:3] == ["1.25", "1.50 / 1.12", "1.50"]
+    assert rows["`llm.layers.0.self_attn.v_proj`"][:3] == ["1.75", "-", "2.50"]
+    assert rows["mean over layers"][:3] == ["1.50", "", "2.00"]
     rows = md_table(hd, "RTF")
     assert rows["set"] == ["utterances", "decoding s", "audio s", "RTF", "beam", "threads", "encoder"]
     assert rows["test_Ji-Lu"] == ["2", "3.00", "10.00", "0.3000", "1", "4", "stored, not timed"]
@@ -298,7 +300,7 @@ def test_make_results_reads_model_info_layout_with_nulls(fake_exp):
     rows = md_rows((exp / "RESULTS.md").read_text(encoding="utf-8"))
     assert rows["[hdmole](hdmole/RESULTS.md)"][7:9] == ["-", "-"]  # accent-ID acc, mean active
     hd = (exp / "hdmole" / "RESULTS.md").read_text(encoding="utf-8")
-    assert md_table(hd, "heat map")["`q`"] == ["-", "-", "[png](../plots/routing_hdmole.png)"]
+    assert md_table(hd, "heat map")["`q`"] == ["-", "1.50 / 1.12", "-", "[png](../plots/routing_hdmole.png)"]
     assert "- accent-ID accuracy on dev (routing.json): - %" in hd
     png = exp / "plots" / "routing_hdmole.png"
     assert str(png) in out["files"] and png.read_bytes()[:8] == PNG_MAGIC

@@ -31,8 +31,8 @@ from espnet_hdmole.asr.llm_utils import load_causal_lm, load_tokenizer, unencoda
 from espnet_hdmole.asr.pinyin_units import PinyinUnits
 from espnet_hdmole.asr.projector import FrameStackProjector
 from espnet_hdmole.errors import UserError
-from espnet_hdmole.layers.create_hdmole_adapter import hdmole_aux_loss, hdmole_layers, hdmole_statistics
-from espnet_hdmole.layers.routing import domain_posterior, oracle_posterior
+from espnet_hdmole.layers.create_hdmole_adapter import hdmole_aux_loss, hdmole_layers, hdmole_statistics, mark_positions
+from espnet_hdmole.layers.routing import SPEECH, TEXT, domain_posterior, oracle_posterior, position_kinds
 
 
 class LLMASRModel(AbsESPnetModel):
@@ -312,7 +312,10 @@ class LLMASRModel(AbsESPnetModel):
                 if cached:
                     for b, u in enumerate(utt_id):
                         self._cmp_cache[u] = h[b, : h_lens[b]].detach().clone()
-        return self.projector(h, h_lens)
+        s, s_lens = self.projector(h, h_lens)
+        # routing statistics of the projector's HDMoLE layers: its valid positions only
+        mark_positions(self.projector, position_kinds([[(SPEECH, n)] for n in s_lens.tolist()], s.shape[1]))
+        return s, s_lens
 
     # ------------------------------------------------------------------ LLM side
     def _context_embeddings(self, s: torch.Tensor, s_lens: torch.Tensor) -> List[torch.Tensor]:
@@ -394,6 +397,11 @@ class LLMASRModel(AbsESPnetModel):
         labels = torch.nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=-100)
         mask = (torch.arange(inputs.shape[1], device=s.device)[None] < lens[:, None]).long()
         out = self.llm.base_model(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
+        # routing statistics of the LLM's HDMoLE layers: speech and text positions, no padding
+        npre, npost = len(self.prefix_ids), len(self.prompt_ids)
+        mark_positions(self.llm, position_kinds(
+            [[(TEXT, npre), (SPEECH, int(s_lens[b])), (TEXT, npost + int(text_lengths[b]))] for b in range(len(seqs))],
+            inputs.shape[1]))
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         sel = labels != -100
         logits = self.llm.get_output_embeddings()(hidden[sel]).float()

@@ -130,23 +130,37 @@ def hdmole_aux_loss(model: torch.nn.Module) -> Optional[torch.Tensor]:
     return torch.stack(losses).sum() if losses else None
 
 
-def hdmole_statistics(model: torch.nn.Module, per_layer: bool = False) -> Dict[str, torch.Tensor]:
-    """Routing statistics of the last forward, for the trainer to log.
+def mark_positions(model: torch.nn.Module, kinds: torch.Tensor) -> int:
+    """Tell every HDMoLE layer of ``model`` whose last input was (batch, T, d) with (batch, T) =
+    kinds.shape what its positions held (routing.PAD / SPEECH / TEXT), so that its statistics
+    leave padding out. Returns the number of layers marked."""
+    return sum(layer.mark_positions(kinds) for _, layer in hdmole_layers(model))
+
+
+def hdmole_statistics(model: torch.nn.Module, per_layer: bool = False, kind: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Routing statistics of the last forward, for the trainer to log, over the positions that
+    hold something (see ``mark_positions``), or only those of ``kind`` (routing.SPEECH, TEXT).
 
     Returns ``hdmole_active`` (mean number of active experts), ``hdmole_tau`` (mean
-    threshold, over layers that have one), ``hdmole_entropy`` (mean router entropy), and with
+    threshold, over layers that have one), ``hdmole_entropy`` (mean router entropy),
+    ``hdmole_use_e<i>`` (expert i's mean routing weight, averaged over the layers: the use of each
+    expert, logged by the trainer every epoch), and with
     ``per_layer`` the same per layer as ``hdmole_<stat>/<layer name>``; plus ``hdmole_lb``,
     the load-balancing loss, where it was computed.
     """
     out: Dict[str, torch.Tensor] = {}
     acc: Dict[str, List[torch.Tensor]] = {}
     for name, layer in hdmole_layers(model):
-        for k, v in layer.routing_statistics().items():
+        for k, v in layer.routing_statistics(kind).items():
             acc.setdefault(k, []).append(v)
-            if per_layer:
+            if per_layer and k != "use":
                 out[f"hdmole_{k}/{name}"] = v
+    use = acc.pop("use", [])
     for k, vs in acc.items():
         out[f"hdmole_{k}"] = torch.stack(vs).mean()
+    if use and len({u.shape for u in use}) == 1:  # each expert's mean weight, averaged over the layers
+        for i, u in enumerate(torch.stack(use).mean(0)):
+            out[f"hdmole_use_e{i}"] = u
     aux = hdmole_aux_loss(model)
     if aux is not None:
         out["hdmole_lb"] = aux.detach()

@@ -39,6 +39,7 @@ from espnet_hdmole.errors import UserError
 
 from espnet_hdmole.layers.routing import (
     ACTIVATIONS,
+    PAD,
     COMBINES,
     GLOBAL_ROUTERS,
     combine_routers,
@@ -256,7 +257,7 @@ class HDMoLELinear(torch.nn.Linear):
         b_all = self.lora_B.permute(1, 0, 2).reshape(self.out_features, n * r)
         delta = F.linear(z, b_all)
 
-        self._last = {"p": p.detach(), "w": w.detach(), "lead": lead}
+        self._last = {"p": p.detach(), "w": w.detach(), "lead": lead, "kinds": None}
         if active is not None:
             self._last["active"] = active
         if tau is not None:
@@ -281,24 +282,59 @@ class HDMoLELinear(torch.nn.Linear):
         f = (d / d.sum(dim=-1, keepdim=True).clamp_min(1e-9)).mean(dim=0).detach()
         return self.num_experts * (f * local.float().mean(dim=0)).sum()
 
-    def routing_statistics(self) -> Dict[str, torch.Tensor]:
-        """Statistics of the last forward (detached scalars): mean active experts, mean
-        threshold (where there is one) and mean router entropy."""
+    # ---- statistics of the last forward, over the positions that hold something ----
+    def mark_positions(self, kinds: torch.Tensor) -> bool:
+        """Say what each input position of the last forward held: ``kinds`` (batch, T) of
+        routing.PAD / SPEECH / TEXT. Statistics then leave padding out (and can be taken per kind).
+        Returns False (nothing marked) when the last input was not laid out as (batch, T, d)."""
+        if self._last is None or tuple(self._last["lead"]) != tuple(kinds.shape):
+            return False
+        self._last["kinds"] = kinds.reshape(-1).to(self._last["w"].device)
+        return True
+
+    def _positions(self, kind: Optional[int] = None) -> Optional[torch.Tensor]:
+        """Mask of the flattened positions counted: not padding (or of ``kind``); None = all
+        positions (the model did not mark them)."""
+        kinds = self._last["kinds"]
+        if kinds is None:
+            return None if kind is None else torch.zeros_like(self._last["w"][:, 0], dtype=torch.bool)
+        return kinds != PAD if kind is None else kinds == kind
+
+    def routing_statistics(self, kind: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """Statistics of the last forward (detached): mean active experts, mean threshold (where
+        there is one), mean router entropy and ``use``, each expert's mean weight (N,), over the positions marked as
+        holding something (``mark_positions``; all positions if none were marked), or over the
+        positions of ``kind`` (empty dict if there are none)."""
         if self._last is None:
             return {}
-        p = self._last["p"].float()
-        stats = {"entropy": -(p * p.clamp_min(1e-12).log()).sum(-1).mean()}
+        sel = self._positions(kind)
+        if sel is not None and not bool(sel.any()):
+            return {}
+
+        def take(v: torch.Tensor) -> torch.Tensor:
+            return v if sel is None or v.dim() == 0 else v[sel]
+
+        p = take(self._last["p"].float())
+        stats = {"entropy": -(p * p.clamp_min(1e-12).log()).sum(-1).mean(),
+                 "use": take(self._last["w"].float()).mean(0)}  # (N,): each expert's mean weight
         if "active" in self._last:
-            stats["active"] = self._last["active"].float().sum(-1).mean()
+            stats["active"] = take(self._last["active"]).float().sum(-1).mean()
         else:
             stats["active"] = torch.tensor(float(self.num_experts))
         if "tau" in self._last:
-            stats["tau"] = self._last["tau"].float().mean()
+            stats["tau"] = take(self._last["tau"].float()).mean()
         return stats
 
-    def utterance_routing_weights(self) -> Optional[torch.Tensor]:
-        """(batch, N): mean routing weight per utterance and expert in the last forward."""
+    def utterance_routing_weights(self, kind: Optional[int] = None) -> Optional[torch.Tensor]:
+        """(batch, N): mean routing weight per utterance and expert in the last forward, over its
+        marked positions (all if none were marked; only those of ``kind`` if given). An utterance
+        without such positions gets a row of NaN."""
         if self._last is None:
             return None
         lead = self._last["lead"]
-        return self._last["w"].float().view(lead[0], -1, self.num_experts).mean(dim=1)
+        w = self._last["w"].float().view(lead[0], -1, self.num_experts)
+        sel = self._positions(kind)
+        if sel is None:
+            return w.mean(dim=1)
+        m = sel.view(lead[0], -1, 1).to(w.dtype)
+        return (w * m).sum(dim=1) / m.sum(dim=1)  # 0 / 0 = NaN where an utterance has none

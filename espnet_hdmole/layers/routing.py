@@ -11,6 +11,8 @@ from typing import Iterator, Optional, Tuple
 import torch
 
 GLOBAL_ROUTERS = ("predicted", "oracle", "none")
+# what a layer's input position holds, for routing statistics (padding is left out of them)
+PAD, SPEECH, TEXT = 0, 1, 2
 COMBINES = ("product", "mix", "none")
 ACTIVATIONS = ("threshold", "token_threshold", "topk", "dense")
 
@@ -112,3 +114,18 @@ def topk_weights(p: torch.Tensor, k: int, eps: float = 1e-9) -> Tuple[torch.Tens
     w = torch.zeros_like(p).scatter(-1, idx, vals / vals.sum(dim=-1, keepdim=True).clamp_min(eps))
     active = torch.zeros_like(p, dtype=torch.bool).scatter(-1, idx, True)
     return w, active
+
+
+def position_kinds(segments, total: Optional[int] = None) -> torch.Tensor:
+    """(batch, T) position kinds from per-utterance segments [(kind, length), ...]: each
+    utterance's segments in order, then PAD up to T = ``total`` (default: the longest utterance)."""
+    rows = [torch.cat([torch.full((int(n),), k, dtype=torch.long) for k, n in segs]) if segs else
+            torch.zeros(0, dtype=torch.long) for segs in segments]
+    longest = max((len(r) for r in rows), default=0)
+    total = longest if total is None else total
+    if total < longest:
+        raise ValueError(f"position_kinds: segments of {longest} positions do not fit in {total}")
+    out = torch.full((len(rows), total), PAD, dtype=torch.long)
+    for b, r in enumerate(rows):
+        out[b, : len(r)] = r
+    return out

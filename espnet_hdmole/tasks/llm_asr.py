@@ -26,7 +26,7 @@ from espnet2.asr.specaug.specaug import SpecAug
 from espnet2.layers.abs_normalize import AbsNormalize
 from espnet2.layers.global_mvn import GlobalMVN
 from espnet2.layers.utterance_mvn import UtteranceMVN
-from espnet2.tasks.abs_task import AbsTask
+from espnet2.tasks.abs_task import AbsTask, optim_classes
 from espnet2.torch_utils.initialize import initialize
 from espnet2.train.class_choices import ClassChoices
 from espnet2.train.collate_fn import CommonCollateFn
@@ -37,6 +37,7 @@ from espnet2.utils.types import int_or_none, str_or_none
 
 import espnet_hdmole  # noqa: F401  (registers the hdmole adapter)
 from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
+from espnet_hdmole.asr import routing_optim
 from espnet_hdmole.asr.llm_asr_model import LLMASRModel
 from espnet_hdmole.asr.narrow_conformer import ConformerEncoderNarrowSubsampling
 from espnet_hdmole.asr.llm_utils import check_model_dir, load_tokenizer, unencodable_chars
@@ -141,6 +142,11 @@ class LLMASRTask(AbsTask):
         group.add_argument("--model_conf", action=NestedDictAction, default=get_default_kwargs(LLMASRModel),
                            help="LLMASRModel settings: llm_dir (required), accent_list, projector_conf, "
                                 "prompt_prefix, prompt, aid_weight, use_accent_head, llm_dtype, frame_shift")
+        group.add_argument("--routing_optim_conf", action=NestedDictAction, default={},
+                           help="the routing parts (HDMoLE routers, thresholds, mix shares, the accent head): "
+                                "lr_scale (their rate = the optimiser's x this, default 1.0), freeze_steps "
+                                "(optimiser steps they stay frozen at the start, default 0); "
+                                "espnet_hdmole/asr/routing_optim.py")
         group = parser.add_argument_group(description="Preprocess related")
         group.add_argument("--use_preprocessor", type=bool, default=True,
                            help="Tokenise transcripts with the LLM's tokenizer and map accent labels to indices")
@@ -226,7 +232,23 @@ class LLMASRTask(AbsTask):
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise UserError("no trainable parameters: check --freeze_param and the adapter settings")
-        return super().build_optimizers(args, model)
+        conf = routing_optim.check_routing_optim_conf(getattr(args, "routing_optim_conf", None))
+        if conf == routing_optim.DEFAULTS:
+            return super().build_optimizers(args, model)
+        if args.sharded_ddp or args.exclude_weight_decay:
+            raise UserError("routing_optim_conf cannot be combined with sharded_ddp or exclude_weight_decay")
+        optim_class = optim_classes.get(args.optim)
+        if optim_class is None:
+            raise UserError(f"optim must be one of {list(optim_classes)}, not {args.optim!r}")
+        lr = (args.optim_conf or {}).get("lr", inspect.signature(optim_class).parameters["lr"].default)
+        groups = routing_optim.parameter_groups(model, lr, conf)
+        optim = optim_class(groups, **args.optim_conf)
+        names = [n for n, _ in routing_optim.routing_parameters(model)]
+        logging.info(f"routing parts ({len(names)} tensors) at lr x {conf['lr_scale']}, frozen for "
+                     f"{conf['freeze_steps']} steps")
+        if conf["freeze_steps"] > 0:
+            optim._router_freeze = routing_optim.RouterFreeze(optim, conf["freeze_steps"])
+        return [optim]
 
     # ------------------------------------------------------------------ input checks
     @classmethod

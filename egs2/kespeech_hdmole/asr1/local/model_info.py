@@ -24,7 +24,7 @@ def main(argv=None):
                     help="the set's stored encoder outputs (encoder_out.scp of dump_encoder_outputs): the encoder is skipped")
     ap.add_argument("--batch_size", type=int, default=16)
     a = ap.parse_args(argv)
-    from espnet_hdmole import hdmole_layers, hdmole_statistics
+    from espnet_hdmole import SPEECH, TEXT, hdmole_layers, hdmole_statistics
     from espnet_hdmole.asr.param_report import trainable_parameter_report
     from espnet_hdmole.tasks.llm_asr import LLMASRTask
 
@@ -55,9 +55,12 @@ def main(argv=None):
         preprocess_fn=LLMASRTask.build_preprocess_fn(args, False),
         collate_fn=LLMASRTask.build_collate_fn(args, False), allow_variable_data_keys=False, inference=False)
     layers = hdmole_layers(model)
-    sums = {n: np.zeros((len(model.accent_list), m.num_experts)) for n, m in layers}
-    counts = np.zeros(len(model.accent_list))
-    active = {n: [] for n, _ in layers}
+    # per layer and position kind ("" all valid positions, "speech", "text"): the summed
+    # per-utterance mean weights per accent, the number of utterances, the batch means of active experts
+    kinds = {"": None, "speech": SPEECH, "text": TEXT}
+    sums = {(n, k): np.zeros((len(model.accent_list), m.num_experts)) for n, m in layers for k in kinds}
+    counts = {(n, k): np.zeros(len(model.accent_list)) for n, _ in layers for k in kinds}
+    active = {(n, k): [] for n, _ in layers for k in kinds}
     n_utts = 0
     confusion = np.zeros((len(model.accent_list), len(model.accent_list)), dtype=np.int64)  # true x predicted
     model.eval()
@@ -72,25 +75,38 @@ def main(argv=None):
             if logits is not None:
                 np.add.at(confusion, (lab, logits.argmax(-1).numpy()), 1)
             n_utts += b
-            np.add.at(counts, lab, 1)
-            per = hdmole_statistics(model, per_layer=True)
-            for n, m in layers:
-                w = m.utterance_routing_weights().numpy()
-                if w.shape[0] != b:  # a layer fed several positions per utterance in another layout
-                    continue
-                np.add.at(sums[n], lab, w)
-                active[n].append(float(per[f"hdmole_active/{n}"]))
+            for k, kind in kinds.items():
+                per = hdmole_statistics(model, per_layer=True, kind=kind)
+                for n, m in layers:
+                    w = m.utterance_routing_weights(kind).numpy()
+                    if w.shape[0] != b:  # a layer fed several positions per utterance in another layout
+                        continue
+                    ok = ~np.isnan(w).any(axis=1)  # utterances with positions of this kind
+                    np.add.at(sums[(n, k)], lab[ok], w[ok])
+                    np.add.at(counts[(n, k)], lab[ok], 1)
+                    if f"hdmole_active/{n}" in per:
+                        active[(n, k)].append(float(per[f"hdmole_active/{n}"]))
     has_head = model.accent_head is not None and n_utts > 0
     info = {"accent_acc": float(np.trace(confusion)) / n_utts if has_head else None,
             "set": str(data), "utterances": n_utts}
     if layers:
-        info["layers"] = {
-            n: {"accents": accents,
-                "mean_weight": (sums[n] / np.maximum(counts, 1)[:, None]).round(5).tolist(),
-                "mean_active": float(np.mean(active[n])) if active[n] else None,
-                "num_domains": m.num_domains, "experts_per_domain": m.experts_per_domain,
-                "activation": m.activation, "global_router": m.global_router}
-            for n, m in layers}
+        def mean_weight(n, k):
+            return (sums[(n, k)] / np.maximum(counts[(n, k)], 1)[:, None]).round(5).tolist()
+
+        def mean_active(n, k):
+            return float(np.mean(active[(n, k)])) if active[(n, k)] else None
+
+        # over valid positions only (padding left out); in the LLM also speech and text apart
+        info["positions"] = "valid positions only (no padding); *_speech / *_text: speech or text positions"
+        info["layers"] = {}
+        for n, m in layers:
+            L = {"accents": accents, "mean_weight": mean_weight(n, ""), "mean_active": mean_active(n, ""),
+                 "num_domains": m.num_domains, "experts_per_domain": m.experts_per_domain,
+                 "activation": m.activation, "global_router": m.global_router}
+            for k in ("speech", "text"):
+                if counts[(n, k)].sum() > 0:
+                    L[f"mean_weight_{k}"], L[f"mean_active_{k}"] = mean_weight(n, k), mean_active(n, k)
+            info["layers"][n] = L
         (exp / "routing.json").write_text(json.dumps(info, indent=1))
     stats = {"accent_acc": info["accent_acc"],
              "mean_active": {n: v["mean_active"] for n, v in info.get("layers", {}).items()}}

@@ -215,17 +215,20 @@ def system_markdown(s: dict, accents: Sequence[str], source_set: str, baseline_n
             for layer in layers:
                 Lr = rt["layers"].get(layer) if rt is not None else None
                 plot = plot_names.get((s["name"], layer))
+                kinds = (" / ".join(f2(Lr.get(f"mean_active_{k}")) for k in ("speech", "text"))
+                         if Lr is not None and "mean_active_text" in Lr else DASH)
                 rows.append([f"`{layer}`",
                              f2(Lr.get("mean_active")) if Lr is not None else DASH,
+                             kinds,
                              f2(ts_ma.get(layer)),
                              f"[png](../plots/{plot})" if plot else DASH])
             ma_dec = (mean([rt["layers"][k]["mean_active"] for k in rt["layers"]])
                       if rt is not None and rt["layers"]
                       and all("mean_active" in v for v in rt["layers"].values()) else None)
             ma_tr = mean(list(ts_ma.values())) if ts_ma else None
-            rows.append(["mean over layers", f2(ma_dec), f2(ma_tr), ""])
-            L += table(["layer", "mean active experts (decoding)", "mean active experts (training)",
-                        "heat map"], rows, "lrrl")
+            rows.append(["mean over layers", f2(ma_dec), "", f2(ma_tr), ""])
+            L += table(["layer", "mean active experts (decoding)", "speech / text positions",
+                        "mean active experts (training)", "heat map"], rows, "lrrrl")
 
     L += accent_id_results.markdown(s["accent_confusion"], accents,
                                     f"../plots/accent_id_{safe_name(s['name'])}.png" if s.get("accent_plot") else None)
