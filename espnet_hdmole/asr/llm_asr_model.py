@@ -10,7 +10,6 @@ encoder output or the input features to a posterior over the accent domains (cro
 projector and the LLM run inside ``espnet_hdmole.domain_posterior(g)``, with g the head's
 posterior (``global_router: predicted``) or the one-hot labels (``oracle``).
 """
-import logging
 from contextlib import nullcontext
 from typing import Dict, List, Optional, Tuple
 
@@ -25,8 +24,8 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 
 from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, head_input, head_input_size
 from espnet_hdmole.asr.ctc_compression import ctc_compress
+from espnet_hdmole.asr.encoder_side import EncoderSide
 from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
-from espnet_hdmole.asr.encoder_store import check_stored_outputs
 from espnet_hdmole.asr.llm_utils import load_causal_lm, load_tokenizer, unencodable_chars
 from espnet_hdmole.asr.pinyin_units import PinyinUnits
 from espnet_hdmole.asr.projector import FrameStackProjector
@@ -35,7 +34,7 @@ from espnet_hdmole.layers.create_hdmole_adapter import hdmole_aux_loss, hdmole_l
 from espnet_hdmole.layers.routing import SPEECH, TEXT, domain_posterior, oracle_posterior, position_kinds
 
 
-class LLMASRModel(AbsESPnetModel):
+class LLMASRModel(EncoderSide, AbsESPnetModel):
     """Speech encoder -> projector -> causal LLM, trained with the ESPnet trainer.
 
     Args:
@@ -170,77 +169,6 @@ class LLMASRModel(AbsESPnetModel):
     def _encode(self, text: str) -> torch.Tensor:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
         return torch.tensor(ids, dtype=torch.long)
-
-    # ------------------------------------------------------------------ encoder side
-    def encoder_is_frozen(self) -> bool:
-        parts = [m for m in (self.frontend, self.normalize, self.encoder) if m is not None]
-        return not any(p.requires_grad for m in parts for p in m.parameters())
-
-    def _may_cache(self, utt_id) -> bool:
-        """Per-utterance caching is enabled, the trainer passed the ids and the encoder is frozen."""
-        return self.cache_encoder_outputs and utt_id is not None and self.encoder_is_frozen()
-
-    def encode_cached(self, speech, speech_lengths, utt_id, stored=None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``encode``, or the stored outputs ``stored`` = (encoder_out, lengths) of the frozen
-        encoder (encoder_store.py) when given and allowed, or the per-utterance cache when it is
-        enabled and allowed."""
-        if stored is not None and stored[0] is not None:
-            if self.training and not self.encoder_is_frozen() and not self._stored_ignored:
-                # the encoder trains: its outputs change, in training and in validation
-                logging.warning(f"the encoder trains: its stored outputs ('{ENCODER_OUT}') are ignored")
-                self._stored_ignored = True
-            if not self._stored_ignored:
-                if self.training not in self._stored_checked:  # once in train mode, once in eval mode
-                    check_stored_outputs(self, speech, speech_lengths, stored[0], stored[1], utt_id)
-                    self._stored_checked.add(self.training)
-                return stored[0].to(speech.device), stored[1].to(speech.device)
-        if not self._may_cache(utt_id):
-            return self.encode(speech, speech_lengths)
-        missing = [i for i, u in enumerate(utt_id) if u not in self._enc_cache]
-        if missing:
-            idx = torch.tensor(missing, device=speech.device)
-            h, h_lens = self.encode_frozen(speech[idx], speech_lengths[idx])
-            for j, i in enumerate(missing):
-                self._enc_cache[utt_id[i]] = h[j, : h_lens[j]].detach().clone()
-        hs = [self._enc_cache[u].to(speech.device) for u in utt_id]
-        h_lens = torch.tensor([x.shape[0] for x in hs], device=speech.device)
-        return torch.nn.utils.rnn.pad_sequence(hs, batch_first=True), h_lens
-
-    @torch.no_grad()
-    def encode_frozen(self, speech, speech_lengths) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``encode`` as the frozen encoder: no gradient, no SpecAugment, frontend/normalize/encoder
-        in eval mode (their modes are restored after)."""
-        modes = [(m, m.training) for m in (self.frontend, self.normalize, self.encoder) if m is not None]
-        try:
-            for m, _ in modes:
-                m.eval()
-            return self.encode(speech, speech_lengths, use_specaug=False)
-        finally:
-            for m, mode in modes:
-                m.train(mode)
-
-    def encode(
-        self, speech: torch.Tensor, speech_lengths: torch.Tensor, use_specaug: bool = True
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        feats, feats_lengths = self._extract_feats(speech, speech_lengths)
-        if use_specaug and self.specaug is not None and self.training:
-            feats, feats_lengths = self.specaug(feats, feats_lengths)
-        if self.normalize is not None:
-            feats, feats_lengths = self.normalize(feats, feats_lengths)
-        h, h_lens, _ = self.encoder(feats, feats_lengths)
-        return h, h_lens
-
-    def _extract_feats(self, speech, speech_lengths):
-        speech = speech[:, : speech_lengths.max()]
-        if self.frontend is not None:
-            return self.frontend(speech, speech_lengths)
-        # a copy: ESPnet's GlobalMVN normalises in place, and the caller's batch is read again
-        # (the accent head's feature slice after the encoder; model_info's second pass)
-        return speech.clone(), speech_lengths
-
-    def collect_feats(self, speech, speech_lengths, text=None, text_lengths=None, **kwargs) -> Dict[str, torch.Tensor]:
-        feats, feats_lengths = self._extract_feats(speech, speech_lengths)
-        return {"feats": feats, "feats_lengths": feats_lengths}
 
     def global_router_mode(self) -> Optional[str]:
         """'predicted' or 'oracle' when HDMoLE layers need a domain posterior, else None."""

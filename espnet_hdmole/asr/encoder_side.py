@@ -1,0 +1,91 @@
+"""The encoder side of ``LLMASRModel`` (a mixin): features, SpecAugment, normalisation and the
+encoder, run once per utterance where the encoder is frozen.
+
+Three ways to the encoder output, in ``encode_cached``'s order:
+* the stored outputs of the frozen encoder (``encoder_out`` data key, espnet_hdmole.asr.encoder_store),
+  checked once per mode against this model's own encoder, ignored when the encoder trains;
+* the per-utterance cache (``model_conf.cache_encoder_outputs``) when the trainer passes ids and
+  the encoder is frozen;
+* ``encode``.
+The mixin reads the model's ``frontend``, ``specaug``, ``normalize``, ``encoder``,
+``cache_encoder_outputs``, ``_enc_cache``, ``_stored_checked`` and ``_stored_ignored``.
+"""
+import logging
+from typing import Dict, Tuple
+
+import torch
+
+from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
+from espnet_hdmole.asr.encoder_store import check_stored_outputs
+
+
+class EncoderSide:
+    def encoder_is_frozen(self) -> bool:
+        parts = [m for m in (self.frontend, self.normalize, self.encoder) if m is not None]
+        return not any(p.requires_grad for m in parts for p in m.parameters())
+
+    def _may_cache(self, utt_id) -> bool:
+        """Per-utterance caching is enabled, the trainer passed the ids and the encoder is frozen."""
+        return self.cache_encoder_outputs and utt_id is not None and self.encoder_is_frozen()
+
+    def encode_cached(self, speech, speech_lengths, utt_id, stored=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``encode``, or the stored outputs ``stored`` = (encoder_out, lengths) of the frozen
+        encoder (encoder_store.py) when given and allowed, or the per-utterance cache when it is
+        enabled and allowed."""
+        if stored is not None and stored[0] is not None:
+            if self.training and not self.encoder_is_frozen() and not self._stored_ignored:
+                # the encoder trains: its outputs change, in training and in validation
+                logging.warning(f"the encoder trains: its stored outputs ('{ENCODER_OUT}') are ignored")
+                self._stored_ignored = True
+            if not self._stored_ignored:
+                if self.training not in self._stored_checked:  # once in train mode, once in eval mode
+                    check_stored_outputs(self, speech, speech_lengths, stored[0], stored[1], utt_id)
+                    self._stored_checked.add(self.training)
+                return stored[0].to(speech.device), stored[1].to(speech.device)
+        if not self._may_cache(utt_id):
+            return self.encode(speech, speech_lengths)
+        missing = [i for i, u in enumerate(utt_id) if u not in self._enc_cache]
+        if missing:
+            idx = torch.tensor(missing, device=speech.device)
+            h, h_lens = self.encode_frozen(speech[idx], speech_lengths[idx])
+            for j, i in enumerate(missing):
+                self._enc_cache[utt_id[i]] = h[j, : h_lens[j]].detach().clone()
+        hs = [self._enc_cache[u].to(speech.device) for u in utt_id]
+        h_lens = torch.tensor([x.shape[0] for x in hs], device=speech.device)
+        return torch.nn.utils.rnn.pad_sequence(hs, batch_first=True), h_lens
+
+    @torch.no_grad()
+    def encode_frozen(self, speech, speech_lengths) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``encode`` as the frozen encoder: no gradient, no SpecAugment, frontend/normalize/encoder
+        in eval mode (their modes are restored after)."""
+        modes = [(m, m.training) for m in (self.frontend, self.normalize, self.encoder) if m is not None]
+        try:
+            for m, _ in modes:
+                m.eval()
+            return self.encode(speech, speech_lengths, use_specaug=False)
+        finally:
+            for m, mode in modes:
+                m.train(mode)
+
+    def encode(
+        self, speech: torch.Tensor, speech_lengths: torch.Tensor, use_specaug: bool = True
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        feats, feats_lengths = self._extract_feats(speech, speech_lengths)
+        if use_specaug and self.specaug is not None and self.training:
+            feats, feats_lengths = self.specaug(feats, feats_lengths)
+        if self.normalize is not None:
+            feats, feats_lengths = self.normalize(feats, feats_lengths)
+        h, h_lens, _ = self.encoder(feats, feats_lengths)
+        return h, h_lens
+
+    def _extract_feats(self, speech, speech_lengths):
+        speech = speech[:, : speech_lengths.max()]
+        if self.frontend is not None:
+            return self.frontend(speech, speech_lengths)
+        # a copy: ESPnet's GlobalMVN normalises in place, and the caller's batch is read again
+        # (the accent head's feature slice after the encoder; model_info's second pass)
+        return speech.clone(), speech_lengths
+
+    def collect_feats(self, speech, speech_lengths, text=None, text_lengths=None, **kwargs) -> Dict[str, torch.Tensor]:
+        feats, feats_lengths = self._extract_feats(speech, speech_lengths)
+        return {"feats": feats, "feats_lengths": feats_lengths}
