@@ -244,7 +244,7 @@ def test_routing_statistics_leave_padding_out_and_split_speech_from_text():
     w = layer._last["w"].view(2, 6, 3)
     unmarked = layer.utterance_routing_weights()
     torch.testing.assert_close(unmarked, w.mean(1))  # without marks: every position, padding included
-    kinds = position_kinds([[(SPEECH, 2), (TEXT, 4)], [(SPEECH, 1), (TEXT, 2)]])
+    kinds = position_kinds(6, torch.tensor([6, 3]), 0, torch.tensor([2, 1]))
     assert kinds[1].tolist() == [SPEECH, TEXT, TEXT, PAD, PAD, PAD]
     assert layer.mark_positions(kinds)
     valid = layer.utterance_routing_weights()

@@ -31,7 +31,7 @@ from espnet_hdmole.asr.pinyin_units import PinyinUnits
 from espnet_hdmole.asr.projector import FrameStackProjector
 from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.create_hdmole_adapter import hdmole_aux_loss, hdmole_layers, hdmole_statistics, mark_positions
-from espnet_hdmole.layers.routing import SPEECH, TEXT, domain_posterior, oracle_posterior, position_kinds
+from espnet_hdmole.layers.routing import domain_posterior, oracle_posterior, position_kinds
 
 
 class LLMASRModel(EncoderSide, AbsESPnetModel):
@@ -242,7 +242,7 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
                         self._cmp_cache[u] = h[b, : h_lens[b]].detach().clone()
         s, s_lens = self.projector(h, h_lens)
         # routing statistics of the projector's HDMoLE layers: its valid positions only
-        mark_positions(self.projector, position_kinds([[(SPEECH, n)] for n in s_lens.tolist()], s.shape[1]))
+        mark_positions(self.projector, position_kinds(s.shape[1], s_lens))
         return s, s_lens
 
     # ------------------------------------------------------------------ LLM side
@@ -326,10 +326,7 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
         mask = (torch.arange(inputs.shape[1], device=s.device)[None] < lens[:, None]).long()
         out = self.llm.base_model(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
         # routing statistics of the LLM's HDMoLE layers: speech and text positions, no padding
-        npre, npost = len(self.prefix_ids), len(self.prompt_ids)
-        mark_positions(self.llm, position_kinds(
-            [[(TEXT, npre), (SPEECH, int(s_lens[b])), (TEXT, npost + int(text_lengths[b]))] for b in range(len(seqs))],
-            inputs.shape[1]))
+        mark_positions(self.llm, position_kinds(inputs.shape[1], lens, len(self.prefix_ids), s_lens))
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         sel = labels != -100
         logits = self.llm.get_output_embeddings()(hidden[sel]).float()

@@ -116,16 +116,15 @@ def topk_weights(p: torch.Tensor, k: int, eps: float = 1e-9) -> Tuple[torch.Tens
     return w, active
 
 
-def position_kinds(segments, total: Optional[int] = None) -> torch.Tensor:
-    """(batch, T) position kinds from per-utterance segments [(kind, length), ...]: each
-    utterance's segments in order, then PAD up to T = ``total`` (default: the longest utterance)."""
-    rows = [torch.cat([torch.full((int(n),), k, dtype=torch.long) for k, n in segs]) if segs else
-            torch.zeros(0, dtype=torch.long) for segs in segments]
-    longest = max((len(r) for r in rows), default=0)
-    total = longest if total is None else total
-    if total < longest:
-        raise ValueError(f"position_kinds: segments of {longest} positions do not fit in {total}")
-    out = torch.full((len(rows), total), PAD, dtype=torch.long)
-    for b, r in enumerate(rows):
-        out[b, : len(r)] = r
-    return out
+def position_kinds(total: int, lengths: torch.Tensor, speech_start=0, speech_lengths=None) -> torch.Tensor:
+    """(batch, total) position kinds, without a loop over the batch: positions from ``lengths`` on
+    are PAD; of the others, ``speech_lengths`` positions from ``speech_start`` are SPEECH and the
+    rest TEXT (all SPEECH when ``speech_lengths`` is None)."""
+    pos = torch.arange(total, device=lengths.device)[None]
+    if speech_lengths is None:
+        inner = torch.full_like(pos, SPEECH)
+    else:
+        start = torch.as_tensor(speech_start, device=lengths.device).reshape(-1, 1)
+        speech = (pos >= start) & (pos < start + speech_lengths.reshape(-1, 1))
+        inner = torch.where(speech, SPEECH, TEXT)
+    return torch.where(pos < lengths.reshape(-1, 1), inner, PAD)
