@@ -206,6 +206,19 @@ def test_bad_layer_settings_are_rejected():
         make_layer(activation="sparse")
     with pytest.raises(ValueError, match="output_scale"):
         make_layer(output_scale="rank")
+    for bad in (-0.1, float("nan"), "0.02", True):
+        with pytest.raises(ValueError, match="router_init_std"):
+            make_layer(router_init_std=bad)
+
+
+def test_router_init_std_zero_starts_every_token_at_uniform_routing():
+    layer = make_layer(randomize=False, num_domains=3, activation="dense", global_router="none", router_init_std=0.0)
+    x = torch.randn(2, 4, 12) * 10
+    layer(x)
+    w = layer._last["w"]
+    torch.testing.assert_close(w, torch.full_like(w, 1 / 3))
+    default = make_layer(randomize=False, num_domains=3, activation="dense", global_router="none")
+    assert default.router.weight.std().item() == pytest.approx(0.02, rel=0.3)
 
 
 def test_load_balancing_loss_is_minimal_when_balanced():

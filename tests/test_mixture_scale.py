@@ -31,18 +31,18 @@ def pair(output_scale: str):
     base = Net()
     mix, lora = copy.deepcopy(base), copy.deepcopy(base)
     create_hdmole_adapter(mix, target_modules=["proj"], num_domains=N, experts_per_domain=1, rank=R,
-                          alpha=ALPHA, global_router="none", activation="dense", output_scale=output_scale)
+                          alpha=ALPHA, global_router="none", activation="dense", output_scale=output_scale,
+                          router_init_std=0.0)  # the router starts at zero: uniform weights 1/N
     create_lora_adapter(lora, rank=N * R, alpha=int(N * ALPHA), target_modules=["proj"])
     lora.train()  # loralib merged B = 0 into the weight in create_lora_adapter's eval(): unmerge it first
     layer, ll = mix.proj, lora.proj
     assert ll.scaling == pytest.approx(ALPHA / R)
     with torch.no_grad():
         layer.lora_B.normal_(std=0.3)
-        layer.router.weight.zero_()  # the router frozen at zero: uniform weights 1/N
-        layer.router.bias.zero_()
         ll.lora_A.copy_(layer.lora_A.reshape(N * R, D_IN))
         ll.lora_B.copy_(layer.lora_B.permute(1, 0, 2).reshape(D_OUT, N * R))
-    layer.router.weight.requires_grad_(False)
+    assert not layer.router.weight.any() and not layer.router.bias.any()
+    layer.router.weight.requires_grad_(False)  # and frozen there
     layer.router.bias.requires_grad_(False)
     for name, p in lora.named_parameters():  # ESPnet's create_lora_adapter does not freeze the base
         p.requires_grad_("lora_" in name)

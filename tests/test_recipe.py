@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -121,6 +122,14 @@ def test_results_hold_numbers_for_every_system(recipe):
     q = next(v for k, v in routing["layers"].items() if k.endswith("q_proj"))
     assert len(q["mean_weight_speech"]) == len(q["mean_weight_text"]) == 9 and q["mean_active_text"] >= 1
     assert "mean_weight_text" not in routing["layers"]["projector.linear1"]
+    # the results name the code that made them: every output of this run, data and features included
+    from espnet_hdmole.utils import code_version
+
+    head = code_version.current()["commit"]
+    tags = re.search(r"<!-- code: (.*?) -->", text).group(1).split()
+    assert [t.rpartition(":")[0] for t in tags] == [head], tags
+    count = int(re.search(r"`[0-9a-f]{7} \([a-z ]+\)`: (\d+) outputs", text).group(1))
+    assert count >= 2 * 14 + len(SYSTEMS) + 1  # the data and feature dirs, each system, ...
 
 
 def test_hdmole_routes_with_the_frozen_accent_head_of_step_3(recipe):
@@ -167,6 +176,22 @@ def test_pretrained_model_fine_tunes_and_decodes_into_another_exp_dir(recipe):
     assert any(line.startswith("| [lora]") for line in text.splitlines())
     assert not any(line.startswith("| [source]") for line in text.splitlines())
     assert (other / "lora" / "decode_source_test" / "score_cer" / "result.json").exists()
+
+
+def test_settings_are_tuned_on_dev_in_their_own_dir_with_the_accent_head_of_step_3(recipe):
+    """local/tune_dev.py: stage 5 per setting and rate into --out_dir (hdmole reads the accent head
+    of step 3 through --aid_model), then the table of best dev accuracies."""
+    tmp, _, _ = recipe
+    tune = tmp / "tune"
+    cmd = [sys.executable, "local/tune_dev.py", "--configs", "conf/finetune_hdmole.yaml",
+           "--lrs", "0.004", "--exp_dir", str(tmp / "exp"), "--out_dir", str(tune),
+           "--recipe_args", f"--data_dir {tmp / 'data'} --dump_dir {tmp / 'dump'}"]
+    p = subprocess.run(cmd, cwd=RECIPE, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "--aid_model" in p.stdout and (tune / "hdmole_lr0.004" / "valid.acc.best.pth").is_file()
+    row = next(line for line in (tune / "RESULTS.md").read_text().splitlines() if line.startswith("| hdmole |"))
+    assert re.search(r"\*\*\d+\.\d+ \(\d\)\*\*", row), row
+    assert not (tmp / "exp" / "hdmole_lr0.004").exists()  # nothing written into the recipe's exp dir
 
 
 # ---------------------------------------------------------------- nothing stale, nothing silent (issue 10)

@@ -1,5 +1,5 @@
 """Tests of the recipe's reporting (stage 6): local/make_results.py and its helpers (accent-ID
-confusions, bootstrap intervals, the accent effect), local/tune_lr.py and local/update_readme.py,
+confusions, bootstrap intervals, the accent effect) and local/update_readme.py,
 on hand-made decode outputs whose counts are worked out by hand (scoring: test_score_cer.py)."""
 
 import json
@@ -304,32 +304,6 @@ def test_make_results_reads_model_info_layout_with_nulls(fake_exp):
     assert "- accent-ID accuracy on dev (routing.json): - %" in hd
     png = exp / "plots" / "routing_hdmole.png"
     assert str(png) in out["files"] and png.read_bytes()[:8] == PNG_MAGIC
-
-
-def test_tune_lr_reads_best_valid_acc_and_picks_on_dev(tmp_path):
-    """local/tune_lr.py: best valid acc per run from ESPnet's 'epoch results' lines, best lr bold."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tune_lr", LOCAL / "tune_lr.py")
-    tl = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tl)
-
-    def log(path, accs):
-        path.mkdir(parents=True)
-        (path / "train.log").write_text("".join(
-            f"[vm] 2026 (trainer:394) INFO: {e}epoch results: [train] loss=1.0, acc=0.99, "
-            f"[valid] loss_asr=2.0, acc={a}, loss=2.0, time=1 s\n" for e, a in enumerate(accs, 1)))
-
-    log(tmp_path / "lr0.001" / "hdmole", [0.30, 0.52, 0.48])
-    log(tmp_path / "lr0.002" / "hdmole", [0.35, 0.50])
-    log(tmp_path / "lr0.001" / "full", [0.40])
-    assert tl.best_valid_acc(tmp_path / "lr0.001" / "hdmole" / "train.log") == (0.52, 2)
-    assert tl.best_valid_acc(tmp_path / "missing.log") is None
-    text = tl.table(tmp_path, ["conf/finetune_hdmole.yaml", "conf/finetune_full.yaml"], ["0.001", "0.002"])
-    rows = {r.split("|")[1].strip(): r for r in text.splitlines() if r.startswith("| ") and "lr " not in r}
-    assert "**52.00 (2)**" in rows["hdmole"] and "50.00 (2)" in rows["hdmole"]
-    assert rows["hdmole"].rstrip().endswith("optim_conf.lr: 0.001 |")
-    assert "**40.00 (1)**" in rows["full"] and " - |" in rows["full"]
 
 
 def test_update_readme_copies_table_times_and_plots(tmp_path):

@@ -43,7 +43,7 @@ def create_hdmole_adapter(
             e.g. ``["accent_head"]`` for the global router.
         **layer_conf: HDMoLELinear settings (num_domains, experts_per_domain, rank, alpha,
             dropout_rate, temperature, global_router, combine, activation, top_k, tau_max,
-            threshold_init, mix_init, lb_weight).
+            threshold_init, mix_init, lb_weight, output_scale, router_init_std).
 
     Returns:
         The names of the wrapped layers.

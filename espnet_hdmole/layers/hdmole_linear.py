@@ -111,6 +111,8 @@ class HDMoLELinear(torch.nn.Linear):
         output_scale: 'expert' (default: the mixture's weights sum to 1, each expert at scale
             alpha / r) | 'lora' (the sum multiplied by the number of experts in use, so that a
             uniform mixture equals a LoRA of rank N * r with the same alpha per rank).
+        router_init_std: standard deviation of the local router's initial weights (its bias starts
+            at 0); 0 starts every token at uniform routing.
         name: the layer's name in its model, used in error messages and statistics.
     """
 
@@ -132,6 +134,7 @@ class HDMoLELinear(torch.nn.Linear):
         mix_init: float = 0.0,
         lb_weight: float = 0.0,
         output_scale: str = "expert",
+        router_init_std: float = 0.02,
         name: str = "",
     ):
         if not isinstance(base, torch.nn.Linear):
@@ -159,6 +162,10 @@ class HDMoLELinear(torch.nn.Linear):
         self.tau_max = 1.0 / n if tau_max is None else float(tau_max)
         self.lb_weight = lb_weight
         self.output_scale = output_scale
+        if isinstance(router_init_std, bool) or not isinstance(router_init_std, (int, float)) \
+                or not math.isfinite(router_init_std) or router_init_std < 0:
+            raise UserError(f"adapter_conf.router_init_std must be a number >= 0, not {router_init_std!r}")
+        self.router_init_std = float(router_init_std)
 
         factory = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.lora_A = torch.nn.Parameter(torch.empty(n, rank, self.in_features, **factory))
@@ -177,11 +184,11 @@ class HDMoLELinear(torch.nn.Linear):
         self._aux_loss: Optional[torch.Tensor] = None
 
     def reset_adapter_parameters(self, threshold_init: float = 0.0):
-        """Kaiming-uniform A (as nn.Linear), zero B, small router, theta = threshold_init."""
+        """Kaiming-uniform A (as nn.Linear), zero B, router weights N(0, router_init_std^2), theta = threshold_init."""
         for i in range(self.num_experts):
             torch.nn.init.kaiming_uniform_(self.lora_A.data[i], a=math.sqrt(5))
         torch.nn.init.zeros_(self.lora_B)
-        torch.nn.init.normal_(self.router.weight, std=0.02)
+        torch.nn.init.normal_(self.router.weight, std=self.router_init_std)
         torch.nn.init.zeros_(self.router.bias)
         if hasattr(self, "threshold_proj"):
             torch.nn.init.zeros_(self.threshold_proj.weight)

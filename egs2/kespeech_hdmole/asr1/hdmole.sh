@@ -43,6 +43,8 @@ source_tone_config=conf/train_source_encoder_tone.yaml   # stage 4 step 1b: the 
                         # units from step 1's encoder (overrides on step 1's config); "": none
 accent_id_config=conf/train_accent_id.yaml   # stage 4 step 3: the accent-ID head (global router) trained
                         # alone on the accent training set, then frozen in the systems that use it; "": none
+aid_model=""            # the accent-ID head stage 5's systems start from (default: step 3's,
+                        # $exp_dir/accent_id/valid.acc_aid.best.pth), e.g. for runs in another --exp_dir
 train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mole_topk.yaml conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml conf/finetune_hdmole_topk.yaml conf/finetune_hdmole_oracle.yaml"
 train_args=""           # extra options for every llm_asr_train run, e.g. "--ngpu 1"
 source_train_args=""    # extra options for stage 4 only, e.g. "--max_epoch 20"
@@ -215,7 +217,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     stage_end 4
 fi
 init_model=${pretrained_model:-$source_exp/valid.acc.ave.pth}
-aid_model=$aid_exp/valid.acc_aid.best.pth
+aid_model=${aid_model:-$aid_exp/valid.acc_aid.best.pth}
 
 # ---------------------------------------------------------------- stage 5: multi-accent fine-tuning
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
@@ -333,7 +335,8 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     else
         run_logged "$decode_cmd" "$exp_dir/logs/stage6_results.log" $python local/make_results.py \
             --exp_dir "$exp_dir" --systems $results_systems --accents_file "$data_dir/accents.txt" \
-            --source_set source_test --baseline source
+            --source_set source_test --baseline source --code_dirs "$data_dir" "$dump_dir" "$llm_dir_eff" \
+            "$exp_dir/source_encoder" "$exp_dir/source_encoder_tone" "$aid_exp" "$enc_out"
         log "results: $exp_dir/RESULTS.md and $exp_dir/*/RESULTS.md, plots in $exp_dir/plots"
     fi
     stage_end 6

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import code_record  # noqa: E402
 from data_dir import DataDirError, read_table, samples_problem, validate  # noqa: E402
 
 INPUTS = ("wav.scp", "text", "utt2accent")  # the files the features (and .done) depend on
@@ -160,6 +161,7 @@ def write_raw(data: Path, out: Path, wavs, fs: int, done: Path, fp: dict) -> int
     for name in ("wav.scp", "text", "utt2spk", "spk2utt", "utt2accent"):
         shutil.copy(data / name, out / name)
     print(f"{data} -> {out}: {len(shapes)} utterances (raw audio)", file=sys.stderr)
+    code_record.write(done.parent)  # which code made them
     done.write_text(json.dumps(fp, sort_keys=True) + "\n")
     return 0
 
@@ -269,6 +271,7 @@ def main(argv=None):
     dt = time.time() - t0
     print(f"{data} -> {out}: {len(shapes)} utterances, {frames / 100:.0f} s of audio in {dt:.1f} s "
           f"({frames / 100 / max(dt, 1e-9):.0f}x real time, {nj} jobs)", file=sys.stderr)
+    code_record.write(done.parent)  # which code made them
     done.write_text(json.dumps(fp, sort_keys=True) + "\n")
     return 0
 

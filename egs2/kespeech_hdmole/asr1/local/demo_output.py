@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+import code_record
 from demo_common import CorpusError
 
 
@@ -38,6 +39,7 @@ def write_kaldi_dir(d: Path, jobs: List[dict]) -> None:
     }
     for name, lines in files.items():
         write_text(d / name, "\n".join(lines) + "\n")
+    code_record.write(d)  # which code made it
     write_text(d / ".done", f"{len(jobs)} utterances\n")  # last: marks the dir complete
 
 

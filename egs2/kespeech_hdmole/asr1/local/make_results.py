@@ -22,7 +22,9 @@ Writes:
   exp/<sys>/RESULTS.md                one system: environment, CER per accent, accent average
                                       (unweighted and char-weighted), source CER and its change
                                       from --baseline, trainable parameters, routing, RTF
-  exp/RESULTS.md                      all systems side by side, best accent average in bold
+  exp/RESULTS.md                      all systems side by side, best accent average in bold, the
+                                      accent effect on --baseline, and the commit(s) that made the
+                                      outputs (local/code_record.py)
   exp/plots/cer_per_accent.png        grouped bars, CER per accent per system
   exp/plots/routing_<sys>.png         per adapted layer, a heat map accents x experts of the mean
                                       routing weight (one figure per system)
@@ -50,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import accent_effect  # noqa: E402
 import accent_id_results  # noqa: E402
 import cer_bootstrap  # noqa: E402
+import code_record  # noqa: E402
 from results_markdown import (  # noqa: E402
     mean, report_date, routing_plot_names, safe_name, summary_markdown, system_markdown)
 from results_plots import draw_routing_plots, plot_cer  # noqa: E402
@@ -287,6 +290,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--full_ft_system", default="full_ft",
                    help="system whose trainable count is 100%% for '%% of full FT'")
     p.add_argument("--no_plots", action="store_true")
+    p.add_argument("--code_dirs", nargs="*", type=Path, default=[],
+                   help="more stage outputs (data, features, LLM, source model) whose code the '## Code' "
+                        "section reports, beside every system's directory")
     return p
 
 
@@ -356,6 +362,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             text += "\n".join(accent_effect.markdown(exp / args.baseline, args.baseline, accents, args.source_set)) + "\n"
         except cer_bootstrap.ScoreFileError as e:
             raise ResultsError(str(e)) from e
+    dirs = list(args.code_dirs) + [s["dir"] for s in systems] + ([baseline["dir"]] if baseline else [])
+    text += "\n" + "\n".join(code_record.markdown(code_record.collect(dict.fromkeys(dirs))))
     out.write_text(text, encoding="utf-8")
     files.append(out)
 

@@ -83,6 +83,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import code_record  # noqa: E402  (which code made each output dir)
 from data_dir import audio_problem  # noqa: E402  (the audio checks shared with data_dir.py)
 from demo_accents import DOMAINS  # noqa: E402  (the nine KeSpeech labels, in accents.txt order)
 from transcript_text import MalformedTag, normalize_text  # noqa: E402,F401  (the tag/punctuation rule)
@@ -403,6 +404,7 @@ def write_kaldi_dir(d: Path, utts: List[Utt]) -> None:
     d.mkdir(parents=True)
     for name, lines in files.items():
         (d / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    code_record.write(d)  # which code made it
     (d / ".done").write_text(f"{len(utts)} utterances\n", encoding="utf-8")  # last
 
 

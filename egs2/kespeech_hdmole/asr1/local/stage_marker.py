@@ -29,6 +29,9 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import code_record  # noqa: E402
+
 
 def _package_module(name: str):
     """A module of espnet_hdmole loaded on its own: importing the package itself loads ESPnet and
@@ -85,7 +88,8 @@ def fingerprint(a: argparse.Namespace) -> dict:
         if not sep:
             raise UserError(f"--value {item!r}: expected NAME=TEXT")
         inputs[name] = text_sha256(" ".join(text.split()))
-    return {"format": FORMAT, "inputs": inputs, "names": paths}
+    # which code made the output: recorded, never compared (a code change does not redo a stage)
+    return {"format": FORMAT, "inputs": inputs, "names": paths, "code": code_record.code_version.current()}
 
 
 def read_record(path: Path):

@@ -7,7 +7,20 @@ and the stage times.
         [--plots exp/plots/cer_per_accent.png exp/plots/routing_hdmole_<layer>.png --plot_dir ../../../docs/results]
 
 --plots copies those PNG files (each must be under --max_plot_kib) next to the README under
---plot_dir and links them below the table.
+--plot_dir and links them below the table. The block also carries RESULTS.md's '## Code' section:
+the commit(s) that made the outputs.
+
+    python local/update_readme.py --dev_results exp/tune_dev/RESULTS.md --readme ../../../README.md
+
+writes the table of local/tune_dev.py (settings chosen on dev, with its own '## Code' section)
+between <!-- dev:begin --> and <!-- dev:end -->.
+
+    python local/update_readme.py --check --readme ../../../README.md
+
+says whether the README's blocks are current: "current" (exit 0) when every file their outputs
+depend on (DEPENDS of espnet_hdmole/utils/code_version.py: the package, this recipe, setup.py, the
+installer) is the same now as in the commit that made them, else "stale" or "unknown" with the
+reason (exit 1).
 """
 import argparse
 import re
@@ -15,7 +28,12 @@ import shutil
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import code_record  # noqa: E402
+
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+DEV_BEGIN, DEV_END = "<!-- dev:begin -->", "<!-- dev:end -->"
+BLOCKS = {"results": (BEGIN, END), "dev": (DEV_BEGIN, DEV_END)}
 
 
 def systems_table(results_md: str) -> str:
@@ -40,23 +58,45 @@ def section(results_md: str, heading: str) -> str:
     return "\n".join(lines[start:end]).strip()
 
 
-SECTIONS = ("## The accent effect on the source model",)
+SECTIONS = ("## The accent effect on the source model", "## Code")
+CODE_TAG = re.compile(r"<!-- code: (.*?) -->")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", required=True)
-    ap.add_argument("--readme", required=True)
-    ap.add_argument("--stage_times", default=None)
-    ap.add_argument("--command", default="./run.sh")
-    ap.add_argument("--plots", nargs="*", default=[], help="PNG plots of stage 6 to copy and link")
-    ap.add_argument("--plot_dir", default=None, help="where the plots go (default: docs/results beside the README)")
-    ap.add_argument("--max_plot_kib", type=int, default=200)
-    a = ap.parse_args(argv)
-    readme = Path(a.readme).read_text(encoding="utf-8")
-    if BEGIN not in readme or END not in readme:
-        print(f"ERROR: {a.readme} has no {BEGIN} ... {END} markers", file=sys.stderr)
-        return 1
+def block_text(readme_text: str, name: str) -> str:
+    begin, end = BLOCKS[name]
+    return readme_text[readme_text.find(begin):readme_text.find(end)] if begin in readme_text else ""
+
+
+def check_block(block: str, name: str, repo: Path):
+    """(True, why) when the block's outputs were made by code equal to the current one in every file
+    they depend on, else (False, why)."""
+    m = CODE_TAG.search(block)
+    if not m:
+        return False, f"unknown: the README's {name} block records no commit (made before results named their code)"
+    cv = code_record.code_version
+    for tag in m.group(1).split():
+        commit, _, state = tag.rpartition(":")
+        if commit in ("", "unknown") or state != "clean":
+            what = "an unknown commit" if commit in ("", "unknown") else f"{commit[:7]} with uncommitted changes"
+            return False, f"unknown: some of the {name} block's outputs were made by {what}, which cannot be compared"
+        changed = cv.changed_since(commit, repo)
+        if changed is None:
+            return False, f"unknown: commit {commit[:7]} of the {name} block is not in {repo} (or it is no git checkout)"
+        if changed:
+            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            return False, (f"stale: {len(changed)} file(s) the {name} block depends on changed since "
+                           f"{commit[:7]}: {shown}")
+    return True, f"current: the {name} block was made by {m.group(1)} and no file it depends on changed since"
+
+
+def check(readme_text: str, repo: Path = code_record.code_version.REPO):
+    """(ok, why): the results block, and the dev block where the README has one, are current."""
+    verdicts = [check_block(block_text(readme_text, n), n, repo) for n in BLOCKS
+                if n == "results" or BLOCKS[n][0] in readme_text]
+    return all(ok for ok, _ in verdicts), "\n".join(why for _, why in verdicts)
+
+
+def results_body(a) -> list:
     body = [f"Reproduce: `cd egs2/kespeech_hdmole/asr1 && {a.command}` (then `local/update_readme.py` writes this block).", ""]
     results = Path(a.results).read_text(encoding="utf-8")
     body.append(systems_table(results))
@@ -75,19 +115,70 @@ def main(argv=None):
         plot_dir = Path(a.plot_dir) if a.plot_dir else Path(a.readme).resolve().parent / "docs" / "results"
         for src in map(Path, a.plots):  # all checked before anything is copied
             if not src.is_file():
-                print(f"ERROR: --plots: {src} does not exist (run stage 6 first)", file=sys.stderr)
-                return 1
+                raise ValueError(f"--plots: {src} does not exist (run stage 6 first)")
             if src.stat().st_size > a.max_plot_kib * 1024:
-                print(f"ERROR: --plots: {src} is over {a.max_plot_kib} KiB", file=sys.stderr)
-                return 1
+                raise ValueError(f"--plots: {src} is over {a.max_plot_kib} KiB")
         plot_dir.mkdir(parents=True, exist_ok=True)
         body.append("")
         for src in map(Path, a.plots):
             shutil.copyfile(src, plot_dir / src.name)
             rel = (plot_dir / src.name).resolve().relative_to(Path(a.readme).resolve().parent)
             body.append(f"![{src.stem}]({rel.as_posix()})")
-    new = readme[: readme.index(BEGIN) + len(BEGIN)] + "\n" + "\n".join(body) + "\n" + readme[readme.index(END):]
-    Path(a.readme).write_text(new, encoding="utf-8")
+    return body
+
+
+def dev_body(path: Path, command: str) -> list:
+    """local/tune_dev.py's RESULTS.md without its title; its '## ' headings in bold."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or not lines[0].startswith("# "):
+        raise ValueError(f"--dev_results: {path} is not a RESULTS.md of local/tune_dev.py (no '# ' title)")
+    body = [f"Reproduce: `cd egs2/kespeech_hdmole/asr1 && {command}` (then `local/update_readme.py "
+            "--dev_results` writes this block)."]
+    body += [f"**{line[3:]}**" if line.startswith("## ") else line for line in lines[1:]]
+    return body
+
+
+def replace_block(readme: str, name: str, body: list) -> str:
+    begin, end = BLOCKS[name]
+    return readme[: readme.index(begin) + len(begin)] + "\n" + "\n".join(body).strip("\n") + "\n" + readme[readme.index(end):]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", help="exp/RESULTS.md of stage 6: the results block")
+    ap.add_argument("--dev_results", help="exp/tune_dev/RESULTS.md of local/tune_dev.py: the dev block")
+    ap.add_argument("--dev_command", default="local/tune_dev.py --ladder conf/tune_dev.yaml",
+                    help="the command the dev block names")
+    ap.add_argument("--readme", required=True)
+    ap.add_argument("--check", action="store_true", help="only say whether the README's blocks are current")
+    ap.add_argument("--stage_times", default=None)
+    ap.add_argument("--command", default="./run.sh")
+    ap.add_argument("--plots", nargs="*", default=[], help="PNG plots of stage 6 to copy and link")
+    ap.add_argument("--plot_dir", default=None, help="where the plots go (default: docs/results beside the README)")
+    ap.add_argument("--max_plot_kib", type=int, default=200)
+    a = ap.parse_args(argv)
+    readme = Path(a.readme).read_text(encoding="utf-8")
+    if BEGIN not in readme or END not in readme:
+        print(f"ERROR: {a.readme} has no {BEGIN} ... {END} markers", file=sys.stderr)
+        return 1
+    if a.check:
+        ok, why = check(readme)
+        print(why)
+        return 0 if ok else 1
+    if not a.results and not a.dev_results:
+        ap.error("give --results and/or --dev_results (or --check)")
+    if a.dev_results and (DEV_BEGIN not in readme or DEV_END not in readme):
+        print(f"ERROR: {a.readme} has no {DEV_BEGIN} ... {DEV_END} markers", file=sys.stderr)
+        return 1
+    try:
+        if a.results:
+            readme = replace_block(readme, "results", results_body(a))
+        if a.dev_results:
+            readme = replace_block(readme, "dev", dev_body(Path(a.dev_results), a.dev_command))
+    except (OSError, ValueError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 1
+    Path(a.readme).write_text(readme, encoding="utf-8")
     return 0
 
 

@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Choose the fine-tuning systems' settings on dev (never on test): learning rates and any other
+YAML key, e.g. the dev ladder of conf/tune_dev.yaml.
+
+A setting is a fine-tuning YAML plus overrides (``set``: keys merged into it, dicts key by key) at
+one or more learning rates and one seed. For every setting and rate this writes
+<out_dir>/conf/finetune_<setting>_lr<rate>.yaml and runs stage 5 of hdmole.sh on it into
+<out_dir>/<setting>_lr<rate> (one hdmole.sh call per seed; its systems run --sys_jobs at a time),
+all from the same source model, with the same data, epochs and selection rule as the recipe.
+Then it reads each run's best valid token accuracy from its train.log and writes
+<out_dir>/RESULTS.md: one row per setting, one column per rate, the best of each setting in bold,
+its difference from the reference setting (the first one), and for each fine-tuning YAML the
+setting and rate that did best on dev. Finished runs are skipped (hdmole.sh's done markers), so
+an interrupted sweep resumes.
+
+    local/tune_dev.py --ladder conf/tune_dev.yaml [--out_dir exp/tune_dev] [--exp_dir exp] \\
+        [--recipe_args "--data_dir data --dump_dir dump"]
+    local/tune_dev.py --configs conf/finetune_lora.yaml conf/finetune_hdmole.yaml --lrs 0.001 0.002 0.004
+
+A ladder YAML: ``lrs`` (the default rates), ``settings``: a list of {name, config, about, set, lrs,
+seed}; ``name`` and ``config`` are required.
+"""
+import argparse
+import copy
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import code_record  # noqa: E402
+
+RESULTS = re.compile(r"(\d+)epoch results: .*\[valid\](.*)$")
+FIELD = re.compile(r"\b(\w+)=([0-9.eE+-]+)")
+SETTING_KEYS = {"name", "config", "about", "set", "lrs", "seed"}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def best_valid(train_log: Path):
+    """(best valid acc, its epoch, that epoch's valid fields) from an ESPnet train.log, or None."""
+    if not train_log.is_file():
+        return None
+    best = None
+    for line in train_log.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = RESULTS.search(line)
+        if m:
+            fields = {k: float(v) for k, v in FIELD.findall(m.group(2))}
+            if "acc" in fields and (best is None or fields["acc"] > best[0]):
+                best = (fields["acc"], int(m.group(1)), fields)
+    return best
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_ladder(path: Path) -> list:
+    """The settings of a ladder YAML, checked; a ValueError names the file, setting and key."""
+    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    lrs = [str(x) for x in doc.get("lrs", [])]
+    settings, seen = [], set()
+    for i, s in enumerate(doc.get("settings") or []):
+        where = f"{path}: settings[{i}]"
+        if not isinstance(s, dict):
+            raise ValueError(f"{where}: expected a mapping with name and config, got {s!r}")
+        unknown = sorted(set(s) - SETTING_KEYS)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(SETTING_KEYS)}")
+        for k in ("name", "config"):
+            if k not in s:
+                raise ValueError(f"{where}: '{k}' is required")
+        if not NAME.match(str(s["name"])) or s["name"] in seen:
+            raise ValueError(f"{where}: name {s['name']!r} must be unique and made of letters, digits, _ and -")
+        seen.add(s["name"])
+        if not isinstance(s.get("set", {}), dict):
+            raise ValueError(f"{where}: 'set' must be a mapping of YAML keys, got {s['set']!r}")
+        rates = [str(x) for x in s.get("lrs", lrs)]
+        if not rates:
+            raise ValueError(f"{where}: no learning rates (give 'lrs' in the setting or at the top)")
+        settings.append({"name": str(s["name"]), "config": str(s["config"]), "about": str(s.get("about", "")),
+                         "set": s.get("set", {}), "lrs": rates, "seed": int(s.get("seed", 0))})
+    if not settings:
+        raise ValueError(f"{path}: no settings")
+    return settings
+
+
+def check_settings(settings: list) -> None:
+    for s in settings:
+        if not Path(s["config"]).is_file():
+            raise ValueError(f"setting {s['name']}: config {s['config']} does not exist")
+        for lr in s["lrs"]:
+            try:
+                float(lr)
+            except ValueError:
+                raise ValueError(f"setting {s['name']}: learning rate {lr!r} is not a number") from None
+
+
+def run_name(setting: dict, lr: str) -> str:
+    return f"{setting['name']}_lr{lr}"
+
+
+def write_config(setting: dict, lr: str, conf_dir: Path) -> Path:
+    """The setting's YAML at rate ``lr``, written only when it changed (hdmole.sh's done marker reads it)."""
+    base = yaml.safe_load(Path(setting["config"]).read_text(encoding="utf-8")) or {}
+    conf = deep_merge(base, setting["set"])
+    conf = deep_merge(conf, {"optim_conf": {"lr": float(lr)}})
+    text = (f"# generated by local/tune_dev.py: {setting['config']} + {setting['set']} at lr {lr}\n"
+            + yaml.safe_dump(conf, allow_unicode=True, sort_keys=False))
+    out = conf_dir / f"finetune_{run_name(setting, lr)}.yaml"
+    if not out.is_file() or out.read_text(encoding="utf-8") != text:
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    return out
+
+
+def fmt_set(overrides: dict, prefix: str = "") -> str:
+    parts = []
+    for k, v in overrides.items():
+        if isinstance(v, dict):
+            parts.append(fmt_set(v, f"{prefix}{k}."))
+        else:
+            parts.append(f"{prefix}{k}: {v}")
+    return ", ".join(p for p in parts if p)
+
+
+def report(out_dir: Path, settings: list) -> str:
+    lrs = sorted({lr for s in settings for lr in s["lrs"]}, key=float)
+    res = {(s["name"], lr): best_valid(out_dir / run_name(s, lr) / "train.log") for s in settings for lr in s["lrs"]}
+    best = {}
+    for s in settings:
+        done = [(res[s["name"], lr], lr) for lr in s["lrs"] if res[s["name"], lr] is not None]
+        best[s["name"]] = max(done, key=lambda d: d[0][0]) if done else None
+    ref = settings[0]["name"]
+    lines = ["# Settings chosen on dev", "",
+             "Best valid token accuracy in % (its epoch) of each fine-tuning run on dev; the best rate of "
+             f"each setting in bold; Δ = that best against `{ref}`'s best, in points; active = mean active "
+             "experts on dev at that epoch (- for a plain LoRA). Same source model, data, epochs and "
+             "selection rule for every run.", "",
+             "| setting | what it is | " + " | ".join(f"lr {lr}" for lr in lrs) + " | Δ | active |",
+             "|---|---|" + "---:|" * len(lrs) + "---:|---:|"]
+    for s in settings:
+        b = best[s["name"]]
+        cells = []
+        for lr in lrs:
+            r = res.get((s["name"], lr))
+            cell = "" if lr not in s["lrs"] else "-" if r is None else f"{100 * r[0]:.2f} ({r[1]})"
+            cells.append(f"**{cell}**" if b is not None and lr == b[1] and r is not None else cell)
+        delta = "-" if b is None or best[ref] is None else f"{100 * (b[0][0] - best[ref][0][0]):+.2f}"
+        active = "-" if b is None or "hdmole_active" not in b[0][2] else f"{b[0][2]['hdmole_active']:.2f}"
+        seed = f", seed {s['seed']}" if s["seed"] else ""
+        lines.append(f"| {s['name']}{seed} | {s['about']} | " + " | ".join(cells) + f" | {delta} | {active} |")
+    lines += ["", "Each setting is its YAML plus these keys:", ""]
+    lines += [f"- `{s['name']}`: `{s['config']}`" + (f" + {fmt_set(s['set'])}" if s["set"] else "") for s in settings]
+    lines += ["", "Best on dev, per fine-tuning YAML (over its settings and rates; seed 0 only):", ""]
+    for cfg in dict.fromkeys(s["config"] for s in settings):
+        done = [(best[s["name"]], s) for s in settings if s["config"] == cfg and s["seed"] == 0 and best[s["name"]]]
+        if not done:
+            continue
+        ((acc, _, _), lr), s = max(done, key=lambda d: d[0][0][0])
+        keys = fmt_set(s["set"])
+        lines.append(f"- `{cfg}`: `{s['name']}` at lr {lr}: {100 * acc:.2f}% ({keys + ', ' if keys else ''}optim_conf.lr: {lr})")
+    runs = [out_dir / run_name(s, lr) for s in settings for lr in s["lrs"]]
+    lines += [""] + code_record.markdown(code_record.collect([r for r in runs if r.is_dir()]))
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ladder", help="a YAML of settings (see above), e.g. conf/tune_dev.yaml")
+    p.add_argument("--configs", nargs="+", help="fine-tuning YAMLs, each a setting without overrides")
+    p.add_argument("--lrs", nargs="+", help="peak learning rates (with --configs; with --ladder: its default)")
+    p.add_argument("--exp_dir", default="exp", help="the recipe's exp dir (source model, LLM, accent-ID head)")
+    p.add_argument("--out_dir", default="exp/tune_dev")
+    p.add_argument("--pretrained_model", default=None, help="source model (default: <exp_dir>/source/valid.acc.ave.pth)")
+    p.add_argument("--llm_dir", default=None, help="the LLM (default: <exp_dir>/llm)")
+    p.add_argument("--aid_model", default=None,
+                   help="accent-ID head (default: <exp_dir>/accent_id/valid.acc_aid.best.pth, if it exists)")
+    p.add_argument("--recipe_args", default="", help="more hdmole.sh options, e.g. \"--data_dir D --dump_dir U\"")
+    p.add_argument("--report_only", action="store_true", help="only (re)write RESULTS.md")
+    a = p.parse_args(argv)
+    if bool(a.ladder) == bool(a.configs):
+        p.error("give --ladder YAML or --configs (with --lrs), not both")
+    try:
+        if a.ladder:
+            settings = load_ladder(Path(a.ladder))
+            if a.lrs:
+                for s in settings:
+                    s["lrs"] = list(a.lrs)
+        else:
+            if not a.lrs:
+                p.error("--configs needs --lrs")
+            settings = [{"name": Path(c).stem.replace("finetune_", ""), "config": c, "about": "", "set": {},
+                         "lrs": list(a.lrs), "seed": 0} for c in a.configs]
+        check_settings(settings)
+    except (ValueError, yaml.YAMLError) as e:
+        p.error(str(e))
+    exp_dir, out_dir = Path(a.exp_dir), Path(a.out_dir)
+    if not a.report_only:
+        model = Path(a.pretrained_model or exp_dir / "source" / "valid.acc.ave.pth")
+        llm = Path(a.llm_dir or exp_dir / "llm")
+        aid = Path(a.aid_model or exp_dir / "accent_id" / "valid.acc_aid.best.pth")
+        for path, what in ((model, "source model (--pretrained_model)"), (llm, "LLM dir (--llm_dir)")):
+            if not path.exists():
+                p.error(f"the {what} {path} does not exist: run stages 1-4 first")
+        for seed in sorted({s["seed"] for s in settings}):
+            configs = [str(write_config(s, lr, out_dir / "conf")) for s in settings if s["seed"] == seed for lr in s["lrs"]]
+            cmd = ["./hdmole.sh", "--stage", "5", "--stop_stage", "5", "--pretrained_model", str(model),
+                   "--llm_dir", str(llm), "--exp_dir", str(out_dir), "--seed", str(seed),
+                   "--train_configs", " ".join(configs)]
+            if aid.is_file():
+                cmd += ["--aid_model", str(aid)]
+            cmd += shlex.split(a.recipe_args)
+            print(f"[tune_dev] seed {seed}, {len(configs)} runs: {shlex.join(cmd)}", flush=True)
+            rc = subprocess.call(cmd)
+            if rc != 0:
+                print(f"[tune_dev] stage 5 failed (exit {rc}); see {out_dir}/<setting>_lr<rate>/train.log",
+                      file=sys.stderr)
+                return rc
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = report(out_dir, settings)
+    (out_dir / "RESULTS.md").write_text(text, encoding="utf-8")
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

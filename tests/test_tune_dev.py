@@ -1,0 +1,114 @@
+"""local/tune_dev.py: settings chosen on dev (the ladder of conf/tune_dev.yaml, learning rates)."""
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "kespeech_hdmole" / "asr1"
+sys.path.insert(0, str(RECIPE / "local"))
+import tune_dev  # noqa: E402
+
+
+def epoch_log(path: Path, accs, active=None):
+    path.mkdir(parents=True)
+    (path / "train.log").write_text("".join(
+        f"[vm] 2026 (trainer:394) INFO: {e}epoch results: [train] loss=1.0, acc=0.99, hdmole_active=9.0, "
+        f"[valid] loss_asr=2.0, acc={a}, loss_aid=0.5, acc_aid=0.7"
+        + (f", hdmole_active={active[e - 1]}" if active else "") + ", loss=2.0, time=1 s\n"
+        for e, a in enumerate(accs, 1)))
+
+
+def test_best_valid_reads_the_valid_part_of_espnets_epoch_lines(tmp_path):
+    epoch_log(tmp_path / "r", [0.30, 0.52, 0.48], active=[3.0, 2.5, 2.0])
+    acc, epoch, fields = tune_dev.best_valid(tmp_path / "r" / "train.log")
+    assert (acc, epoch) == (0.52, 2)
+    assert fields["hdmole_active"] == 2.5 and fields["acc_aid"] == 0.7  # valid's, not train's 9.0 / 0.99
+    assert tune_dev.best_valid(tmp_path / "missing.log") is None
+
+
+def ladder(tmp_path, text):
+    p = tmp_path / "ladder.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_bad_ladders_name_the_file_the_setting_and_the_key(tmp_path):
+    cases = {
+        "settings: [{name: a}]": "settings\\[0\\]: 'config' is required",
+        "settings: [{name: a, config: x.yaml, lr: 1}]": "settings\\[0\\]: unknown key\\(s\\) \\['lr'\\]",
+        "lrs: [0.1]\nsettings: [{name: a, config: x.yaml}, {name: a, config: y.yaml}]": "settings\\[1\\]: name 'a'",
+        "settings: [{name: 'a b', config: x.yaml, lrs: [1]}]": "name 'a b' must be",
+        "settings: [{name: a, config: x.yaml}]": "settings\\[0\\]: no learning rates",
+        "settings: [{name: a, config: x.yaml, lrs: [1], set: [1]}]": "'set' must be a mapping",
+        "lrs: [1]": "no settings",
+    }
+    for text, msg in cases.items():
+        with pytest.raises(ValueError, match=msg) as e:
+            tune_dev.load_ladder(ladder(tmp_path, text))
+        assert str(tmp_path / "ladder.yaml") in str(e.value)
+    s = tune_dev.load_ladder(ladder(tmp_path, f"lrs: [0.1]\nsettings: [{{name: a, config: {tmp_path}/none.yaml}}]"))
+    with pytest.raises(ValueError, match="setting a: config .*none.yaml does not exist"):
+        tune_dev.check_settings(s)
+    (tmp_path / "c.yaml").write_text("optim_conf: {lr: 1}\n")
+    s = tune_dev.load_ladder(ladder(tmp_path, f"settings: [{{name: a, config: {tmp_path}/c.yaml, lrs: [fast]}}]"))
+    with pytest.raises(ValueError, match="setting a: learning rate 'fast' is not a number"):
+        tune_dev.check_settings(s)
+
+
+def test_a_setting_is_its_yaml_with_overrides_merged_key_by_key_at_each_rate(tmp_path):
+    base = tmp_path / "finetune_x.yaml"
+    base.write_text(yaml.safe_dump({"adapter_conf": {"rank": 2, "alpha": 4, "output_scale": "expert"},
+                                    "optim_conf": {"lr": 0.5, "weight_decay": 0.1}, "max_epoch": 3}))
+    (s,) = tune_dev.load_ladder(ladder(tmp_path, f"""
+lrs: [0.001, 0.004]
+settings:
+  - {{name: x_fair, config: {base}, set: {{adapter_conf: {{output_scale: lora}}, routing_optim_conf: {{lr_scale: 0.1}}}}}}
+"""))
+    out = tune_dev.write_config(s, "0.004", tmp_path / "conf")
+    assert out.name == "finetune_x_fair_lr0.004.yaml"  # hdmole.sh names the run x_fair_lr0.004
+    conf = yaml.safe_load(out.read_text())
+    assert conf["adapter_conf"] == {"rank": 2, "alpha": 4, "output_scale": "lora"}
+    assert conf["optim_conf"] == {"lr": 0.004, "weight_decay": 0.1}
+    assert conf["routing_optim_conf"] == {"lr_scale": 0.1} and conf["max_epoch"] == 3
+    mtime = out.stat().st_mtime_ns
+    tune_dev.write_config(s, "0.004", tmp_path / "conf")
+    assert out.stat().st_mtime_ns == mtime  # unchanged: hdmole.sh's done marker stays valid
+
+
+def test_report_marks_each_settings_best_rate_its_gap_to_the_reference_and_the_best_per_yaml(tmp_path):
+    for name in ("lora.yaml", "mix.yaml"):
+        (tmp_path / name).write_text("optim_conf: {lr: 1}\n")
+    settings = tune_dev.load_ladder(ladder(tmp_path, f"""
+lrs: [0.002]
+settings:
+  - {{name: lora, config: {tmp_path}/lora.yaml, lrs: [0.001, 0.002]}}
+  - {{name: mix_a, config: {tmp_path}/mix.yaml, about: "a mixture", set: {{adapter_conf: {{output_scale: lora}}}}}}
+  - {{name: mix_b, config: {tmp_path}/mix.yaml, lrs: [0.002, 0.004]}}
+  - {{name: lora_s1, config: {tmp_path}/lora.yaml, seed: 1}}
+"""))
+    epoch_log(tmp_path / "lora_lr0.001", [0.50, 0.60])
+    epoch_log(tmp_path / "lora_lr0.002", [0.55, 0.58])
+    epoch_log(tmp_path / "mix_a_lr0.002", [0.56, 0.62], active=[4.0, 3.25])
+    epoch_log(tmp_path / "mix_b_lr0.002", [0.40])
+    epoch_log(tmp_path / "lora_s1_lr0.002", [0.70])  # seed 1: a noise control, never a default
+    text = tune_dev.report(tmp_path, settings)
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
+            for r in text.splitlines() if r.startswith("| ") and "lr 0.001" not in r}
+    assert rows["lora"] == ["", "**60.00 (2)**", "58.00 (2)", "", "+0.00", "-"]
+    assert rows["mix_a"] == ["a mixture", "", "**62.00 (2)**", "", "+2.00", "3.25"]
+    assert f"- `mix_a`: `{tmp_path}/mix.yaml` + adapter_conf.output_scale: lora" in text
+    assert rows["mix_b"] == ["", "", "**40.00 (1)**", "-", "-20.00", "-"]
+    assert rows["lora_s1, seed 1"][2] == "**70.00 (1)**"
+    assert f"- `{tmp_path}/mix.yaml`: `mix_a` at lr 0.002: 62.00% (adapter_conf.output_scale: lora, optim_conf.lr: 0.002)" in text
+    assert f"- `{tmp_path}/lora.yaml`: `lora` at lr 0.001: 60.00% (optim_conf.lr: 0.001)" in text
+
+
+def test_the_shipped_ladder_loads_and_names_existing_configs(monkeypatch):
+    monkeypatch.chdir(RECIPE)
+    settings = tune_dev.load_ladder(Path("conf/tune_dev.yaml"))
+    tune_dev.check_settings(settings)
+    names = [s["name"] for s in settings]
+    assert names[0] == "lora" and "uniform" in names and "hdmole" in names
+    uniform = next(s for s in settings if s["name"] == "uniform")
+    assert uniform["set"]["adapter_conf"] == {"output_scale": "lora", "router_init_std": 0.0}
