@@ -91,6 +91,7 @@ def test_update_readme_check_says_current_stale_or_unknown(tmp_path, capsys):
     ok, why = update_readme.check(block.format(f"{head}:dirty"), repo)
     assert not ok and "uncommitted changes" in why
     assert update_readme.check(block.format(f"{head}:clean unknown:unknown"), repo)[0] is False
+    assert update_readme.check(block.format(""), repo)[0] is False  # no finished output at all
     ok, why = update_readme.check(block.replace("<!-- code: {} -->\n", ""), repo)
     assert not ok and why.startswith("unknown: the README's results block records no commit")
     readme = tmp_path / "README.md"

@@ -76,22 +76,28 @@ settings:
     assert out.stat().st_mtime_ns == mtime  # unchanged: hdmole.sh's done marker stays valid
 
 
-def test_report_marks_each_settings_best_rate_its_gap_to_the_reference_and_the_best_per_yaml(tmp_path):
-    for name in ("lora.yaml", "mix.yaml"):
-        (tmp_path / name).write_text("optim_conf: {lr: 1}\n")
+def test_report_marks_each_settings_best_rate_its_gap_and_changes_a_default_only_beyond_the_noise(tmp_path):
+    for name in ("lora.yaml", "mix.yaml", "other.yaml"):
+        (tmp_path / name).write_text("optim_conf: {lr: 0.002}\n")
     settings = tune_dev.load_ladder(ladder(tmp_path, f"""
 lrs: [0.002]
 settings:
   - {{name: lora, config: {tmp_path}/lora.yaml, lrs: [0.001, 0.002]}}
   - {{name: mix_a, config: {tmp_path}/mix.yaml, about: "a mixture", set: {{adapter_conf: {{output_scale: lora}}}}}}
   - {{name: mix_b, config: {tmp_path}/mix.yaml, lrs: [0.002, 0.004]}}
-  - {{name: lora_s1, config: {tmp_path}/lora.yaml, seed: 1}}
+  - {{name: mix_c, config: {tmp_path}/mix.yaml, control: true}}
+  - {{name: other, config: {tmp_path}/other.yaml}}
+  - {{name: other_x, config: {tmp_path}/other.yaml, set: {{max_epoch: 4}}}}
+  - {{name: lora_s1, config: {tmp_path}/lora.yaml, seed: 1, control: true, noise_of: lora}}
 """))
     epoch_log(tmp_path / "lora_lr0.001", [0.50, 0.60])
     epoch_log(tmp_path / "lora_lr0.002", [0.55, 0.58])
     epoch_log(tmp_path / "mix_a_lr0.002", [0.56, 0.62], active=[4.0, 3.25])
     epoch_log(tmp_path / "mix_b_lr0.002", [0.40])
-    epoch_log(tmp_path / "lora_s1_lr0.002", [0.70])  # seed 1: a noise control, never a default
+    epoch_log(tmp_path / "mix_c_lr0.002", [0.90])  # a control: reported, never chosen
+    epoch_log(tmp_path / "other_lr0.002", [0.50])
+    epoch_log(tmp_path / "other_x_lr0.002", [0.505])
+    epoch_log(tmp_path / "lora_s1_lr0.002", [0.61])  # seed 1: the noise margin is |61 - 60| = 1 point
     text = tune_dev.report(tmp_path, settings)
     rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
             for r in text.splitlines() if r.startswith("| ") and "lr 0.001" not in r}
@@ -99,9 +105,22 @@ settings:
     assert rows["mix_a"] == ["a mixture", "", "**62.00 (2)**", "", "+2.00", "3.25"]
     assert f"- `mix_a`: `{tmp_path}/mix.yaml` + adapter_conf.output_scale: lora" in text
     assert rows["mix_b"] == ["", "", "**40.00 (1)**", "-", "-20.00", "-"]
-    assert rows["lora_s1, seed 1"][2] == "**70.00 (1)**"
-    assert f"- `{tmp_path}/mix.yaml`: `mix_a` at lr 0.002: 62.00% (adapter_conf.output_scale: lora, optim_conf.lr: 0.002)" in text
-    assert f"- `{tmp_path}/lora.yaml`: `lora` at lr 0.001: 60.00% (optim_conf.lr: 0.001)" in text
+    assert rows["lora_s1, seed 1"][2] == "**61.00 (1)**" and rows["mix_c"][2] == "**90.00 (1)**"
+    assert "Noise margin: 1.00 points" in text
+    # beyond the noise: change; within it: keep the YAML as it is
+    assert (f"- `{tmp_path}/lora.yaml`: **change** to `lora` at lr 0.001 (60.00%: optim_conf.lr: 0.001): +2.00 "
+            "over the YAML as it is (`lora` at lr 0.002, 58.00%)") in text
+    assert f"- `{tmp_path}/mix.yaml`: **change** to `mix_a` at lr 0.002 (62.00%: adapter_conf.output_scale: lora" in text
+    assert (f"- `{tmp_path}/other.yaml`: **keep** the YAML as it is (`other` at lr 0.002, 50.00%); the best, "
+            "`other_x` at lr 0.002 (50.50%: max_epoch: 4, optim_conf.lr: 0.002), is within the noise") in text
+    assert "- `- `" not in text and f"`{tmp_path}/mix.yaml`" in text
+    (tmp_path / "mix.yaml").write_text("optim_conf: {lr: 0.002}\nadapter_conf: {output_scale: lora}\n")
+    assert (f"- `{tmp_path}/mix.yaml`: **keep** the YAML as it is (`mix_a` at lr 0.002, 62.00%): the best on dev"
+            in tune_dev.report(tmp_path, settings))
+    (tmp_path / "lora_lr0.001" / ".done").write_text('{"code": {"commit": "%s", "clean": true}}' % ("a" * 40))
+    assert "`aaaaaaa (clean)`: 1 outputs (lora_lr0.001)" in tune_dev.report(tmp_path, settings)  # below --out_dir
+    with pytest.raises(ValueError, match="noise_of 'nobody' names no setting"):
+        tune_dev.load_ladder(ladder(tmp_path, f"lrs: [1]\nsettings: [{{name: a, config: x, noise_of: nobody}}]"))
 
 
 def test_the_shipped_ladder_loads_and_names_existing_configs(monkeypatch):
@@ -111,4 +130,4 @@ def test_the_shipped_ladder_loads_and_names_existing_configs(monkeypatch):
     names = [s["name"] for s in settings]
     assert names[0] == "lora" and "uniform" in names and "hdmole" in names
     uniform = next(s for s in settings if s["name"] == "uniform")
-    assert uniform["set"]["adapter_conf"] == {"output_scale": "lora", "router_init_std": 0.0}
+    assert uniform["set"]["adapter_conf"] == {"output_scale": "lora", "router_init_std": 0.0} and uniform["control"]

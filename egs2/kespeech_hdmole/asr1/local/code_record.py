@@ -11,7 +11,7 @@ Only the standard library is imported (the recipe calls this before every stage 
 import importlib.util
 import json
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 SIDECAR = ".code"
 
@@ -59,9 +59,17 @@ def collect(dirs: Iterable[Path]) -> Dict[str, dict]:
     return out
 
 
-def markdown(records: Dict[str, dict]) -> List[str]:
-    """The '## Code' section of RESULTS.md: which commits made the outputs, and a machine-readable
-    line (``<!-- code: HASH clean|dirty|unknown ... -->``) that local/update_readme.py reads."""
+def _shown(path: str, root: Optional[Path]) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve())) if root else path
+    except ValueError:
+        return path
+
+
+def markdown(records: Dict[str, dict], root: Optional[Path] = None) -> List[str]:
+    """The '## Code' section of RESULTS.md: which commits made the outputs (their paths shown
+    relative to ``root`` where they lie below it), and a machine-readable line
+    (``<!-- code: HASH:clean|dirty|unknown ... -->``) that local/update_readme.py reads."""
     versions = code_version.summarise(records)["versions"]
     lines = ["## Code", "",
              "The commit of this checkout that made the outputs (data, features, LLM, models, decodings), "
@@ -71,7 +79,7 @@ def markdown(records: Dict[str, dict]) -> List[str]:
     if not versions:
         lines.append("- no finished output with a done marker was found")
     for v in versions:
-        outs = v["outputs"]
+        outs = [_shown(o, root) for o in v["outputs"]]
         shown = ", ".join(outs[:3]) + (f" and {len(outs) - 3} more" if len(outs) > 3 else "")
         lines.append(f"- `{code_version.label(v)}`: {len(outs)} outputs ({shown})")
     state = {True: "clean", False: "dirty"}

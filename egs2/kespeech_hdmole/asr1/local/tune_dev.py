@@ -18,7 +18,11 @@ an interrupted sweep resumes.
     local/tune_dev.py --configs conf/finetune_lora.yaml conf/finetune_hdmole.yaml --lrs 0.001 0.002 0.004
 
 A ladder YAML: ``lrs`` (the default rates), ``settings``: a list of {name, config, about, set, lrs,
-seed}; ``name`` and ``config`` are required.
+seed, control, noise_of}; ``name`` and ``config`` are required; a ``control: true`` setting (e.g. one
+that must equal another) is reported but never chosen as a YAML's best; ``noise_of: OTHER`` marks a
+setting that differs from OTHER only by chance (another seed, an equivalent form): the largest such
+gap is the noise margin. A YAML's default changes only when its best setting beats the YAML as it
+is (the run whose settings and rate equal it) by more than that margin.
 """
 import argparse
 import copy
@@ -35,7 +39,7 @@ import code_record  # noqa: E402
 
 RESULTS = re.compile(r"(\d+)epoch results: .*\[valid\](.*)$")
 FIELD = re.compile(r"\b(\w+)=([0-9.eE+-]+)")
-SETTING_KEYS = {"name", "config", "about", "set", "lrs", "seed"}
+SETTING_KEYS = {"name", "config", "about", "set", "lrs", "seed", "control", "noise_of"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -84,9 +88,13 @@ def load_ladder(path: Path) -> list:
         if not rates:
             raise ValueError(f"{where}: no learning rates (give 'lrs' in the setting or at the top)")
         settings.append({"name": str(s["name"]), "config": str(s["config"]), "about": str(s.get("about", "")),
-                         "set": s.get("set", {}), "lrs": rates, "seed": int(s.get("seed", 0))})
+                         "set": s.get("set", {}), "lrs": rates, "seed": int(s.get("seed", 0)),
+                         "control": bool(s.get("control", False)), "noise_of": s.get("noise_of")})
     if not settings:
         raise ValueError(f"{path}: no settings")
+    for i, s in enumerate(settings):
+        if s["noise_of"] is not None and s["noise_of"] not in seen:
+            raise ValueError(f"{path}: settings[{i}]: noise_of {s['noise_of']!r} names no setting")
     return settings
 
 
@@ -117,6 +125,12 @@ def write_config(setting: dict, lr: str, conf_dir: Path) -> Path:
         conf_dir.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
     return out
+
+
+def is_current(setting: dict, lr: str) -> bool:
+    """Is the run of ``setting`` at ``lr`` the setting's YAML exactly as it is?"""
+    base = yaml.safe_load(Path(setting["config"]).read_text(encoding="utf-8")) or {}
+    return deep_merge(deep_merge(base, setting["set"]), {"optim_conf": {"lr": float(lr)}}) == base
 
 
 def fmt_set(overrides: dict, prefix: str = "") -> str:
@@ -157,16 +171,35 @@ def report(out_dir: Path, settings: list) -> str:
         lines.append(f"| {s['name']}{seed} | {s['about']} | " + " | ".join(cells) + f" | {delta} | {active} |")
     lines += ["", "Each setting is its YAML plus these keys:", ""]
     lines += [f"- `{s['name']}`: `{s['config']}`" + (f" + {fmt_set(s['set'])}" if s["set"] else "") for s in settings]
-    lines += ["", "Best on dev, per fine-tuning YAML (over its settings and rates; seed 0 only):", ""]
+    gaps = [abs(best[s["name"]][0][0] - best[s["noise_of"]][0][0]) for s in settings
+            if s["noise_of"] and best[s["name"]] and best[s["noise_of"]]]
+    margin = max(gaps, default=0.0)
+    lines += ["", f"Noise margin: {100 * margin:.2f} points, the largest gap between a setting and its noise "
+              "control (`noise_of`)" if gaps else "Noise margin: none measured (no `noise_of` pair has finished)",
+              "", "Chosen per fine-tuning YAML (over its settings and rates, controls and other seeds left out): "
+              "its best on dev where that beats the YAML as it is by more than the noise margin, else the YAML "
+              "as it is:", ""]
     for cfg in dict.fromkeys(s["config"] for s in settings):
-        done = [(best[s["name"]], s) for s in settings if s["config"] == cfg and s["seed"] == 0 and best[s["name"]]]
-        if not done:
+        runs = [(res[s["name"], lr][0], lr, s) for s in settings for lr in s["lrs"]
+                if s["config"] == cfg and s["seed"] == 0 and not s["control"] and res[s["name"], lr]]
+        if not runs:
             continue
-        ((acc, _, _), lr), s = max(done, key=lambda d: d[0][0][0])
-        keys = fmt_set(s["set"])
-        lines.append(f"- `{cfg}`: `{s['name']}` at lr {lr}: {100 * acc:.2f}% ({keys + ', ' if keys else ''}optim_conf.lr: {lr})")
+        acc, lr, s = max(runs, key=lambda r: r[0])
+        what = f"`{s['name']}` at lr {lr} ({100 * acc:.2f}%: {fmt_set(dict(s['set'], optim_conf={'lr': float(lr)}))})"
+        now = next((r for r in runs if is_current(r[2], r[1])), None)
+        if now is None:
+            lines.append(f"- `{cfg}`: {what}; the YAML as it is was not run")
+        elif acc - now[0] > margin:
+            lines.append(f"- `{cfg}`: **change** to {what}: {100 * (acc - now[0]):+.2f} over the YAML as it is "
+                         f"(`{now[2]['name']}` at lr {now[1]}, {100 * now[0]:.2f}%)")
+        elif (s["name"], lr) == (now[2]["name"], now[1]):
+            lines.append(f"- `{cfg}`: **keep** the YAML as it is (`{now[2]['name']}` at lr {now[1]}, {100 * now[0]:.2f}%): "
+                         "the best on dev")
+        else:
+            lines.append(f"- `{cfg}`: **keep** the YAML as it is (`{now[2]['name']}` at lr {now[1]}, {100 * now[0]:.2f}%); "
+                         f"the best, {what}, is within the noise")
     runs = [out_dir / run_name(s, lr) for s in settings for lr in s["lrs"]]
-    lines += [""] + code_record.markdown(code_record.collect([r for r in runs if r.is_dir()]))
+    lines += [""] + code_record.markdown(code_record.collect([r for r in runs if r.is_dir()]), root=out_dir)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -196,7 +229,7 @@ def main(argv=None) -> int:
             if not a.lrs:
                 p.error("--configs needs --lrs")
             settings = [{"name": Path(c).stem.replace("finetune_", ""), "config": c, "about": "", "set": {},
-                         "lrs": list(a.lrs), "seed": 0} for c in a.configs]
+                         "lrs": list(a.lrs), "seed": 0, "control": False, "noise_of": None} for c in a.configs]
         check_settings(settings)
     except (ValueError, yaml.YAMLError) as e:
         p.error(str(e))

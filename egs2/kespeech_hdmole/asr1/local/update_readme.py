@@ -71,7 +71,7 @@ def check_block(block: str, name: str, repo: Path):
     """(True, why) when the block's outputs were made by code equal to the current one in every file
     they depend on, else (False, why)."""
     m = CODE_TAG.search(block)
-    if not m:
+    if not m or not m.group(1).split():
         return False, f"unknown: the README's {name} block records no commit (made before results named their code)"
     cv = code_record.code_version
     for tag in m.group(1).split():
