@@ -16,15 +16,17 @@ from typing import Dict, Iterable, List, Optional
 SIDECAR = ".code"
 
 
-def _code_version():
-    path = Path(__file__).resolve().parents[4] / "espnet_hdmole" / "utils" / "code_version.py"
-    spec = importlib.util.spec_from_file_location("_hdmole_code_version", path)
+def package_module(name: str):
+    """A module of espnet_hdmole (e.g. "utils.code_version") loaded on its own: importing the
+    package itself loads ESPnet and torch (~8 s), too slow for the recipe's per-output checks."""
+    path = Path(__file__).resolve().parents[4] / "espnet_hdmole" / Path(*name.split("."))
+    spec = importlib.util.spec_from_file_location(f"_hdmole_{name}", path.with_suffix(".py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-code_version = _code_version()
+code_version = package_module("utils.code_version")
 
 
 def write(out_dir: Path) -> None:
@@ -52,7 +54,7 @@ def collect(dirs: Iterable[Path]) -> Dict[str, dict]:
     for top in map(Path, dirs):
         if not top.is_dir():
             continue
-        for done in sorted([top / ".done"] if (top / ".done").is_file() else []) + sorted(top.rglob("*/.done")):
+        for done in sorted(top.rglob(".done")):
             if any(".stale-" in part for part in done.parent.parts):
                 continue
             out[str(done.parent)] = read(done.parent)

@@ -24,7 +24,6 @@ The recipe copies PENDING.json to OUT_DIR/.inputs when it starts a run and to OU
 the run has finished. Errors (a missing input) are one line on stderr, exit status 1.
 """
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -33,17 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import code_record  # noqa: E402
 
 
-def _package_module(name: str):
-    """A module of espnet_hdmole loaded on its own: importing the package itself loads ESPnet and
-    torch (~8 s), too slow for a check that runs before every stage output."""
-    path = Path(__file__).resolve().parents[4] / "espnet_hdmole" / Path(*name.split("."))
-    spec = importlib.util.spec_from_file_location(f"_hdmole_{name}", path.with_suffix(".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_errors, _fingerprint = _package_module("errors"), _package_module("utils.fingerprint")
+_errors, _fingerprint = code_record.package_module("errors"), code_record.package_module("utils.fingerprint")
 UserError, run_cli = _errors.UserError, _errors.run_cli
 DATA_DIR_FILES, changes, file_sha256 = _fingerprint.DATA_DIR_FILES, _fingerprint.changes, _fingerprint.file_sha256
 files_sha256, text_sha256 = _fingerprint.files_sha256, _fingerprint.text_sha256
