@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "kespeech_hdmole" / "asr1"
-SYSTEMS = ["full", "lora", "mole_topk", "mole_dense", "hdmole", "hdmole_nohier", "hdmole_topk"]
+SYSTEMS = ["full", "lora", "mole_topk", "mole_dense", "hdmole", "hdmole_nohier", "hdmole_topk",
+           "full_proj", "lora_proj", "hdmole_proj"]
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (tools/install.sh installs it as root)")
 

@@ -45,7 +45,7 @@ accent_id_config=conf/train_accent_id.yaml   # stage 4 step 3: the accent-ID hea
                         # alone on the accent training set, then frozen in the systems that use it; "": none
 aid_model=""            # the accent-ID head stage 5's systems start from (default: step 3's,
                         # $exp_dir/accent_id/valid.acc_aid.best.pth), e.g. for runs in another --exp_dir
-train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mole_topk.yaml conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml conf/finetune_hdmole_topk.yaml conf/finetune_hdmole_oracle.yaml"
+train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mole_topk.yaml conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml conf/finetune_hdmole_topk.yaml conf/finetune_hdmole_oracle.yaml conf/finetune_full_proj.yaml conf/finetune_lora_proj.yaml conf/finetune_hdmole_proj.yaml"
 train_args=""           # extra options for every llm_asr_train run, e.g. "--ngpu 1"
 source_train_args=""    # extra options for stage 4 only, e.g. "--max_epoch 20"
 ngpu=0                  # GPUs per training job (ESPnet's --ngpu; >1 uses its distributed training)
@@ -335,7 +335,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     else
         run_logged "$decode_cmd" "$exp_dir/logs/stage6_results.log" $python local/make_results.py \
             --exp_dir "$exp_dir" --systems $results_systems --accents_file "$data_dir/accents.txt" \
-            --source_set source_test --baseline source --code_dirs "$data_dir" "$dump_dir" "$llm_dir_eff" \
+            --source_set source_test --baseline source --full_ft_system full --code_dirs "$data_dir" "$dump_dir" "$llm_dir_eff" \
             "$exp_dir/source_encoder" "$exp_dir/source_encoder_tone" "$aid_exp" "$enc_out"
         log "results: $exp_dir/RESULTS.md and $exp_dir/*/RESULTS.md, plots in $exp_dir/plots"
     fi

@@ -7,7 +7,8 @@ cd "$(dirname "$0")"
 
 train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mole_topk.yaml
   conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml
-  conf/finetune_hdmole_topk.yaml conf/finetune_hdmole_oracle.yaml"
+  conf/finetune_hdmole_topk.yaml conf/finetune_hdmole_oracle.yaml
+  conf/finetune_full_proj.yaml conf/finetune_lora_proj.yaml conf/finetune_hdmole_proj.yaml"
 
 # the tiny demo (CI) trains for a moment only: it checks the pipeline, not the method
 extra=()

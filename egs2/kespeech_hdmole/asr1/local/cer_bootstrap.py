@@ -7,7 +7,7 @@ utterances (e.g. test_Southwestern against test_Mandarin) resamples each set on 
 """
 import re
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -18,19 +18,39 @@ class ScoreFileError(ValueError):
     """per_utt.txt does not hold what score_cer.py writes; the message names the file and line."""
 
 
+ID_LINE = re.compile(r"^id: \((.*)\)\s*$")
+
+
 def read_per_utt(path: Path) -> np.ndarray:
     """(utterances, 2) int array: errors (S+D+I) and reference characters (C+S+D) per utterance."""
+    return read_scored(path)[1]
+
+
+def read_scored(path: Path) -> Tuple[List[str], np.ndarray]:
+    """(utterance ids, (utterances, 2) int array of errors and reference characters), in file order."""
+    ids: List[str] = []
     rows = []
+    uid = None
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.startswith("Scores:"):
+        m = ID_LINE.match(line)
+        if m is not None:
+            uid = m.group(1)
+        elif line.startswith("Scores:"):
             m = SCORES.match(line)
             if m is None:
                 raise ScoreFileError(f"{path}:{n}: expected 'Scores: (#C #S #D #I) c s d i', got {line!r}")
+            if uid is None:
+                raise ScoreFileError(f"{path}:{n}: a 'Scores:' line without an 'id: (...)' line before it")
             c, s, d, i = map(int, m.groups())
+            ids.append(uid)
             rows.append((s + d + i, c + s + d))
+            uid = None
     if not rows:
         raise ScoreFileError(f"{path}: no 'Scores:' lines (not a per_utt.txt of local/score_cer.py?)")
-    return np.array(rows, dtype=np.int64)
+    if len(set(ids)) != len(ids):
+        dup = next(u for u in ids if ids.count(u) > 1)
+        raise ScoreFileError(f"{path}: utterance {dup!r} is scored more than once")
+    return ids, np.array(rows, dtype=np.int64)
 
 
 def cer_draws(scores: np.ndarray, draws: int = 1000, seed: int = 0) -> np.ndarray:

@@ -52,6 +52,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import accent_effect  # noqa: E402
 import accent_id_results  # noqa: E402
 import cer_bootstrap  # noqa: E402
+import claims  # noqa: E402
+import system_intervals  # noqa: E402
 import code_record  # noqa: E402
 from results_markdown import (  # noqa: E402
     mean, report_date, routing_plot_names, safe_name, summary_markdown, system_markdown)
@@ -289,6 +291,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="source", help="system the source-domain Δ is taken against")
     p.add_argument("--full_ft_system", default="full_ft",
                    help="system whose trainable count is 100%% for '%% of full FT'")
+    p.add_argument("--main_systems", nargs="*", default=["hdmole", "hdmole_proj"],
+                   help="systems whose paired differences from every other system get intervals "
+                        "('## Paired differences'); those not among the systems are left out")
     p.add_argument("--no_plots", action="store_true")
     p.add_argument("--code_dirs", nargs="*", type=Path, default=[],
                    help="more stage outputs (data, features, LLM, source model) whose code the '## Code' "
@@ -357,6 +362,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         files.append(out)
     out = exp / "RESULTS.md"
     text = summary_markdown(systems, accents, args.source_set, args.baseline, args.full_ft_system, date)
+    known = {s["name"]: s for s in ([baseline] if baseline else []) + systems}
+    system_dirs = {name: s["dir"] for name, s in known.items()}
+    try:
+        intervals = system_intervals.compute(system_dirs, accents, args.source_set,
+                                             baseline["name"] if baseline else None, args.main_systems)
+    except (cer_bootstrap.ScoreFileError, system_intervals.IntervalError) as e:
+        raise ResultsError(str(e)) from e
+    text += "\n" + "\n".join(system_intervals.markdown(intervals, args.source_set, args.baseline))
+    text += "\n".join(claims.markdown(claims.verdicts(intervals, known, args.full_ft_system)))
     if baseline is not None:
         try:
             text += "\n".join(accent_effect.markdown(exp / args.baseline, args.baseline, accents, args.source_set)) + "\n"
@@ -370,12 +384,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not args.no_plots:
         plots = exp / "plots"
         plots.mkdir(exist_ok=True)
-        plot_cer(systems, accents, plots / "cer_per_accent.png")
+        plot_cer(systems, accents, plots / "cer_per_accent.png", intervals["systems"])
         files.append(plots / "cer_per_accent.png")
         files += draw_routing_plots(systems, plot_names, plots)
     for f in files:
         print(f"wrote {f}", file=sys.stderr)
-    return {"systems": systems, "files": [str(f) for f in files], "accents": accents}
+    return {"systems": systems, "files": [str(f) for f in files], "accents": accents, "intervals": intervals}
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 
 def _pyplot():
@@ -24,7 +24,10 @@ def _pyplot():
 PNG_META = {"Software": None}  # no version string in the file: identical bytes across runs
 
 
-def plot_cer(systems: Sequence[dict], accents: Sequence[str], path: Path) -> None:
+def plot_cer(systems: Sequence[dict], accents: Sequence[str], path: Path,
+             intervals: Optional[Dict[str, dict]] = None) -> None:
+    """Bars of CER per accent and system; with ``intervals`` (system -> {"sets": {set: (point, lo,
+    hi)}} of system_intervals.compute) each bar gets its 95% interval as an error bar."""
     import numpy as np
 
     plt = _pyplot()
@@ -36,7 +39,12 @@ def plot_cer(systems: Sequence[dict], accents: Sequence[str], path: Path) -> Non
         vals = [s["result"][f"test_{a}"]["cer_pct"] if s["result"][f"test_{a}"] else np.nan
                 for a in accents]
         xs = x - 0.4 + width * (i + 0.5)
-        ax.bar(xs, vals, width, label=s["name"])
+        sets = ((intervals or {}).get(s["name"]) or {}).get("sets") or {}
+        err = None
+        if all(f"test_{a}" in sets for a in accents):
+            err = np.array([[v - sets[f"test_{a}"][1], sets[f"test_{a}"][2] - v] for a, v in zip(accents, vals)]).T
+        ax.bar(xs, vals, width, label=s["name"], yerr=err, error_kw={"elinewidth": 0.6, "capsize": 0},
+               color=plt.get_cmap("tab20" if n > 10 else "tab10")(i % (20 if n > 10 else 10)))
         if len(systems) * len(accents) <= 60:  # label bars, so 0.00 and "no result" differ
             for xi, v in zip(xs, vals):
                 ax.annotate("n/a" if np.isnan(v) else f"{v:.1f}", (xi, 0.0 if np.isnan(v) else v),
@@ -47,9 +55,9 @@ def plot_cer(systems: Sequence[dict], accents: Sequence[str], path: Path) -> Non
     ax.set_xticklabels(accents, rotation=30, ha="right")
     ax.set_xlabel("accent (test set)")
     ax.set_ylabel("CER (%)")
-    ax.set_title("CER per accent")
-    if systems:
-        ax.legend(fontsize="small")
+    ax.set_title("CER per accent" + (" (bars: 95% bootstrap intervals)" if intervals else ""))
+    if systems:  # beside the axes: inside, it covered bars
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata=PNG_META)

@@ -58,7 +58,8 @@ def section(results_md: str, heading: str) -> str:
     return "\n".join(lines[start:end]).strip()
 
 
-SECTIONS = ("## The accent effect on the source model", "## Code")
+SECTIONS = ("## Claims of the paper", "## Confidence intervals", "## Paired differences",
+            "## The accent effect on the source model", "## Code")
 CODE_TAG = re.compile(r"<!-- code: (.*?) -->")
 
 

@@ -1,0 +1,92 @@
+"""The paper's claims, each judged on this run from the paired intervals (local/system_intervals.py).
+
+Every verdict is computed here from the same per-utterance scores as the tables, so the README's
+sentences cannot drift from the results:
+
+- "holds": the 95% interval of the difference lies on the side the claim says;
+- "does not hold": it lies on the other side;
+- "tie within CI": it holds 0 (for a claim that two systems match, that is what it says).
+
+A claim whose systems did not run is listed as "not judged", with the reason.
+"""
+from typing import List, Optional, Sequence
+
+import system_intervals
+
+# main, other: systems ("full" stands for make_results' --full_ft_system); metric: accent_avg | source (CER, lower is better) | share (trainable %);
+# side: what the claim says of main minus other: "lower" (main better) or "match"
+CLAIMS = (
+    {"text": "HDMoLE on the projector matches full fine-tuning on the target accents",
+     "main": "hdmole_proj", "other": "full", "metric": "accent_avg", "side": "match"},
+    {"text": "... with 9.6% of full fine-tuning's trainable parameters",
+     "main": "hdmole_proj", "other": "full", "metric": "share", "paper": 9.6},
+    {"text": "HDMoLE on the projector degrades the source domain less than full fine-tuning",
+     "main": "hdmole_proj", "other": "full", "metric": "source", "side": "lower"},
+    {"text": "HDMoLE (projector and LLM) beats LoRA of the same rank on the target accents",
+     "main": "hdmole", "other": "lora", "metric": "accent_avg", "side": "lower"},
+    {"text": "hierarchical routing (the accent-ID global router) helps on the target accents",
+     "main": "hdmole", "other": "hdmole_nohier", "metric": "accent_avg", "side": "lower"},
+    {"text": "the dynamic threshold beats static top-k routing on the target accents",
+     "main": "hdmole", "other": "hdmole_topk", "metric": "accent_avg", "side": "lower"},
+    {"text": "HDMoLE degrades the source domain less than full fine-tuning",
+     "main": "hdmole", "other": "full", "metric": "source", "side": "lower"},
+)
+METRIC_NAMES = {"accent_avg": "accent avg CER", "source": "source CER"}
+
+
+def judge(iv: system_intervals.Interval, side: str) -> str:
+    _, lo, hi = iv
+    if lo <= 0 <= hi:
+        return "tie within CI"
+    better = hi < 0
+    if side == "match":
+        return "does not hold" if not better else "holds (better)"
+    return "holds" if better else "does not hold"
+
+
+def share(systems: dict, main: str, other: str) -> Optional[float]:
+    a, b = systems.get(main), systems.get(other)
+    if not a or not b or not a.get("params") or not b.get("params") or not b["params"]["trainable"]:
+        return None
+    return 100.0 * a["params"]["trainable"] / b["params"]["trainable"]
+
+
+def verdicts(intervals: dict, systems: dict, full_ft: str = "full") -> List[dict]:
+    """[{text, comparison, figures, verdict}] for each claim; systems: name -> the system dict of
+    make_results (for the trainable counts); full_ft: the full fine-tuning system's name."""
+    out = []
+    for c in CLAIMS:
+        m, o = c["main"], full_ft if c["other"] == "full" else c["other"]
+        row = {"text": c["text"], "comparison": f"`{m}` vs `{o}`"}
+        if c["metric"] == "share":
+            s = share(systems, m, o)
+            if s is None:
+                row.update(figures="-", verdict=f"not judged: `{m}` or `{o}` has no params.json")
+            else:
+                row.update(figures=f"{s:.2f}% (paper: {c['paper']}%)",
+                           verdict="holds" if s <= c["paper"] else "does not hold")
+            out.append(row)
+            continue
+        pair = intervals["pairs"].get(m, {}).get(o)
+        if pair is None:
+            row.update(figures="-", verdict=f"not judged: `{m}` or `{o}` did not score every test set")
+        else:
+            iv = pair[c["metric"]]
+            point, ci = system_intervals.fmt(iv, signed=True)
+            row.update(figures=f"Δ {METRIC_NAMES[c['metric']]} {point} {ci}", verdict=judge(iv, c["side"]))
+        out.append(row)
+    return out
+
+
+def markdown(rows: Sequence[dict]) -> List[str]:
+    """The '## Claims of the paper' section of exp/RESULTS.md."""
+    if not rows:
+        return []
+    L = ["## Claims of the paper", "",
+         "Each judged from the 95% interval of the paired difference (first system minus second, CER "
+         "points; negative: the first is better): 'holds' when the interval lies on the claim's side, "
+         "'does not hold' on the other side, 'tie within CI' when it holds 0. One seed: the intervals "
+         "cover the test utterances, not training runs.", "",
+         "| claim | systems | figures | verdict |", "|---|---|---|---|"]
+    L += [f"| {r['text']} | {r['comparison']} | {r['figures']} | {r['verdict']} |" for r in rows]
+    return L + [""]

@@ -1,0 +1,129 @@
+"""Bootstrap intervals of the systems and of their paired differences (local/system_intervals.py)."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+LOCAL = Path(__file__).resolve().parents[1] / "egs2" / "kespeech_hdmole" / "asr1" / "local"
+sys.path.insert(0, str(LOCAL))
+import cer_bootstrap  # noqa: E402
+import system_intervals  # noqa: E402
+import update_readme  # noqa: E402
+from test_results import ACCENTS, fake_exp, md_tables, run_results  # noqa: E402,F401
+
+SETS = [f"test_{a}" for a in ACCENTS] + ["source_test"]
+
+
+def write_per_utt(sys_dir: Path, test_set: str, rows) -> None:
+    """rows: (uid, errors, reference characters); all errors written as substitutions."""
+    p = system_intervals.per_utt_path(sys_dir, test_set)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text("".join(f"id: ({u})\nScores: (#C #S #D #I) {n - e} {e} 0 0\n\n" for u, e, n in rows),
+                 encoding="utf-8")
+
+
+def test_read_scored_keeps_ids_and_refuses_bad_files(tmp_path):
+    write_per_utt(tmp_path, "a", [("u2", 1, 10), ("u1", 0, 5)])
+    ids, scores = cer_bootstrap.read_scored(system_intervals.per_utt_path(tmp_path, "a"))
+    assert ids == ["u2", "u1"] and scores.tolist() == [[1, 10], [0, 5]]
+    bad = tmp_path / "dup.txt"
+    bad.write_text("id: (u1)\nScores: (#C #S #D #I) 1 0 0 0\nid: (u1)\nScores: (#C #S #D #I) 1 0 0 0\n")
+    with pytest.raises(cer_bootstrap.ScoreFileError, match=r"dup\.txt: utterance 'u1' is scored more than once"):
+        cer_bootstrap.read_scored(bad)
+    bad.write_text("Scores: (#C #S #D #I) 1 0 0 0\n")
+    with pytest.raises(cer_bootstrap.ScoreFileError, match=r"dup\.txt:1: a 'Scores:' line without"):
+        cer_bootstrap.read_scored(bad)
+
+
+def test_paired_difference_is_tighter_than_independent_resampling(tmp_path):
+    """B makes exactly one more error than A on every 4th utterance: the paired interval lies
+    above 0, while resampling the two systems apart (what pairing replaces) cannot tell them apart."""
+    rng = np.random.default_rng(1)
+    errors = rng.binomial(20, 0.3, 200)
+    for s in SETS:
+        write_per_utt(tmp_path / "A", s, [(f"u{i:03d}", int(e), 20) for i, e in enumerate(errors)])
+        write_per_utt(tmp_path / "B", s, [(f"u{i:03d}", int(e) + (i % 4 == 0), 20) for i, e in enumerate(errors)])
+    res = system_intervals.compute({"A": tmp_path / "A", "B": tmp_path / "B"}, ACCENTS, "source_test",
+                                   baseline="A", mains=["B"])
+    d, lo, hi = res["pairs"]["B"]["A"]["accent_avg"]
+    assert d == pytest.approx(100 * 50 / 4000) and 0 < lo <= d <= hi
+    assert system_intervals.verdict(res["pairs"]["B"]["A"]["accent_avg"], "B") == "B worse"
+    assert res["systems"]["B"]["delta_source"][1] > 0 and res["systems"]["A"]["delta_source"] is None
+    a = cer_bootstrap.read_per_utt(system_intervals.per_utt_path(tmp_path / "A", "source_test"))
+    b = cer_bootstrap.read_per_utt(system_intervals.per_utt_path(tmp_path / "B", "source_test"))
+    _, ulo, uhi = cer_bootstrap.difference(b, a)
+    assert ulo < 0 < uhi
+    # a system against itself: a tie
+    res = system_intervals.compute({"A": tmp_path / "A", "C": tmp_path / "A"}, ACCENTS, "source_test", None, ["C", "D"])
+    assert system_intervals.verdict(res["pairs"]["C"]["A"]["source"], "C") == "tie within CI"
+    assert res["pairs"]["C"]["A"]["source"] == (0.0, 0.0, 0.0) and list(res["pairs"]) == ["C"]
+
+
+def test_systems_with_other_utterances_are_refused(tmp_path):
+    for name, last in (("A", "u2"), ("B", "u3")):
+        for s in SETS:
+            write_per_utt(tmp_path / name, s, [("u1", 1, 10), (last, 0, 10)])
+    with pytest.raises(system_intervals.IntervalError, match=r"test_Beijing: systems `A` and `B` scored different"):
+        system_intervals.compute({"A": tmp_path / "A", "B": tmp_path / "B"}, ACCENTS, "source_test", None, ["A"])
+
+
+def test_make_results_writes_intervals_and_the_readme_carries_them(fake_exp, tmp_path):
+    run_results(fake_exp, "--no_plots")
+    text = (fake_exp / "exp" / "RESULTS.md").read_text(encoding="utf-8")
+    ci = next(t for t in md_tables(text) if t.get("system", [])[:2] == ["accent avg", "95% CI"])
+    for name, (avg, src) in {"hdmole": (4.17, 10.0), "full_ft": (4.55, 20.0), "source": (17.42, 0.0)}.items():
+        row = ci[name]
+        assert float(row[0]) == pytest.approx(avg, abs=0.005) and float(row[2]) == pytest.approx(src)
+        lo, hi = map(float, row[1].strip("[]").split(","))
+        assert lo <= avg + 0.005 and avg - 0.005 <= hi
+    assert ci["source"][4:] == ["-", "-"] and ci["hdmole"][4] == "+10.00"
+    pairs = next(t for t in md_tables(text) if "hdmole minus" in t)
+    assert pairs["full_ft"][0] == "-0.38" and pairs["full_ft"][3] == "-10.00"
+    assert pairs["source"][3] == "+10.00"
+    assert "hdmole minus" in pairs
+    # no paired section without the main system
+    run_results(fake_exp, "--no_plots", "--main_systems", "nosuch")
+    assert "## Paired differences" not in (fake_exp / "exp" / "RESULTS.md").read_text(encoding="utf-8")
+    run_results(fake_exp, "--no_plots")
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- results:begin -->\n<!-- results:end -->\n", encoding="utf-8")
+    assert update_readme.main(["--results", str(fake_exp / "exp" / "RESULTS.md"), "--readme", str(readme)]) == 0
+    body = readme.read_text(encoding="utf-8")
+    assert "**Confidence intervals**" in body and "**Paired differences**" in body
+    assert "| full_ft | -0.38 |" in body
+
+
+def test_claim_verdicts_follow_the_interval():
+    import claims
+
+    assert claims.judge((-2.0, -3.0, -1.0), "lower") == "holds"
+    assert claims.judge((2.0, 1.0, 3.0), "lower") == "does not hold"
+    assert claims.judge((0.5, -1.0, 2.0), "lower") == "tie within CI"
+    assert claims.judge((-2.0, -3.0, -1.0), "match") == "holds (better)"
+    assert claims.judge((2.0, 1.0, 3.0), "match") == "does not hold"
+    assert claims.judge((0.5, -1.0, 2.0), "match") == "tie within CI"
+    iv = {"pairs": {"hdmole_proj": {"big": {"accent_avg": (0.1, -0.5, 0.7), "source": (-2.0, -3.0, -1.0)}}}}
+    systems = {"hdmole_proj": {"params": {"trainable": 96}}, "big": {"params": {"trainable": 1000}}}
+    rows = {r["text"]: r for r in claims.verdicts(iv, systems, full_ft="big")}
+    match = rows["HDMoLE on the projector matches full fine-tuning on the target accents"]
+    assert match["comparison"] == "`hdmole_proj` vs `big`" and match["verdict"] == "tie within CI"
+    assert match["figures"] == "Δ accent avg CER +0.10 [-0.50, +0.70]"
+    assert rows["... with 9.6% of full fine-tuning's trainable parameters"]["figures"] == "9.60% (paper: 9.6%)"
+    assert rows["... with 9.6% of full fine-tuning's trainable parameters"]["verdict"] == "holds"
+    systems["hdmole_proj"]["params"]["trainable"] = 97
+    assert claims.verdicts(iv, systems, full_ft="big")[1]["verdict"] == "does not hold"
+    assert rows["HDMoLE on the projector degrades the source domain less than full fine-tuning"]["verdict"] == "holds"
+    assert rows["hierarchical routing (the accent-ID global router) helps on the target accents"]["verdict"].startswith(
+        "not judged: `hdmole` or `hdmole_nohier`")
+
+
+def test_make_results_judges_the_claims_from_its_own_intervals(fake_exp):
+    run_results(fake_exp, "--no_plots", "--full_ft_system", "full_ft")
+    text = (fake_exp / "exp" / "RESULTS.md").read_text(encoding="utf-8")
+    table = next(t for t in md_tables(text) if "claim" in t)
+    row = table["HDMoLE degrades the source domain less than full fine-tuning"]
+    pairs = next(t for t in md_tables(text) if "hdmole minus" in t)
+    assert row[0] == "`hdmole` vs `full_ft`"
+    assert row[1] == f"Δ source CER {pairs['full_ft'][3]} {pairs['full_ft'][4]}"
+    assert row[2] == {"hdmole better": "holds", "hdmole worse": "does not hold"}.get(pairs["full_ft"][5], pairs["full_ft"][5])
