@@ -213,6 +213,8 @@ def result_rows(exp):
     (["--stage", "7"], "--stage must be a stage number from 1 to 6, not '7'"),
     (["--stage", "abc"], "--stage must be a stage number from 1 to 6, not 'abc'"),
     (["--stage", "4", "--stop_stage", "2"], "--stage 4 comes after --stop_stage 2: no stage would run"),
+    (["--train_seeds", "1 x"], "--train_seeds must be non-negative integers, not 'x'"),
+    (["--train_seeds", "0"], "--train_seeds '0' repeats --seed 0"),
 ])
 def test_stage_options_are_checked(tmp_path, args, message):
     """Case 6: these exited 0 and did nothing."""
@@ -238,6 +240,19 @@ def test_subset_decode_keeps_every_system_in_results(recipe):
     out = run(["--stage", "6", "--stop_stage", "6", "--systems", "lora"], tmp)
     assert "lora decoding: done, skipped" in out
     assert result_rows(tmp / "exp") == before and set(SYSTEMS) <= set(before)
+
+
+def test_train_seeds_run_every_system_again_and_results_report_the_spread(recipe):
+    """Issue 13 item 2: --train_seeds trains each system again with another seed, into its own
+    directory, and RESULTS.md reports the mean and spread over the runs."""
+    tmp, _, _ = recipe
+    out = run(["--stage", "5", "--stop_stage", "6", "--train_configs", "conf/finetune_lora.yaml", "--train_seeds", "1"], tmp)
+    assert "lora: done, skipped" in out and "lora_seed1: conf/finetune_lora.yaml" in out
+    assert "--seed 1" in (tmp / "exp" / "lora_seed1" / "train.log").read_text().splitlines()[0]
+    assert "lora_seed1" in result_rows(tmp / "exp")
+    text = (tmp / "exp" / "RESULTS.md").read_text()
+    row = next(line for line in text[text.index("## Seeds"):].splitlines() if line.startswith("| lora |"))
+    assert row.split("|")[2].strip() == "2"
 
 
 def test_a_second_run_into_the_same_exp_dir_is_refused(recipe):

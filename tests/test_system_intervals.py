@@ -127,3 +127,18 @@ def test_make_results_judges_the_claims_from_its_own_intervals(fake_exp):
     assert row[0] == "`hdmole` vs `full_ft`"
     assert row[1] == f"Δ source CER {pairs['full_ft'][3]} {pairs['full_ft'][4]}"
     assert row[2] == {"hdmole better": "holds", "hdmole worse": "does not hold"}.get(pairs["full_ft"][5], pairs["full_ft"][5])
+
+
+def test_seed_spread_groups_seed_runs_with_their_system():
+    import seed_spread
+
+    assert seed_spread.groups(["lora", "hdmole", "lora_seed1", "lora_seed2", "x_seed1"]) == {
+        "lora": ["lora", "lora_seed1", "lora_seed2"]}
+    systems = [{"name": "lora", "accent_avg": 30.0, "source_cer": 10.0},
+               {"name": "lora_seed1", "accent_avg": 32.0, "source_cer": 11.0},
+               {"name": "lora_seed2", "accent_avg": 34.0, "source_cer": None},  # not decoded: left out
+               {"name": "hdmole", "accent_avg": 29.0, "source_cer": 9.0}]
+    text = "\n".join(seed_spread.markdown(systems))
+    assert "| lora | 2 | 30.00, 32.00 | 31.00 ± 1.41 | 10.00, 11.00 | 10.50 ± 0.71 |" in text
+    assert "| hdmole |" not in text
+    assert seed_spread.markdown(systems[3:]) == []

@@ -24,6 +24,9 @@ stage=1                 # first stage to run
 stop_stage=6            # last stage to run
 nj=2                    # parallel jobs for data and features
 seed=0                  # random seed of the demo corpus and of training
+train_seeds=""          # more fine-tuning seeds for every stage-5 system, e.g. "1 2": each system also runs
+                        # with each into exp/<system>_seed<k> (stage 6 decodes them; RESULTS.md gives the
+                        # mean and spread over --seed and these); "": --seed only
 demo_size=default       # demo corpus size: tiny (CI) | small | default
 kespeech=""             # KeSpeech root (default: $KESPEECH from db.sh); empty: the demo corpus
 source_dir=""           # Kaldi-style standard-Mandarin dir for the source test set (KeSpeech only)
@@ -94,6 +97,10 @@ for v in stage stop_stage; do
 done
 [ "$stage" -le "$stop_stage" ] || die "--stage $stage comes after --stop_stage $stop_stage: no stage would run"
 for v in nj seed ngpu sys_jobs; do is_int "${!v}" || die "--$v must be a non-negative integer, not '${!v}'"; done
+for k in $train_seeds; do
+    is_int "$k" || die "--train_seeds must be non-negative integers, not '$k'"
+    [ "$k" != "$seed" ] || die "--train_seeds '$train_seeds' repeats --seed $seed, which every system runs with anyway"
+done
 [ "$sys_jobs" -ge 1 ] || die "--sys_jobs must be at least 1"
 [ "$nj" -ge 1 ] || die "--nj must be at least 1"
 case "$verbose" in true|false) ;; *) die "--verbose must be true or false, not '$verbose'" ;; esac
@@ -225,9 +232,11 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     [ -f "$init_model" ] || die "the source model $init_model does not exist: run stage 4 or give --pretrained_model"
     need_llm
     write_enc_out "$enc_model" train dev
-    train_system() {  # train_system CONFIG: one stage-5 system
-        local cfg=$1 sys out merged head_from aid_init aid_input t0 init_spec compress
-        sys=$(system_name "$cfg"); out=$exp_dir/$sys
+    train_system() {  # train_system CONFIG[@SEED]: one stage-5 system (with another seed: <system>_seed<SEED>)
+        local cfg=${1%@*} run_seed=$seed sys out merged head_from aid_init aid_input t0 init_spec compress
+        sys=$(system_name "$cfg")
+        if [ "$cfg" != "$1" ]; then run_seed=${1##*@}; sys+=_seed$run_seed; fi
+        out=$exp_dir/$sys
         merged=$cache_dir/$sys.train_config.yaml
         head_from=(); [ -f "$(dirname "$aid_model")/config.yaml" ] && head_from=(--accent_head_from "$(dirname "$aid_model")/config.yaml")
         $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$merged" "${head_from[@]}"
@@ -239,7 +248,7 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         fi
         if up_to_date "$out" "$sys" keep --file "config=$cfg" --file "source model config=$(dirname "$init_model")/config.yaml" \
             --file "source model=$init_model" "${aid_input[@]}" \
-            $(train_inputs train dev) --value "options=$train_args" --value "seed=$seed"; then
+            $(train_inputs train dev) --value "options=$train_args" --value "seed=$run_seed"; then
             return 0
         fi
         t0=$(date +%s)
@@ -251,12 +260,13 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         [ "$compress" = none ] || init_spec=$init_model
         run_logged "$train_cmd" "$out/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
             --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_spec" "${aid_init[@]}" $(common_model_opts) \
-            $(train_data_opts train dev) $(enc_out_opts train dev) $train_args
+            $(train_data_opts train dev) $(enc_out_opts train dev) $train_args --seed "$run_seed"
         write_info "$out"
         mark_done "$out"
         log "  $sys: $(grep -o 'trainable parameters: [^=]*= [0-9.]*%' "$out/train.log" | head -n 1), $(( $(date +%s) - t0 )) s"
     }
-    run_jobs train_system $train_configs
+    jobs=(); for c in $train_configs; do jobs+=("$c"); for k in $train_seeds; do jobs+=("$c@$k"); done; done
+    run_jobs train_system "${jobs[@]}"
     stage_end 5
 fi
 
@@ -265,7 +275,9 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     if [ -z "$systems" ]; then
         # the source model is decoded when it was trained here (not with --pretrained_model elsewhere)
         if [ -z "$pretrained_model" ] || [ -f "$source_exp/$decode_model" ]; then systems=source; fi
-        for c in $train_configs; do systems+=" $(system_name "$c")"; done
+        for c in $train_configs; do
+            systems+=" $(system_name "$c")"; for k in $train_seeds; do systems+=" $(system_name "$c")_seed$k"; done
+        done
         systems=${systems# }
     fi
     [ -z "$test_sets" ] && test_sets=$(cd "$feats" && ls -d test_* source_test 2>/dev/null | paste -sd' ')

@@ -53,6 +53,7 @@ import accent_effect  # noqa: E402
 import accent_id_results  # noqa: E402
 import cer_bootstrap  # noqa: E402
 import claims  # noqa: E402
+import seed_spread  # noqa: E402
 import system_intervals  # noqa: E402
 import code_record  # noqa: E402
 from results_markdown import (  # noqa: E402
@@ -371,6 +372,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         raise ResultsError(str(e)) from e
     text += "\n" + "\n".join(system_intervals.markdown(intervals, args.source_set, args.baseline))
     text += "\n".join(claims.markdown(claims.verdicts(intervals, known, args.full_ft_system)))
+    text += "\n".join(seed_spread.markdown(systems))
     if baseline is not None:
         try:
             text += "\n".join(accent_effect.markdown(exp / args.baseline, args.baseline, accents, args.source_set)) + "\n"

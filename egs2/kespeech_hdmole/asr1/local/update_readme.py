@@ -58,7 +58,7 @@ def section(results_md: str, heading: str) -> str:
     return "\n".join(lines[start:end]).strip()
 
 
-SECTIONS = ("## Claims of the paper", "## Confidence intervals", "## Paired differences",
+SECTIONS = ("## Claims of the paper", "## Confidence intervals", "## Paired differences", "## Seeds",
             "## The accent effect on the source model", "## Code")
 CODE_TAG = re.compile(r"<!-- code: (.*?) -->")
 
