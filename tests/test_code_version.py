@@ -120,3 +120,21 @@ def test_update_readme_writes_the_dev_block_from_tune_devs_results(tmp_path):
     assert "# Settings chosen on dev" not in dev_block and "<!-- code: x:clean -->" in dev_block
     dev.write_text("no title\n")
     assert update_readme.main(["--dev_results", str(dev), "--readme", str(readme)]) == 1
+
+
+def test_update_readme_writes_several_dev_results_and_checks_every_commit_they_name(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- results:begin -->\nR\n<!-- results:end -->\nb\n<!-- dev:begin -->\nold\n<!-- dev:end -->\n")
+    one, two = tmp_path / "one.md", tmp_path / "two.md"
+    one.write_text("# Settings chosen on dev\n\n| lora |\n\n<!-- code: x:clean -->\n")
+    two.write_text("# Settings chosen on dev\n\n| lora_proj |\n\n<!-- code: y:dirty -->\n")
+    args = ["--dev_results", str(one), str(two), "--readme", str(readme)]
+    assert update_readme.main(args) == 1  # one command for two files
+    assert update_readme.main(args + ["--dev_command", "cmd one", "cmd two"]) == 0
+    block = update_readme.block_text(readme.read_text(), "dev")
+    assert block.index("cmd one") < block.index("| lora |") < block.index("cmd two") < block.index("| lora_proj |")
+    repo, head = make_repo(tmp_path)
+    assert update_readme.check_block(block.replace("x:clean", f"{head}:clean").replace("y:dirty", f"{head}:clean"),
+                                     "dev", repo)[0] is True
+    ok, why = update_readme.check_block(block.replace("x:clean", f"{head}:clean"), "dev", repo)
+    assert not ok and "y with uncommitted changes" in why  # the second file's commit is checked too

@@ -10,7 +10,9 @@ and the stage times.
 --plot_dir and links them below the table. The block also carries RESULTS.md's '## Code' section:
 the commit(s) that made the outputs.
 
-    python local/update_readme.py --dev_results exp/tune_dev/RESULTS.md --readme ../../../README.md
+    python local/update_readme.py --dev_results exp/tune_dev/RESULTS.md exp/tune_dev_proj/RESULTS.md \\
+        --dev_command "local/tune_dev.py --ladder conf/tune_dev.yaml" \\
+        "local/tune_dev.py --ladder conf/tune_dev_proj.yaml" --readme ../../../README.md
 
 writes the table of local/tune_dev.py (settings chosen on dev, with its own '## Code' section)
 between <!-- dev:begin --> and <!-- dev:end -->.
@@ -71,11 +73,11 @@ def block_text(readme_text: str, name: str) -> str:
 def check_block(block: str, name: str, repo: Path):
     """(True, why) when the block's outputs were made by code equal to the current one in every file
     they depend on, else (False, why)."""
-    m = CODE_TAG.search(block)
-    if not m or not m.group(1).split():
+    tags = [t for m in CODE_TAG.finditer(block) for t in m.group(1).split()]
+    if not tags:
         return False, f"unknown: the README's {name} block records no commit (made before results named their code)"
     cv = code_record.code_version
-    for tag in m.group(1).split():
+    for tag in dict.fromkeys(tags):
         commit, _, state = tag.rpartition(":")
         if commit in ("", "unknown") or state != "clean":
             what = "an unknown commit" if commit in ("", "unknown") else f"{commit[:7]} with uncommitted changes"
@@ -87,7 +89,7 @@ def check_block(block: str, name: str, repo: Path):
             shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
             return False, (f"stale: {len(changed)} file(s) the {name} block depends on changed since "
                            f"{commit[:7]}: {shown}")
-    return True, f"current: the {name} block was made by {m.group(1)} and no file it depends on changed since"
+    return True, f"current: the {name} block was made by {' '.join(dict.fromkeys(tags))} and no file it depends on changed since"
 
 
 def check(readme_text: str, repo: Path = code_record.code_version.REPO):
@@ -147,9 +149,10 @@ def replace_block(readme: str, name: str, body: list) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", help="exp/RESULTS.md of stage 6: the results block")
-    ap.add_argument("--dev_results", help="exp/tune_dev/RESULTS.md of local/tune_dev.py: the dev block")
-    ap.add_argument("--dev_command", default="local/tune_dev.py --ladder conf/tune_dev.yaml",
-                    help="the command the dev block names")
+    ap.add_argument("--dev_results", nargs="+", help="RESULTS.md files of local/tune_dev.py (e.g. "
+                    "exp/tune_dev/RESULTS.md exp/tune_dev_proj/RESULTS.md): the dev block, one after the other")
+    ap.add_argument("--dev_command", nargs="+", default=["local/tune_dev.py --ladder conf/tune_dev.yaml"],
+                    help="the command that made each --dev_results file, in their order")
     ap.add_argument("--readme", required=True)
     ap.add_argument("--check", action="store_true", help="only say whether the README's blocks are current")
     ap.add_argument("--stage_times", default=None)
@@ -175,7 +178,13 @@ def main(argv=None):
         if a.results:
             readme = replace_block(readme, "results", results_body(a))
         if a.dev_results:
-            readme = replace_block(readme, "dev", dev_body(Path(a.dev_results), a.dev_command))
+            if len(a.dev_command) != len(a.dev_results):
+                raise ValueError(f"--dev_command: give one command per --dev_results file ({len(a.dev_results)}), "
+                                 f"not {len(a.dev_command)}")
+            body = []
+            for path, command in zip(a.dev_results, a.dev_command):
+                body += ([""] if body else []) + dev_body(Path(path), command)
+            readme = replace_block(readme, "dev", body)
     except (OSError, ValueError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 1
