@@ -221,7 +221,9 @@ def result_rows(exp):
     (["--stage", "abc"], "--stage must be a stage number from 1 to 6, not 'abc'"),
     (["--stage", "4", "--stop_stage", "2"], "--stage 4 comes after --stop_stage 2: no stage would run"),
     (["--train_seeds", "1 x"], "--train_seeds must be non-negative integers, not 'x'"),
-    (["--train_seeds", "0"], "--train_seeds '0' repeats --seed 0"),
+    (["--train_seeds", "0"], "--train_seeds '0' repeats seed 0"),
+    (["--train_seeds", "1 2 1"], "--train_seeds '1 2 1' repeats seed 1"),
+    (["--train_seeds", "01"], "--train_seeds: write '01' as 1"),
 ])
 def test_stage_options_are_checked(tmp_path, args, message):
     """Case 6: these exited 0 and did nothing."""

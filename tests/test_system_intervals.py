@@ -43,7 +43,8 @@ def test_paired_difference_is_tighter_than_independent_resampling(tmp_path):
     errors = rng.binomial(20, 0.3, 200)
     for s in SETS:
         write_per_utt(tmp_path / "A", s, [(f"u{i:03d}", int(e), 20) for i, e in enumerate(errors)])
-        write_per_utt(tmp_path / "B", s, [(f"u{i:03d}", int(e) + (i % 4 == 0), 20) for i, e in enumerate(errors)])
+        # B's file in the other order: the pairing goes by utterance id, not by line
+        write_per_utt(tmp_path / "B", s, [(f"u{i:03d}", int(e) + (i % 4 == 0), 20) for i, e in enumerate(errors)][::-1])
     res = system_intervals.compute({"A": tmp_path / "A", "B": tmp_path / "B"}, ACCENTS, "source_test",
                                    baseline="A", mains=["B"])
     d, lo, hi = res["pairs"]["B"]["A"]["accent_avg"]
@@ -64,8 +65,28 @@ def test_systems_with_other_utterances_are_refused(tmp_path):
     for name, last in (("A", "u2"), ("B", "u3")):
         for s in SETS:
             write_per_utt(tmp_path / name, s, [("u1", 1, 10), (last, 0, 10)])
-    with pytest.raises(system_intervals.IntervalError, match=r"test_Beijing: systems `A` and `B` scored different"):
+    with pytest.raises(system_intervals.IntervalError,
+                       match=r"test_Beijing: systems `A` \(.*A/decode_test_Beijing/score_cer/per_utt.txt\) and `B` "
+                             r"\(.*B/decode_test_Beijing/score_cer/per_utt.txt\) scored different"):
         system_intervals.compute({"A": tmp_path / "A", "B": tmp_path / "B"}, ACCENTS, "source_test", None, ["A"])
+
+
+def test_make_results_still_writes_the_tables_when_systems_scored_other_utterances(fake_exp, capsys):
+    p = system_intervals.per_utt_path(fake_exp / "exp" / "full_ft", "test_Beijing")
+    p.write_text(p.read_text(encoding="utf-8").replace("id: (b2)", "id: (b9)"), encoding="utf-8")
+    run_results(fake_exp, "--no_plots")
+    text = (fake_exp / "exp" / "RESULTS.md").read_text(encoding="utf-8")
+    assert "| [hdmole](hdmole/RESULTS.md) |" in text and "## Confidence intervals" not in text
+    assert "WARNING: no confidence intervals" in capsys.readouterr().err
+
+
+def test_cer_plot_takes_intervals_whose_bounds_round_past_the_point(tmp_path):
+    from results_plots import plot_cer
+
+    systems = [{"name": "a", "result": {f"test_{x}": {"cer_pct": 10.0} for x in ACCENTS}}]
+    sets = {f"test_{x}": (10.0, 10.000000000000002, 10.000000000000002) for x in ACCENTS}
+    plot_cer(systems, ACCENTS, tmp_path / "cer.png", {"a": {"sets": sets}})
+    assert (tmp_path / "cer.png").stat().st_size > 0
 
 
 def test_make_results_writes_intervals_and_the_readme_carries_them(fake_exp, tmp_path):
@@ -82,9 +103,10 @@ def test_make_results_writes_intervals_and_the_readme_carries_them(fake_exp, tmp
     assert pairs["full_ft"][0] == "-0.38" and pairs["full_ft"][3] == "-10.00"
     assert pairs["source"][3] == "+10.00"
     assert "hdmole minus" in pairs
-    # no paired section without the main system
+    # a main system that did not run gets no table; the claims' main systems always get one
     run_results(fake_exp, "--no_plots", "--main_systems", "nosuch")
-    assert "## Paired differences" not in (fake_exp / "exp" / "RESULTS.md").read_text(encoding="utf-8")
+    text = (fake_exp / "exp" / "RESULTS.md").read_text(encoding="utf-8")
+    assert "| nosuch minus |" not in text and "| hdmole minus |" in text
     run_results(fake_exp, "--no_plots")
     readme = tmp_path / "README.md"
     readme.write_text("x\n<!-- results:begin -->\n<!-- results:end -->\n", encoding="utf-8")

@@ -97,9 +97,12 @@ for v in stage stop_stage; do
 done
 [ "$stage" -le "$stop_stage" ] || die "--stage $stage comes after --stop_stage $stop_stage: no stage would run"
 for v in nj seed ngpu sys_jobs; do is_int "${!v}" || die "--$v must be a non-negative integer, not '${!v}'"; done
+seen_seeds=" $seed "
 for k in $train_seeds; do
     is_int "$k" || die "--train_seeds must be non-negative integers, not '$k'"
-    [ "$k" != "$seed" ] || die "--train_seeds '$train_seeds' repeats --seed $seed, which every system runs with anyway"
+    [ "$k" = "$(( 10#$k ))" ] || die "--train_seeds: write '$k' as $(( 10#$k )) (it names the directories <system>_seed<k>)"
+    case $seen_seeds in *" $k "*) die "--train_seeds '$train_seeds' repeats seed $k (--seed is $seed, which every system runs with anyway)" ;; esac
+    seen_seeds+="$k "
 done
 [ "$sys_jobs" -ge 1 ] || die "--sys_jobs must be at least 1"
 [ "$nj" -ge 1 ] || die "--nj must be at least 1"
@@ -265,8 +268,8 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         mark_done "$out"
         log "  $sys: $(grep -o 'trainable parameters: [^=]*= [0-9.]*%' "$out/train.log" | head -n 1), $(( $(date +%s) - t0 )) s"
     }
-    jobs=(); for c in $train_configs; do jobs+=("$c"); for k in $train_seeds; do jobs+=("$c@$k"); done; done
-    run_jobs train_system "${jobs[@]}"
+    train_jobs=(); for c in $train_configs; do train_jobs+=("$c"); for k in $train_seeds; do train_jobs+=("$c@$k"); done; done
+    run_jobs train_system "${train_jobs[@]}"
     stage_end 5
 fi
 

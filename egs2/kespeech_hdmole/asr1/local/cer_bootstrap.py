@@ -56,7 +56,11 @@ def read_scored(path: Path) -> Tuple[List[str], np.ndarray]:
 def cer_draws(scores: np.ndarray, draws: int = 1000, seed: int = 0) -> np.ndarray:
     """CER in % of each bootstrap draw of the utterances."""
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(scores), size=(draws, len(scores)))
+    return cer_of_draws(scores, rng.integers(0, len(scores), size=(draws, len(scores))))
+
+
+def cer_of_draws(scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """CER in % of each draw given as a row of utterance indices into ``scores``."""
     picked = scores[idx]
     return 100.0 * picked[..., 0].sum(1) / np.maximum(picked[..., 1].sum(1), 1)
 

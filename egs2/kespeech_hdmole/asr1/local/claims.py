@@ -34,14 +34,19 @@ CLAIMS = (
 METRIC_NAMES = {"accent_avg": "accent avg CER", "source": "source CER"}
 
 
-def judge(iv: system_intervals.Interval, side: str) -> str:
-    _, lo, hi = iv
-    if lo <= 0 <= hi:
+def judge(iv: system_intervals.Interval, claimed: str) -> str:
+    """The verdict of a claim that says ``claimed`` ("lower" or "match") of main minus other."""
+    s = system_intervals.side(iv)
+    if s == 0:
         return "tie within CI"
-    better = hi < 0
-    if side == "match":
-        return "does not hold" if not better else "holds (better)"
-    return "holds" if better else "does not hold"
+    if claimed == "match":
+        return "holds (better)" if s < 0 else "does not hold"
+    return "holds" if s < 0 else "does not hold"
+
+
+def main_systems() -> List[str]:
+    """The systems whose paired differences the claims read (make_results always computes them)."""
+    return list(dict.fromkeys(c["main"] for c in CLAIMS))
 
 
 def share(systems: dict, main: str, other: str) -> Optional[float]:

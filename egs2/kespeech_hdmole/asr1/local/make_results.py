@@ -294,7 +294,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="system whose trainable count is 100%% for '%% of full FT'")
     p.add_argument("--main_systems", nargs="*", default=["hdmole", "hdmole_proj"],
                    help="systems whose paired differences from every other system get intervals "
-                        "('## Paired differences'); those not among the systems are left out")
+                        "('## Paired differences'; the claims' systems always do); those not among the "
+                        "systems are left out")
     p.add_argument("--no_plots", action="store_true")
     p.add_argument("--code_dirs", nargs="*", type=Path, default=[],
                    help="more stage outputs (data, features, LLM, source model) whose code the '## Code' "
@@ -366,10 +367,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     known = {s["name"]: s for s in ([baseline] if baseline else []) + systems}
     system_dirs = {name: s["dir"] for name, s in known.items()}
     try:
-        intervals = system_intervals.compute(system_dirs, accents, args.source_set,
-                                             baseline["name"] if baseline else None, args.main_systems)
-    except (cer_bootstrap.ScoreFileError, system_intervals.IntervalError) as e:
+        intervals = system_intervals.compute(system_dirs, accents, args.source_set, baseline["name"] if baseline else None,
+                                             list(dict.fromkeys(args.main_systems + claims.main_systems())))
+    except cer_bootstrap.ScoreFileError as e:
         raise ResultsError(str(e)) from e
+    except system_intervals.IntervalError as e:  # the tables are still written, without intervals
+        print(f"WARNING: no confidence intervals, paired differences or claims: {e}", file=sys.stderr)
+        intervals = {"systems": {}, "pairs": {}, "skipped": list(system_dirs), "draws": 0, "seed": 0}
     text += "\n" + "\n".join(system_intervals.markdown(intervals, args.source_set, args.baseline))
     text += "\n".join(claims.markdown(claims.verdicts(intervals, known, args.full_ft_system)))
     text += "\n".join(seed_spread.markdown(systems))

@@ -43,6 +43,7 @@ def plot_cer(systems: Sequence[dict], accents: Sequence[str], path: Path,
         err = None
         if all(f"test_{a}" in sets for a in accents):
             err = np.array([[v - sets[f"test_{a}"][1], sets[f"test_{a}"][2] - v] for a, v in zip(accents, vals)]).T
+            err = np.clip(err, 0.0, None)  # a draw-free set's bounds may differ from its CER in the last bits
         ax.bar(xs, vals, width, label=s["name"], yerr=err, error_kw={"elinewidth": 0.6, "capsize": 0},
                color=plt.get_cmap("tab20" if n > 10 else "tab10")(i % (20 if n > 10 else 10)))
         if len(systems) * len(accents) <= 60:  # label bars, so 0.00 and "no result" differ

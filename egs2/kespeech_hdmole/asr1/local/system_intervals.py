@@ -46,7 +46,7 @@ def load_scores(sys_dir: Path, sets: Sequence[str]) -> Optional[Dict[str, Tuple[
     return out
 
 
-def check_aligned(loaded: Dict[str, dict], sets: Sequence[str]) -> Dict[str, List[str]]:
+def check_aligned(loaded: Dict[str, dict], sets: Sequence[str], dirs: Dict[str, Path]) -> Dict[str, List[str]]:
     """{set: ids} shared by every system; IntervalError naming both files when two systems differ."""
     ref: Dict[str, Tuple[str, List[str]]] = {}
     for name, scores in loaded.items():
@@ -58,7 +58,8 @@ def check_aligned(loaded: Dict[str, dict], sets: Sequence[str]) -> Dict[str, Lis
                 other = ref[s][0]
                 missing = sorted(set(ref[s][1]) ^ set(ids))[:3]
                 raise IntervalError(
-                    f"{s}: systems `{other}` and `{name}` scored different utterances (e.g. {missing}); "
+                    f"{s}: systems `{other}` ({per_utt_path(dirs[other], s)}) and `{name}` "
+                    f"({per_utt_path(dirs[name], s)}) scored different utterances (e.g. {missing}); "
                     f"paired intervals need the same ones: re-run stage 6 for both")
     return {s: ids for s, (_, ids) in ref.items()}
 
@@ -69,14 +70,15 @@ def draw_indices(sizes: Dict[str, int], draws: int = DRAWS, seed: int = SEED) ->
     return {s: rng.integers(0, n, size=(draws, n)) for s, n in sizes.items()}
 
 
-def set_draws(scores: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    picked = scores[idx]
-    return 100.0 * picked[..., 0].sum(1) / np.maximum(picked[..., 1].sum(1), 1)
-
-
 def summarise(point: float, values: np.ndarray) -> Interval:
     lo, hi = cer_bootstrap.interval(values)
     return float(point), lo, hi
+
+
+def side(iv: Interval) -> int:
+    """-1 when the interval lies below 0, +1 above 0, 0 when it holds 0."""
+    _, lo, hi = iv
+    return -1 if hi < 0 else 1 if lo > 0 else 0
 
 
 def verdict(iv: Optional[Interval], main: str) -> str:
@@ -84,8 +86,7 @@ def verdict(iv: Optional[Interval], main: str) -> str:
     worse' above 0, else 'tie within CI'."""
     if iv is None:
         return "-"
-    _, lo, hi = iv
-    return f"{main} better" if hi < 0 else f"{main} worse" if lo > 0 else "tie within CI"
+    return {-1: f"{main} better", 1: f"{main} worse", 0: "tie within CI"}[side(iv)]
 
 
 def compute(dirs: Dict[str, Path], accents: Sequence[str], source_set: str, baseline: Optional[str],
@@ -107,13 +108,14 @@ def compute(dirs: Dict[str, Path], accents: Sequence[str], source_set: str, base
            "draws": draws, "seed": seed}
     if not loaded:
         return out
-    ids = check_aligned(loaded, sets)
+    ids = check_aligned(loaded, sets, dirs)
     idx = draw_indices({s: len(ids[s]) for s in sets}, draws, seed)
-    acc_draws, src_draws, acc_point, src_point = {}, {}, {}, {}
+    per_set, acc_draws, src_draws, acc_point, src_point = {}, {}, {}, {}, {}
     for name, scores in loaded.items():
-        acc_draws[name] = np.mean([set_draws(scores[s][1], idx[s]) for s in acc_sets], axis=0)
+        per_set[name] = {s: cer_bootstrap.cer_of_draws(scores[s][1], idx[s]) for s in sets}
+        acc_draws[name] = np.mean([per_set[name][s] for s in acc_sets], axis=0)
         acc_point[name] = float(np.mean([cer_bootstrap.cer(scores[s][1]) for s in acc_sets]))
-        src_draws[name] = set_draws(scores[source_set][1], idx[source_set])
+        src_draws[name] = per_set[name][source_set]
         src_point[name] = cer_bootstrap.cer(scores[source_set][1])
     for name in loaded:
         delta = None
@@ -122,8 +124,8 @@ def compute(dirs: Dict[str, Path], accents: Sequence[str], source_set: str, base
         out["systems"][name] = {"accent_avg": summarise(acc_point[name], acc_draws[name]),
                                 "source": summarise(src_point[name], src_draws[name]),
                                 "delta_source": delta,
-                                "sets": {s: summarise(cer_bootstrap.cer(loaded[name][s][1]),
-                                                      set_draws(loaded[name][s][1], idx[s])) for s in sets}}
+                                "sets": {s: summarise(cer_bootstrap.cer(loaded[name][s][1]), per_set[name][s])
+                                         for s in sets}}
     for m in dict.fromkeys(mains):
         if m in loaded:
             out["pairs"][m] = {name: {
