@@ -166,24 +166,17 @@ def test_rerun_does_no_work_again(recipe):
 
 def test_pretrained_model_fine_tunes_and_decodes_into_another_exp_dir(recipe):
     """--pretrained_model: stages 5-6 from a source model trained elsewhere; stage 6 then decodes
-    the fine-tuned systems only (the source model is not in this exp dir). With --train_seeds
-    (issue 13 item 2) every system also trains with each of those seeds, into its own directory,
-    and RESULTS.md reports the mean and spread over the runs."""
+    the fine-tuned systems only (the source model is not in this exp dir)."""
     tmp, _, _ = recipe
     other = tmp / "exp_pretrained"
     out = run(["--stage", "5", "--stop_stage", "6", "--pretrained_model", str(tmp / "exp" / "source" / "valid.acc.ave.pth"),
                "--llm_dir", str(tmp / "exp" / "llm"), "--exp_dir", str(other),
-               "--train_configs", "conf/finetune_lora.yaml", "--train_seeds", "1"], tmp)
+               "--train_configs", "conf/finetune_lora.yaml"], tmp)
     assert "stage 6 done" in out
     text = (other / "RESULTS.md").read_text()
     assert any(line.startswith("| [lora]") for line in text.splitlines())
     assert not any(line.startswith("| [source]") for line in text.splitlines())
     assert (other / "lora" / "decode_source_test" / "score_cer" / "result.json").exists()
-    assert "lora_seed1: conf/finetune_lora.yaml" in out
-    assert "--seed 1" in (other / "lora_seed1" / "train.log").read_text().splitlines()[0]
-    assert result_rows(other) == ["lora", "lora_seed1"]
-    row = next(line for line in text[text.index("## Seeds"):].splitlines() if line.startswith("| lora |"))
-    assert row.split("|")[2].strip() == "2"
 
 
 def test_settings_are_tuned_on_dev_in_their_own_dir_with_the_accent_head_of_step_3(recipe):
@@ -249,6 +242,19 @@ def test_subset_decode_keeps_every_system_in_results(recipe):
     out = run(["--stage", "6", "--stop_stage", "6", "--systems", "lora"], tmp)
     assert "lora decoding: done, skipped" in out
     assert result_rows(tmp / "exp") == before and set(SYSTEMS) <= set(before)
+
+
+def test_train_seeds_run_every_system_again_and_results_report_the_spread(recipe):
+    """Issue 13 item 2: --train_seeds trains each system again with another seed, into its own
+    directory, and RESULTS.md reports the mean and spread over the runs."""
+    tmp, _, _ = recipe
+    out = run(["--stage", "5", "--stop_stage", "6", "--train_configs", "conf/finetune_lora.yaml", "--train_seeds", "1"], tmp)
+    assert "lora: done, skipped" in out and "lora_seed1: conf/finetune_lora.yaml" in out
+    assert "--seed 1" in (tmp / "exp" / "lora_seed1" / "train.log").read_text().splitlines()[0]
+    assert "lora_seed1" in result_rows(tmp / "exp")
+    text = (tmp / "exp" / "RESULTS.md").read_text()
+    row = next(line for line in text[text.index("## Seeds"):].splitlines() if line.startswith("| lora |"))
+    assert row.split("|")[2].strip() == "2"
 
 
 def test_a_second_run_into_the_same_exp_dir_is_refused(recipe):
