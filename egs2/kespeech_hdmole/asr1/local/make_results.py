@@ -373,7 +373,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         raise ResultsError(str(e)) from e
     except system_intervals.IntervalError as e:  # the tables are still written, without intervals
         print(f"WARNING: no confidence intervals, paired differences or claims: {e}", file=sys.stderr)
-        intervals = {"systems": {}, "pairs": {}, "skipped": list(system_dirs), "draws": 0, "seed": 0}
+        intervals = system_intervals.empty(system_dirs)
     text += "\n" + "\n".join(system_intervals.markdown(intervals, args.source_set, args.baseline))
     text += "\n".join(claims.markdown(claims.verdicts(intervals, known, args.full_ft_system)))
     text += "\n".join(seed_spread.markdown(systems))

@@ -89,6 +89,11 @@ def verdict(iv: Optional[Interval], main: str) -> str:
     return {-1: f"{main} better", 1: f"{main} worse", 0: "tie within CI"}[side(iv)]
 
 
+def empty(skipped: Sequence[str], draws: int = DRAWS, seed: int = SEED) -> dict:
+    """The result of ``compute`` with no interval: every system in ``skipped``."""
+    return {"systems": {}, "pairs": {}, "skipped": list(skipped), "draws": draws, "seed": seed}
+
+
 def compute(dirs: Dict[str, Path], accents: Sequence[str], source_set: str, baseline: Optional[str],
             mains: Sequence[str], draws: int = DRAWS, seed: int = SEED) -> dict:
     """Intervals of the systems in ``dirs`` (name -> system dir) that scored every set.
@@ -103,20 +108,23 @@ def compute(dirs: Dict[str, Path], accents: Sequence[str], source_set: str, base
     loaded, skipped = {}, []
     for name, d in dirs.items():
         scores = load_scores(d, sets)
-        (loaded.__setitem__(name, scores) if scores is not None else skipped.append(name))
-    out = {"systems": {}, "pairs": {}, "skipped": skipped,
-           "draws": draws, "seed": seed}
+        if scores is None:
+            skipped.append(name)
+        else:
+            loaded[name] = scores
+    out = empty(skipped, draws, seed)
     if not loaded:
         return out
     ids = check_aligned(loaded, sets, dirs)
     idx = draw_indices({s: len(ids[s]) for s in sets}, draws, seed)
-    per_set, acc_draws, src_draws, acc_point, src_point = {}, {}, {}, {}, {}
+    per_set, set_point, acc_draws, src_draws, acc_point, src_point = {}, {}, {}, {}, {}, {}
     for name, scores in loaded.items():
         per_set[name] = {s: cer_bootstrap.cer_of_draws(scores[s][1], idx[s]) for s in sets}
+        set_point[name] = {s: cer_bootstrap.cer(scores[s][1]) for s in sets}
         acc_draws[name] = np.mean([per_set[name][s] for s in acc_sets], axis=0)
-        acc_point[name] = float(np.mean([cer_bootstrap.cer(scores[s][1]) for s in acc_sets]))
+        acc_point[name] = float(np.mean([set_point[name][s] for s in acc_sets]))
         src_draws[name] = per_set[name][source_set]
-        src_point[name] = cer_bootstrap.cer(scores[source_set][1])
+        src_point[name] = set_point[name][source_set]
     for name in loaded:
         delta = None
         if baseline in loaded and name != baseline:
@@ -124,8 +132,7 @@ def compute(dirs: Dict[str, Path], accents: Sequence[str], source_set: str, base
         out["systems"][name] = {"accent_avg": summarise(acc_point[name], acc_draws[name]),
                                 "source": summarise(src_point[name], src_draws[name]),
                                 "delta_source": delta,
-                                "sets": {s: summarise(cer_bootstrap.cer(loaded[name][s][1]), per_set[name][s])
-                                         for s in sets}}
+                                "sets": {s: summarise(set_point[name][s], per_set[name][s]) for s in sets}}
     for m in dict.fromkeys(mains):
         if m in loaded:
             out["pairs"][m] = {name: {
