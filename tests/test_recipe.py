@@ -251,7 +251,8 @@ def test_train_seeds_run_every_system_again_and_results_report_the_spread(recipe
     out = run(["--stage", "5", "--stop_stage", "6", "--train_configs", "conf/finetune_lora.yaml", "--train_seeds", "1"], tmp)
     assert "lora: done, skipped" in out and "lora_seed1: conf/finetune_lora.yaml" in out
     assert "--seed 1" in (tmp / "exp" / "lora_seed1" / "train.log").read_text().splitlines()[0]
-    assert "lora_seed1" in result_rows(tmp / "exp")
+    assert "lora_seed1" not in result_rows(tmp / "exp")  # a seed run is no row of the systems table
+    assert (tmp / "exp" / "lora_seed1" / "RESULTS.md").is_file()
     text = (tmp / "exp" / "RESULTS.md").read_text()
     row = next(line for line in text[text.index("## Seeds"):].splitlines() if line.startswith("| lora |"))
     assert row.split("|")[2].strip() == "2"

@@ -282,7 +282,7 @@ def test_make_results_discovers_accents_without_file(fake_exp, monkeypatch):
 
 
 def test_make_results_reads_model_info_layout_with_nulls(fake_exp):
-    # local/model_info.py writes null for what it could not measure, and extra keys
+    # espnet_hdmole.bin.model_info writes null for what it could not measure, and extra keys
     exp = fake_exp / "exp"
     layer = dict(ROUTING["layers"]["llm.layers.0.self_attn.q_proj"], mean_active=None, num_domains=2,
                  experts_per_domain=1, activation="threshold", global_router="predicted")

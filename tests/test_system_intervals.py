@@ -1,4 +1,5 @@
 """Bootstrap intervals of the systems and of their paired differences (local/system_intervals.py)."""
+import shutil
 import sys
 from pathlib import Path
 
@@ -164,3 +165,30 @@ def test_seed_spread_groups_seed_runs_with_their_system():
     assert "| lora | 2 | 30.00, 32.00 | 31.00 ± 1.41 | 10.00, 11.00 | 10.50 ± 0.71 |" in text
     assert "| hdmole |" not in text
     assert seed_spread.markdown(systems[3:]) == []
+
+
+def test_seed_runs_are_judged_per_seed_and_kept_out_of_the_tables(fake_exp):
+    """Issue 13 item 2: the runs of other seeds (<system>_seed<k>) are not rows of the systems, interval
+    or paired tables; the claims are judged again on each seed's pair of runs."""
+    exp = fake_exp / "exp"
+    for name in ("hdmole", "full_ft"):
+        shutil.copytree(exp / name, exp / f"{name}_seed1")
+    # seed 1 of hdmole: its source errors gone, so 'degrades the source less' comes out otherwise there
+    src = exp / "hdmole_seed1" / "decode_source_test" / "score_cer" / "per_utt.txt"
+    src.write_text(src.read_text(encoding="utf-8").replace("(#C #S #D #I) 3 1 0 0", "(#C #S #D #I) 4 0 0 0"),
+                   encoding="utf-8")
+    run_results(fake_exp, "--no_plots", "--full_ft_system", "full_ft")
+    text = (exp / "RESULTS.md").read_text(encoding="utf-8")
+    tables = md_tables(text)
+    for t in tables:
+        if "claim" not in t and "system" in t and "runs" not in t["system"]:  # every table but claims and seeds
+            assert not any(k.startswith(("[hdmole_seed1]", "hdmole_seed1", "full_ft_seed1")) for k in t), t
+    assert not any("hdmole_seed1 minus" in t for t in tables)
+    claims_table = next(t for t in tables if "claim" in t)
+    assert claims_table["claim"][-2:] == ["other seeds", "over all runs"]
+    row = claims_table["HDMoLE degrades the source domain less than full fine-tuning"]
+    assert row[1:3] == ["Δ source CER -10.00 [-16.67, +0.00]", "tie within CI"]
+    assert row[3] == "seed 1: -20.00 [-25.00, -16.67] holds"
+    assert row[4] == "tie within CI on 1 of 2 runs; holds on 1 of 2 runs"
+    seeds = next(t for t in tables if "system" in t and "runs" in t["system"])
+    assert seeds["hdmole"][0] == "2" and seeds["full_ft"][0] == "2"

@@ -14,7 +14,11 @@ and, for a frozen encoder, its stored outputs (espnet_hdmole.bin.dump_encoder_ou
 Adapters: `adapter: hdmole` (this project; save_strategy: required_grad_only for adapter-only
 checkpoints) or `adapter: lora` (ESPnet's). Inputs are checked before training starts; a user error
 (bad config key, data file, model directory) is one ERROR line, with its traceback under --verbose true.
+--model_info_args "--model valid.acc.ave.pth --data dump/fbank_pitch/dev --accents data/accents.txt"
+then writes the trained system's params.json / routing.json / train_stats.json in the same process
+(espnet_hdmole.bin.model_info, on the first rank), instead of a second start of ESPnet.
 """
+import shlex
 import sys
 
 import torch.distributed
@@ -29,17 +33,31 @@ def get_parser():
     parser.description = __doc__
     parser.add_argument("--verbose", type=str2bool, default=False,
                         help="show the traceback of a user error (bad config, data or model files) too")
+    parser.add_argument("--model_info_args", type=str, default="",
+                        help="after training, run espnet_hdmole.bin.model_info on --output_dir with these "
+                             "options (e.g. \"--model valid.acc.ave.pth --data DIR --accents FILE\"); empty: not")
     return parser
 
 
 def main(cmd=None):
-    LLMASRTask.main(args=get_parser().parse_args(cmd))
+    args = get_parser().parse_args(cmd)
+    info_args = shlex.split(args.model_info_args)
+    del args.model_info_args  # not a training option: kept out of config.yaml
+    if info_args:  # checked before training, not after it
+        from espnet_hdmole.bin import model_info
+
+        model_info.get_parser().parse_args(["--exp", args.output_dir] + info_args)
+    LLMASRTask.main(args=args)
+    rank = 0
     # ESPnet leaves the process group (of a torchrun launch) open; a gloo group torn down by the
     # interpreter's exit can abort ("terminate called without an active exception"), so every
     # rank waits for the others and closes it here.
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank = torch.distributed.get_rank()
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if info_args and rank == 0:
+        model_info.main(["--exp", args.output_dir] + info_args)
 
 
 if __name__ == "__main__":

@@ -236,7 +236,7 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     need_llm
     write_enc_out "$enc_model" train dev
     train_system() {  # train_system CONFIG[@SEED]: one stage-5 system (with another seed: <system>_seed<SEED>)
-        local cfg=${1%@*} run_seed=$seed sys out merged head_from aid_init aid_input t0 init_spec compress
+        local cfg=${1%@*} run_seed=$seed sys out merged head_from aid_init aid_input t0 init_spec compress info
         sys=$(system_name "$cfg")
         if [ "$cfg" != "$1" ]; then run_seed=${1##*@}; sys+=_seed$run_seed; fi
         out=$exp_dir/$sys
@@ -261,10 +261,12 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         init_spec=$init_model:::ctc
         compress=$(model_conf_get "$out/train_config.yaml" ctc_compress none) || exit 1
         [ "$compress" = none ] || init_spec=$init_model
+        info_opts  # params.json / routing.json on dev, written by the training process once it has trained
         run_logged "$train_cmd" "$out/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
             --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_spec" "${aid_init[@]}" $(common_model_opts) \
-            $(train_data_opts train dev) $(enc_out_opts train dev) $train_args --seed "$run_seed"
-        write_info "$out"
+            $(train_data_opts train dev) $(enc_out_opts train dev) $train_args --seed "$run_seed" \
+            --model_info_args "$(printf '%q ' "${info[@]}")"
+        [ -f "$out/params.json" ] || die "training of $sys wrote no $out/params.json (see $out/train.log)"
         mark_done "$out"
         log "  $sys: $(grep -o 'trainable parameters: [^=]*= [0-9.]*%' "$out/train.log" | head -n 1), $(( $(date +%s) - t0 )) s"
     }

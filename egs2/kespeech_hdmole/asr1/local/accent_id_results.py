@@ -1,5 +1,5 @@
 """The accent-ID head (HDMoLE's global router) in the results: its confusion matrices, on the dev
-set (train_stats.json, written by local/model_info.py) and over every test set (the accents that
+set (train_stats.json, written by espnet_hdmole.bin.model_info) and over every test set (the accents that
 stage 6's decoding predicted, decode_test_<accent>/1best_recog/accent), their accuracies, a table of
 per-accent recall and a plot. Used by local/make_results.py.
 """

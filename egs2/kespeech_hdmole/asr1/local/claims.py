@@ -7,9 +7,12 @@ sentences cannot drift from the results:
 - "does not hold": it lies on the other side;
 - "tie within CI": it holds 0 (for a claim that two systems match, that is what it says).
 
-A claim whose systems did not run is listed as "not judged", with the reason.
+A claim whose systems did not run is listed as "not judged", with the reason. Where both systems
+also ran with other training seeds (hdmole.sh --train_seeds: `<system>_seed<k>`), the claim is
+judged again on each seed's pair of runs, and the table says on how many runs each verdict came out.
 """
-from typing import List, Optional, Sequence
+from collections import Counter
+from typing import Dict, List, Optional, Sequence
 
 import system_intervals
 
@@ -44,9 +47,22 @@ def judge(iv: system_intervals.Interval, claimed: str) -> str:
     return "holds" if s < 0 else "does not hold"
 
 
-def main_systems() -> List[str]:
-    """The systems whose paired differences the claims read (make_results always computes them)."""
-    return list(dict.fromkeys(c["main"] for c in CLAIMS))
+def main_systems(seeds: Sequence[int] = ()) -> List[str]:
+    """The systems whose paired differences the claims read (make_results always computes them),
+    with their runs of the given other seeds."""
+    mains = list(dict.fromkeys(c["main"] for c in CLAIMS))
+    return mains + [f"{m}_seed{k}" for k in seeds for m in mains]
+
+
+def judged(intervals: dict, main: str, other: str, c: dict) -> Optional[dict]:
+    """{figures, verdict} of claim c on the pair main - other, or None without their interval."""
+    pair = intervals["pairs"].get(main, {}).get(other)
+    if pair is None:
+        return None
+    iv = pair[c["metric"]]
+    point, ci = system_intervals.fmt(iv, signed=True)
+    return {"figures": f"Δ {METRIC_NAMES[c['metric']]} {point} {ci}", "difference": f"{point} {ci}",
+            "verdict": judge(iv, c["side"])}
 
 
 def share(systems: dict, main: str, other: str) -> Optional[float]:
@@ -56,13 +72,15 @@ def share(systems: dict, main: str, other: str) -> Optional[float]:
     return 100.0 * a["params"]["trainable"] / b["params"]["trainable"]
 
 
-def verdicts(intervals: dict, systems: dict, full_ft: str = "full") -> List[dict]:
-    """[{text, comparison, figures, verdict}] for each claim; systems: name -> the system dict of
-    make_results (for the trainable counts); full_ft: the full fine-tuning system's name."""
+def verdicts(intervals: dict, systems: dict, full_ft: str = "full", seeds: Sequence[int] = ()) -> List[dict]:
+    """[{text, comparison, figures, verdict, seeds}] for each claim; systems: name -> the system dict
+    of make_results (for the trainable counts); full_ft: the full fine-tuning system's name; seeds:
+    the other training seeds whose runs are judged too ("seeds": {seed: {figures, verdict}} of the
+    seeds where both systems ran)."""
     out = []
     for c in CLAIMS:
         m, o = c["main"], full_ft if c["other"] == "full" else c["other"]
-        row = {"text": c["text"], "comparison": f"`{m}` vs `{o}`"}
+        row = {"text": c["text"], "comparison": f"`{m}` vs `{o}`", "seeds": {}}
         if c["metric"] == "share":
             s = share(systems, m, o)
             if s is None:
@@ -72,26 +90,48 @@ def verdicts(intervals: dict, systems: dict, full_ft: str = "full") -> List[dict
                            verdict="holds" if s <= c["paper"] else "does not hold")
             out.append(row)
             continue
-        pair = intervals["pairs"].get(m, {}).get(o)
-        if pair is None:
+        j = judged(intervals, m, o, c)
+        if j is None:
             row.update(figures="-", verdict=f"not judged: `{m}` or `{o}` did not score every test set")
         else:
-            iv = pair[c["metric"]]
-            point, ci = system_intervals.fmt(iv, signed=True)
-            row.update(figures=f"Δ {METRIC_NAMES[c['metric']]} {point} {ci}", verdict=judge(iv, c["side"]))
+            row.update(figures=j["figures"], verdict=j["verdict"])
+            for k in seeds:
+                js = judged(intervals, f"{m}_seed{k}", f"{o}_seed{k}", c)
+                if js is not None:
+                    row["seeds"][k] = js
         out.append(row)
     return out
+
+
+def seed_summary(row: dict) -> str:
+    """'does not hold on 3 of 3 runs', or each verdict's count when the runs disagree ('-' without seeds)."""
+    if not row["seeds"]:
+        return "-"
+    counts: Dict[str, int] = Counter([row["verdict"]] + [j["verdict"] for j in row["seeds"].values()])
+    n = sum(counts.values())
+    return "; ".join(f"{v} on {c} of {n} runs" for v, c in counts.most_common())
 
 
 def markdown(rows: Sequence[dict]) -> List[str]:
     """The '## Claims of the paper' section of exp/RESULTS.md."""
     if not rows:
         return []
+    with_seeds = any(r["seeds"] for r in rows)
     L = ["## Claims of the paper", "",
          "Each judged from the 95% interval of the paired difference (first system minus second, CER "
          "points; negative: the first is better): 'holds' when the interval lies on the claim's side, "
-         "'does not hold' on the other side, 'tie within CI' when it holds 0. One seed: the intervals "
-         "cover the test utterances, not training runs.", "",
-         "| claim | systems | figures | verdict |", "|---|---|---|---|"]
-    L += [f"| {r['text']} | {r['comparison']} | {r['figures']} | {r['verdict']} |" for r in rows]
+         "'does not hold' on the other side, 'tie within CI' when it holds 0. The intervals cover the "
+         "test utterances of one training run per system"
+         + ("; the last two columns judge the claim again on the runs of the other training seeds "
+            "(`<system>_seed<k>` against `<other>_seed<k>`), and count each verdict over all runs." if with_seeds
+            else ", not the spread over training runs (hdmole.sh --train_seeds measures that)."), ""]
+    if with_seeds:
+        L += ["| claim | systems | figures | verdict | other seeds | over all runs |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            other = "; ".join(f"seed {k}: {j['difference']} {j['verdict']}"
+                              for k, j in sorted(r["seeds"].items())) or "-"
+            L.append(f"| {r['text']} | {r['comparison']} | {r['figures']} | {r['verdict']} | {other} | {seed_summary(r)} |")
+    else:
+        L += ["| claim | systems | figures | verdict |", "|---|---|---|---|"]
+        L += [f"| {r['text']} | {r['comparison']} | {r['figures']} | {r['verdict']} |" for r in rows]
     return L + [""]

@@ -42,11 +42,10 @@ Everything written is deterministic for the same inputs except the one date line
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import accent_effect  # noqa: E402
@@ -58,11 +57,10 @@ import system_intervals  # noqa: E402
 import code_record  # noqa: E402
 from results_markdown import (  # noqa: E402
     mean, report_date, routing_plot_names, safe_name, summary_markdown, system_markdown)
+from results_files import (  # noqa: E402
+    ResultsError, discover_accents, discover_systems, load_params, load_result, load_routing,
+    load_train_stats, read_accents, read_kv)
 from results_plots import draw_routing_plots, plot_cer  # noqa: E402
-
-
-class ResultsError(ValueError):
-    """Bad or inconsistent input files; the message names the file."""
 
 
 def accent_confusions(d: Path, accents: Sequence[str], train_stats: Optional[dict]) -> dict:
@@ -72,137 +70,6 @@ def accent_confusions(d: Path, accents: Sequence[str], train_stats: Optional[dic
                 "test sets": accent_id_results.test_confusion(d, accents)}
     except accent_id_results.AccentIDError as e:
         raise ResultsError(str(e)) from e
-
-
-# --------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------
-def load_json(path: Path) -> Optional[dict]:
-    if not path.is_file():
-        return None
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise ResultsError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
-
-
-def read_kv(path: Path) -> Optional[Dict[str, float]]:
-    """A file of "key value" lines (the decoder's rtf file); values are numbers."""
-    if not path.is_file():
-        return None
-    out: Dict[str, float] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 2:
-            raise ResultsError(f"{path}:{lineno}: expected 'key value', got {line!r}")
-        try:
-            out[parts[0]] = float(parts[1])
-        except ValueError:
-            raise ResultsError(f"{path}:{lineno}: value of {parts[0]!r} is not a number: "
-                               f"{parts[1]!r}") from None
-    return out
-
-
-def read_accents(path: Path) -> List[str]:
-    if not path.is_file():
-        raise ResultsError(f"{path}: accents file not found")
-    accents = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not accents:
-        raise ResultsError(f"{path}: no accents listed")
-    if len(set(accents)) != len(accents):
-        raise ResultsError(f"{path}: an accent is listed twice")
-    return accents
-
-
-def _fraction(path: Path, value, what: str) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
-        raise ResultsError(f"{path}: {what} must be a fraction in [0, 1], got {value!r}")
-    return float(value)
-
-
-def load_result(path: Path) -> Optional[dict]:
-    r = load_json(path)
-    if r is None:
-        return None
-    need = ("utterances", "ref_chars", "substitutions", "deletions", "insertions")
-    miss = [k for k in need if not isinstance(r.get(k), int)]
-    if miss:
-        raise ResultsError(f"{path}: missing or non-integer field(s) {', '.join(miss)}")
-    if r["ref_chars"] <= 0:
-        raise ResultsError(f"{path}: ref_chars must be positive")
-    r["errors"] = r["substitutions"] + r["deletions"] + r["insertions"]
-    r["cer_pct"] = 100.0 * r["errors"] / r["ref_chars"]
-    return r
-
-
-def load_params(path: Path) -> Optional[dict]:
-    p = load_json(path)
-    if p is None:
-        return None
-    if not isinstance(p.get("trainable"), int):
-        raise ResultsError(f"{path}: 'trainable' must be an integer")
-    return p
-
-
-def load_routing(path: Path) -> Optional[dict]:
-    r = load_json(path)
-    if r is None:
-        return None
-    layers = r.get("layers")
-    if not isinstance(layers, dict):
-        raise ResultsError(f"{path}: 'layers' must be an object {{layer: {{...}}}}")
-    for name, L in layers.items():
-        acc, mw = L.get("accents"), L.get("mean_weight")
-        if not isinstance(acc, list) or not isinstance(mw, list) or len(acc) != len(mw) or not mw:
-            raise ResultsError(f"{path}: layer {name!r}: 'mean_weight' needs one row per accent "
-                               f"of 'accents'")
-        if len({len(row) for row in mw}) != 1 or not mw[0]:
-            raise ResultsError(f"{path}: layer {name!r}: rows of 'mean_weight' differ in length")
-        if L.get("mean_active", 0) is None:  # null (local/model_info.py: not measured) = absent
-            del L["mean_active"]
-        if "mean_active" in L and (not isinstance(L["mean_active"], (int, float))
-                                   or isinstance(L["mean_active"], bool)):
-            raise ResultsError(f"{path}: layer {name!r}: 'mean_active' must be a number or null")
-    if r.get("accent_acc") is not None:
-        r["accent_acc"] = _fraction(path, r["accent_acc"], "accent_acc")
-    return r
-
-
-def load_train_stats(path: Path) -> Optional[dict]:
-    t = load_json(path)
-    if t is None:
-        return None
-    if t.get("accent_acc") is not None:
-        t["accent_acc"] = _fraction(path, t["accent_acc"], "accent_acc")
-    ma = t.get("mean_active")
-    if ma is not None and (not isinstance(ma, dict) or not all(
-            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in ma.values())):
-        raise ResultsError(f"{path}: 'mean_active' must be an object {{layer: number or null}}")
-    if ma is not None:  # null (not measured) = absent
-        t["mean_active"] = {k: v for k, v in ma.items() if v is not None}
-    return t
-
-
-def discover_systems(exp_dir: Path) -> List[str]:
-    out = []
-    for d in sorted(p for p in exp_dir.iterdir() if p.is_dir()):
-        if (d / "params.json").is_file() or any(d.glob("decode_*/score_cer/result.json")):
-            out.append(d.name)
-    return out
-
-
-def discover_accents(exp_dir: Path, systems: Sequence[str]) -> List[str]:
-    names = set()
-    for s in systems:
-        for d in (exp_dir / s).glob("decode_test_*"):
-            if d.is_dir():
-                names.add(d.name[len("decode_test_"):])
-    return sorted(names)
 
 
 # --------------------------------------------------------------------------
@@ -331,6 +198,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     systems = [load_system(exp, n, accents, args.source_set) for n in names]
     by = {s["name"]: s for s in systems}
+    # runs of other training seeds: in the '## Seeds' section and the claims, not as table rows
+    seed_of = seed_spread.seed_runs(names)
+    seeds = sorted(set(seed_of.values()))
+    table = [s for s in systems if s["name"] not in seed_of]
 
     def other(name: str) -> Optional[dict]:
         if name in by:
@@ -348,10 +219,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     date = report_date()
     files: List[Path] = []
-    plot_names = routing_plot_names(systems)
+    plot_names = routing_plot_names(table)
     if not args.no_plots:
         (exp / "plots").mkdir(exist_ok=True)
-        for s in systems:
+        for s in table:
             path = exp / "plots" / f"accent_id_{safe_name(s['name'])}.png"
             s["accent_plot"] = accent_id_results.plot(s["accent_confusion"], accents, path)
             if s["accent_plot"]:
@@ -363,19 +234,21 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                        encoding="utf-8")
         files.append(out)
     out = exp / "RESULTS.md"
-    text = summary_markdown(systems, accents, args.source_set, args.baseline, args.full_ft_system, date)
+    text = summary_markdown(table, accents, args.source_set, args.baseline, args.full_ft_system, date)
     known = {s["name"]: s for s in ([baseline] if baseline else []) + systems}
     system_dirs = {name: s["dir"] for name, s in known.items()}
     try:
         intervals = system_intervals.compute(system_dirs, accents, args.source_set, baseline["name"] if baseline else None,
-                                             list(dict.fromkeys(args.main_systems + claims.main_systems())))
+                                             list(dict.fromkeys(args.main_systems + claims.main_systems(seeds))))
     except cer_bootstrap.ScoreFileError as e:
         raise ResultsError(str(e)) from e
     except system_intervals.IntervalError as e:  # the tables are still written, without intervals
         print(f"WARNING: no confidence intervals, paired differences or claims: {e}", file=sys.stderr)
         intervals = system_intervals.empty(system_dirs)
-    text += "\n" + "\n".join(system_intervals.markdown(intervals, args.source_set, args.baseline))
-    text += "\n".join(claims.markdown(claims.verdicts(intervals, known, args.full_ft_system)))
+    shown = system_intervals.restrict(intervals, [n for n in known if n not in seed_of],
+                                      args.main_systems + claims.main_systems())
+    text += "\n" + "\n".join(system_intervals.markdown(shown, args.source_set, args.baseline))
+    text += "\n".join(claims.markdown(claims.verdicts(intervals, known, args.full_ft_system, seeds))) + "\n"
     text += "\n".join(seed_spread.markdown(systems))
     if baseline is not None:
         try:
@@ -390,9 +263,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not args.no_plots:
         plots = exp / "plots"
         plots.mkdir(exist_ok=True)
-        plot_cer(systems, accents, plots / "cer_per_accent.png", intervals["systems"])
+        plot_cer(table, accents, plots / "cer_per_accent.png", intervals["systems"])
         files.append(plots / "cer_per_accent.png")
-        files += draw_routing_plots(systems, plot_names, plots)
+        files += draw_routing_plots(table, plot_names, plots)
     for f in files:
         print(f"wrote {f}", file=sys.stderr)
     return {"systems": systems, "files": [str(f) for f in files], "accents": accents, "intervals": intervals}

@@ -30,11 +30,15 @@ train_inputs() {  # train_inputs TRAIN_SET VALID_SET: the data, statistics and L
     [ "$feats_type" != raw ] && echo --file "$feats/cmvn_stats.npz"
     true
 }
-write_info() {  # write params.json / routing.json of a trained system (on dev)
-    local stored=()
-    [ -f "$(enc_out_scp dev)" ] && stored=(--encoder_out "$(enc_out_scp dev)")
-    $python local/model_info.py --exp "$1" --model "$decode_model" --data "$feats/dev" "${stored[@]}" \
-        --accents "$data_dir/accents.txt" >> "$1/model_info.log" 2>&1 || die "model_info failed for $1 (see $1/model_info.log)"
+info_opts() {  # info_opts: espnet_hdmole.bin.model_info's options (params.json / routing.json on dev) into the caller's array info
+    info=(--model "$decode_model" --data "$feats/dev" --accents "$data_dir/accents.txt")
+    [ -f "$(enc_out_scp dev)" ] && info+=(--encoder_out "$(enc_out_scp dev)")
+    true
+}
+write_info() {  # write_info DIR: model_info in a process of its own (stage 5 runs it inside training: --model_info_args)
+    local info; info_opts
+    $python -m espnet_hdmole.bin.model_info --exp "$1" "${info[@]}" >> "$1/model_info.log" 2>&1 \
+        || die "model_info failed for $1 (see $1/model_info.log)"
 }
 
 # The frozen source encoder's outputs, written once per data set into $enc_out/<set> and read by

@@ -1,6 +1,8 @@
 """The spread over training seeds: hdmole.sh --train_seeds "1 2" runs every stage-5 system again
 into exp/<system>_seed<k>; this groups each system with its seed runs and reports, per group, the
 accent average and the source CER of every run, their mean and their sample standard deviation.
+The seed runs appear only here and in the claims' per-seed verdicts (local/claims.py), not as rows
+of the systems table, its intervals or its plots.
 
 The bootstrap intervals (local/system_intervals.py) cover the test utterances of one training run;
 this covers the training runs themselves.
@@ -13,13 +15,22 @@ import numpy as np
 SEED_RUN = re.compile(r"^(?P<base>.+)_seed(?P<seed>\d+)$")
 
 
-def groups(names: Sequence[str]) -> Dict[str, List[str]]:
-    """{system: [system, system_seed<k>, ...]} for the systems that have seed runs, in table order."""
-    out: Dict[str, List[str]] = {}
+def seed_runs(names: Sequence[str]) -> Dict[str, int]:
+    """{seed run: its seed} for the names that are another seed's run of a system among the names."""
+    out = {}
     for n in names:
         m = SEED_RUN.match(n)
         if m and m.group("base") in names:
-            out.setdefault(m.group("base"), [m.group("base")]).append(n)
+            out[n] = int(m.group("seed"))
+    return out
+
+
+def groups(names: Sequence[str]) -> Dict[str, List[str]]:
+    """{system: [system, system_seed<k>, ...]} for the systems that have seed runs, in table order."""
+    out: Dict[str, List[str]] = {}
+    for n in seed_runs(names):
+        base = SEED_RUN.match(n).group("base")
+        out.setdefault(base, [base]).append(n)
     return out
 
 

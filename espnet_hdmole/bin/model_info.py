@@ -1,9 +1,13 @@
+#!/usr/bin/env python3
 """What a trained system is: its trainable parameters (params.json) and, on a labelled set, its
 accent-ID accuracy and, for HDMoLE/MoLE systems, the mean routing weight per accent and expert
-of every adapted layer and the mean number of active experts (routing.json).
+of every adapted layer and the mean number of active experts (routing.json, train_stats.json).
 
-    python local/model_info.py --exp exp/hdmole --model valid.acc.ave.pth \\
+    python -m espnet_hdmole.bin.model_info --exp exp/hdmole --model valid.acc.ave.pth \\
         --data dump/fbank/dev --accents data/accents.txt [--encoder_out exp/encoder_out/dev/encoder_out.scp]
+
+The recipe runs it inside the training process, right after training (llm_asr_train
+--model_info_args "--model ... --data ..."), which saves a second start of ESPnet per system.
 """
 import argparse
 import json
@@ -14,8 +18,9 @@ import numpy as np
 import torch
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    ap = argparse.ArgumentParser(prog="espnet_hdmole.bin.model_info", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exp", required=True)
     ap.add_argument("--model", default="valid.acc.ave.pth")
     ap.add_argument("--data", required=True, help="a dumped set with feats.scp, text, utt2accent")
@@ -23,7 +28,11 @@ def main(argv=None):
     ap.add_argument("--encoder_out", default=None,
                     help="the set's stored encoder outputs (encoder_out.scp of dump_encoder_outputs): the encoder is skipped")
     ap.add_argument("--batch_size", type=int, default=16)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    a = get_parser().parse_args(argv)
     from espnet_hdmole import SPEECH, TEXT, hdmole_layers, hdmole_statistics
     from espnet_hdmole.asr.param_report import trainable_parameter_report
     from espnet_hdmole.tasks.llm_asr import LLMASRTask
