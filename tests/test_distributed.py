@@ -14,6 +14,7 @@ Evidence that distribution really happened:
   averages the gradients of both shards; the shards hold the same number of target tokens, so
   ESPnet's batch-size-weighted averaging equals the single-process token mean).
 """
+import json
 import os
 import re
 import subprocess
@@ -62,9 +63,11 @@ def test_torchrun_two_cpu_ranks_match_single_process(work):
     single, dist = w / "exp_single", w / "exp_dist"
     LLMASRTask.main(cmd=train_args(single, data, llm, epochs=1, iters=ITERS))
 
+    (w / "accents.txt").write_text("\n".join(dict.fromkeys(ACCENTS)) + "\n", encoding="utf-8")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "espnet_hdmole.bin.llm_asr_train",
-           *train_args(dist, data, llm, epochs=1, iters=ITERS), "--dist_backend", "gloo"]
+           *train_args(dist, data, llm, epochs=1, iters=ITERS), "--dist_backend", "gloo",
+           "--model_info_args", f"--model valid.acc.ave.pth --data {data} --accents {w / 'accents.txt'}"]
     p = subprocess.run(cmd, cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=300)
     log = p.stdout + p.stderr
     (w / "train_dist.log").write_text(log)
@@ -93,6 +96,11 @@ def test_torchrun_two_cpu_ranks_match_single_process(work):
     assert a.keys() == b.keys()
     diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert diff < 1e-4, diff
+
+    # the system's model info was written after training, by rank 0 alone
+    assert len(re.findall(r"accent-ID accuracy", log)) == 1, log[-4000:]
+    assert json.loads((dist / "params.json").read_text())["trainable"] > 0
+    assert "model_info_args" not in cfg  # not a training option
 
     # the checkpoint written by rank 0 loads as a normal model
     model, _ = LLMASRTask.build_model_from_file(dist / "config.yaml", dist / "valid.acc.ave.pth")
