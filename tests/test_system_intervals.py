@@ -192,3 +192,23 @@ def test_seed_runs_are_judged_per_seed_and_kept_out_of_the_tables(fake_exp):
     assert row[4] == "tie within CI on 1 of 2 runs; holds on 1 of 2 runs"
     seeds = next(t for t in tables if "system" in t and "runs" in t["system"])
     assert seeds["hdmole"][0] == "2" and seeds["full_ft"][0] == "2"
+
+
+def test_bootstrap_interval_of_a_hand_computed_case(tmp_path):
+    """Two utterances of 10 characters per set: u1 with 1 error, u2 with none. A draw of two
+    utterances holds u1 twice (CER 10%, probability 1/4), once (5%, 1/2) or never (0%, 1/4), so the
+    95% interval of a set's CER is exactly [0, 10] around 5. The accent average of two such sets
+    (drawn apart) is 0% or 10% with probability 1/16 each, more than 2.5%: again [0, 10]. B makes one
+    more error than A on u2: B - A is 0, 5 or 10 points with the same probabilities, so its
+    interval [0, 10] holds 0, a tie."""
+    for s in SETS:
+        write_per_utt(tmp_path / "A", s, [("u1", 1, 10), ("u2", 0, 10)])
+        write_per_utt(tmp_path / "B", s, [("u1", 1, 10), ("u2", 1, 10)])
+    res = system_intervals.compute({"A": tmp_path / "A", "B": tmp_path / "B"}, ACCENTS, "source_test",
+                                   baseline="A", mains=["B"])
+    assert res["systems"]["A"]["sets"]["test_Beijing"] == (5.0, 0.0, 10.0)
+    assert res["systems"]["A"]["accent_avg"] == (5.0, 0.0, 10.0)
+    assert res["systems"]["A"]["source"] == (5.0, 0.0, 10.0)
+    assert res["pairs"]["B"]["A"]["accent_avg"] == (5.0, 0.0, 10.0)
+    assert res["systems"]["B"]["delta_source"] == (5.0, 0.0, 10.0)
+    assert system_intervals.verdict(res["pairs"]["B"]["A"]["accent_avg"], "B") == "tie within CI"
