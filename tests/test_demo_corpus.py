@@ -266,6 +266,19 @@ def test_rules():
     assert acc.N_TO_NG("d", "un") == "dong"
     assert acc.ZERO_TO_NG("", "an") == "ngan" and acc.ZERO_TO_NG("", "er") is None
     assert acc.W_TO_V("w", "ei") == "vei" and acc.W_TO_V("w", "u") is None
+    # the third tables' changes of the most frequent syllables
+    assert acc.I_TO_IEI_JQX("j", "i") == "jei" and acc.ZHI_TO_ZHEI("sh", "i") == "shei"
+    assert acc.ZHI_TO_ZI("zh", "i") == "zi" and acc.U_TO_O_LABIAL("b", "u") == "bo"
+    assert acc.ZH_TO_J("zh", "ong") == "jiong" and acc.ZH_TO_J("zh", "i") is None  # zhi: ZHI_TO_JI
+    assert acc.ING_TO_ENG("j", "ing") == "jeng" and acc.ING_TO_ENG("y", "ing") is None
+    assert acc.ING_TO_IONG("l", "ing") == "liong" and acc.UI_TO_EI("d", "ui") == "dei"
+    assert acc.UO_TO_O("g", "uo") == "go" and acc.DE_TO_DI("d", "e") == "di"
+    assert acc.NG_TO_N_EI("zh", "eng") == "zhen" and acc.NG_TO_N_EI("j", "ing") == "jin"
+    assert acc.EI_TO_AI("b", "ei") == "bai" and acc.AI_TO_EI("z", "ai") == "zei"
+    # every accent but Mandarin changes one of the three most frequent syllables (shi, de, ji)
+    for name, accent in acc.ACCENTS.items():
+        hits = {syl for syl in ("shi", "de", "ji") for r in accent.rules if r.fn(*acc.split_syllable(syl))}
+        assert bool(hits) == (name != "Mandarin"), name
     table = {"ni": ("n", "i", ""), "li": ("l", "i", ""), "hao": ("X", "Au", "")}
     rng = np.random.default_rng(0)
     phon, changed = acc.render([[("ni", 3), ("hao", 3)]], "Mandarin", table, rng)

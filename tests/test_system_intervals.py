@@ -212,3 +212,14 @@ def test_bootstrap_interval_of_a_hand_computed_case(tmp_path):
     assert res["pairs"]["B"]["A"]["accent_avg"] == (5.0, 0.0, 10.0)
     assert res["systems"]["B"]["delta_source"] == (5.0, 0.0, 10.0)
     assert system_intervals.verdict(res["pairs"]["B"]["A"]["accent_avg"], "B") == "tie within CI"
+
+
+def test_restrict_keeps_only_the_shown_systems_among_those_not_fully_scored():
+    """A seed run that missed a set is not named in the "Not every set scored" line of the tables,
+    which show only the shown systems."""
+    res = {"systems": {"a": {}, "b": {}}, "pairs": {"a": {"b": {}, "b_seed1": {}}},
+           "skipped": ["b_seed1", "c"], "draws": 10, "seed": 0}
+    shown = system_intervals.restrict(res, ["a", "b", "c"], ["a"])
+    assert shown["skipped"] == ["c"]
+    assert list(shown["pairs"]["a"]) == ["b"]
+    assert res["skipped"] == ["b_seed1", "c"]  # the full result is left as it was

@@ -56,7 +56,13 @@ def main(cmd=None):
         rank = torch.distributed.get_rank()
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    if info_args and rank == 0:
+    elif getattr(args, "distributed", False) and getattr(args, "multiprocessing_distributed", False):
+        # ESPnet's spawn mode: this process is one node's parent, outside the process group; the
+        # first node's parent writes the model info, not every node's
+        from espnet2.train.distributed_utils import get_node_rank
+
+        rank = get_node_rank(args.dist_rank, args.dist_launcher) or 0
+    if info_args and rank == 0 and not args.collect_stats:  # --collect_stats trains nothing
         model_info.main(["--exp", args.output_dir] + info_args)
 
 

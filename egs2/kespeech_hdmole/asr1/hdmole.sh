@@ -265,7 +265,7 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         run_logged "$train_cmd" "$out/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
             --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_spec" "${aid_init[@]}" $(common_model_opts) \
             $(train_data_opts train dev) $(enc_out_opts train dev) $train_args --seed "$run_seed" \
-            --model_info_args "$(printf '%q ' "${info[@]}")"
+            --model_info_args "$(shell_words "${info[@]}")"
         [ -f "$out/params.json" ] || die "training of $sys wrote no $out/params.json (see $out/train.log)"
         mark_done "$out"
         log "  $sys: $(grep -o 'trainable parameters: [^=]*= [0-9.]*%' "$out/train.log" | head -n 1), $(( $(date +%s) - t0 )) s"

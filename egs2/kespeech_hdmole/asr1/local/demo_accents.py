@@ -18,6 +18,15 @@ unstressed neutral-tone syllable of its own (``w'A51@r`` -> ``w'A51 @r11``), as 
 reading of 玩儿 rather than a fused rhotic final.  make_demo_corpus.py logs, per domain, the share of changed syllables
 and of utterances without a change.
 
+The third version (these tables) adds a change of the most frequent syllables to every accent
+(shi, de, ji, zhi, bu, zhong, ...; e.g. Jiang-Huai ji -> jei, Ji-Lu shi -> shei, Northeastern
+bu -> bo) and raises the weaker probabilities: 22-29% of an accent's syllables change (Beijing 43%
+with its erhua), against 17-26% before, and 3-13% of its utterances have no change, against 6-18%.
+Measured without audio, on the rendered syllables of the default corpus (a logistic regression
+on each utterance's bag of toneless syllables, trained on train, scored on test): 79% accent ID,
+against 69% for the second version; with each syllable's tone contour in four classes (level,
+rising, dipping, falling) 90%, against 86%.  The audio head of the second version reached 68%.
+
 A rewrite only takes effect if espeak-ng could read the resulting syllable
 (the syllable table is read back from espeak-ng itself, see
 ``make_demo_corpus.build_syllable_table``); otherwise the syllable is kept.
@@ -140,6 +149,27 @@ I_TO_V = _syllables({"ji": "ju", "qi": "qu", "xi": "xu"})
 HU_TO_F = _syllables({"hu": "fu", "hua": "fa", "hui": "fei", "huan": "fan", "hun": "fen",
                       "huang": "fang", "huo": "fo", "huai": "fai"})
 
+I_TO_IEI_JQX = _syllables({"ji": "jei", "qi": "qei", "xi": "xei"})
+ZHI_TO_ZI = _syllables({"zhi": "zi", "chi": "ci", "shi": "si"})
+ZHI_TO_ZHEI = _syllables({"zhi": "zhei", "chi": "chei", "shi": "shei"})
+U_TO_O_LABIAL = _syllables({"bu": "bo", "pu": "po", "mu": "mo", "fu": "fo"})
+ING_TO_IONG = _syllables({f"{i}ing": f"{i}iong" for i in ("b", "p", "m", "d", "t", "n", "l", "j", "q", "x")})
+NG_TO_N_EI = _finals({"eng": "en", "ing": "in"}, skip_initials=())
+EI_TO_AI = _syllables({f"{i}ei": f"{i}ai" for i in ("b", "p", "m", "f", "d", "n", "l", "g", "h", "z", "sh")})
+AI_TO_EI = _syllables({f"{i}ai": f"{i}ei" for i in ("b", "p", "m", "d", "t", "n", "l", "g", "k", "h", "z",
+                                                   "c", "s", "zh", "ch", "sh")})
+DE_TO_DI = _syllables({"de": "di"})
+UO_TO_O = _syllables({f"{i}uo": f"{i}o" for i in ("d", "t", "n", "l", "g", "k", "h", "z", "c", "s",
+                                                  "zh", "ch", "sh", "r")})
+ZH_TO_J = _syllables({"zhang": "jiang", "chang": "qiang", "shang": "xiang", "zhong": "jiong",
+                      "chong": "qiong", "zhe": "jie", "che": "qie", "she": "xie", "zhu": "ju",
+                      "chu": "qu", "shu": "xu", "zheng": "jing", "cheng": "qing", "sheng": "xing",
+                      "zhen": "jin", "chen": "qin", "shen": "xin", "zhou": "jiu", "shou": "xiu",
+                      "zhan": "jian", "chan": "qian", "shan": "xian"})
+ING_TO_ENG = _finals({"ing": "eng"}, skip_initials=("y", "w"))
+UI_TO_EI = _syllables({f"{i}ui": f"{i}ei" for i in ("d", "t", "g", "k", "h", "z", "c", "s", "zh", "ch",
+                                                   "sh", "r")})
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -163,51 +193,64 @@ class Accent:
 # module doc for why every accent changes frequent sounds, each in its own way).
 ACCENTS: Dict[str, Accent] = {
     "Mandarin": Accent(("55", "35", "214", "51"), sandhi=True),
-    "Beijing": Accent(("55", "35", "214", "51"), sandhi=True, extra_neutral=0.3, rate=1.15,
-                      erhua=0.4, rules=(
-                          Rule("w->v before a/ai/an/ang/ei/en/eng", 0.9, "initial", W_TO_V),)),
+    "Beijing": Accent(("55", "35", "214", "51"), sandhi=True, extra_neutral=0.4, rate=1.15,
+                      erhua=0.7, rules=(
+                          Rule("w->v before a/ai/an/ang/ei/en/eng", 0.9, "initial", W_TO_V),
+                          Rule("de->di", 0.8, "both", DE_TO_DI))),
     "Jiang-Huai": Accent(("21", "35", "22", "44"), rules=(
         Rule("n->l", 0.95, "initial", N_TO_L),
         Rule("-ng->-n (ing/eng/ang/iang/uang)", 0.9, "final", NG_TO_N_ALL),
         Rule("an/ian/uan->a/ie/ua", 0.8, "final", AN_TO_A),
-        Rule("ong->un", 0.85, "final", ONG_TO_UN))),
+        Rule("ong->un", 0.85, "final", ONG_TO_UN),
+        Rule("uo->o", 0.9, "both", UO_TO_O),
+        Rule("ji/qi/xi->jei/qei/xei", 0.85, "both", I_TO_IEI_JQX))),
     "Jiao-Liao": Accent(("21", "55", "214", "55"), rules=(
         Rule("r->y", 0.9, "both", R_TO_Y),
         Rule("zhi/chi/shi->ji/qi/xi", 0.95, "both", ZHI_TO_JI),
+        Rule("zh/ch/sh->j/q/x before other finals", 0.8, "both", ZH_TO_J),
         Rule("e->ie after d/t/l/n/m/g/k/h", 0.9, "both", E_TO_IE),
-        Rule("uo->e after d/t/l/n/g/k/h/z/c/s/zh/ch/sh/r", 0.8, "both", UO_TO_E))),
+        Rule("uo->e after d/t/l/n/g/k/h/z/c/s/zh/ch/sh/r", 0.8, "both", UO_TO_E),
+        Rule("ai->ei", 0.8, "both", AI_TO_EI))),
     "Ji-Lu": Accent(("214", "53", "55", "21"), rules=(
-        Rule("zero initial->ng", 0.8, "initial", ZERO_TO_NG),
+        Rule("zero initial->ng", 0.9, "initial", ZERO_TO_NG),
         Rule("ru->lu", 0.7, "initial", RU_TO_LU),
         Rule("ong->eng", 0.85, "final", ONG_TO_ENG),
-        Rule("du/tu/nu/lu/zu/cu/su->dou/tou/...", 0.8, "both", U_TO_OU),
-        Rule("y->r", 0.8, "initial", Y_TO_R),
+        Rule("ing->eng", 0.85, "final", ING_TO_ENG),
+        Rule("du/tu/nu/lu/zu/cu/su->dou/tou/...", 0.9, "both", U_TO_OU),
+        Rule("y->r", 0.9, "initial", Y_TO_R),
         Rule("ai->E", 0.8, "final", AI_TO_E),
-        Rule("ao->o", 0.8, "final", AO_TO_O))),
+        Rule("ao->o", 0.8, "final", AO_TO_O),
+        Rule("zhi/chi/shi->zhei/chei/shei", 0.8, "both", ZHI_TO_ZHEI))),
     "Lan-Yin": Accent(("21", "53", "44", "35"), rules=(
         Rule("-n->-ng, un->ong", 0.9, "final", N_TO_NG),
         Rule("ou->u", 0.85, "final", OU_TO_U),
-        Rule("e->ei after d/t/l/n/z/c/s/zh/ch/sh/r", 0.85, "both", E_TO_EI),
-        Rule("n->l", 0.5, "initial", N_TO_L))),
+        Rule("e->ei after d/t/l/n/z/c/s/zh/ch/sh/r", 0.9, "both", E_TO_EI),
+        Rule("n->l", 0.8, "initial", N_TO_L),
+        Rule("zhi/chi/shi->zi/ci/si", 0.8, "both", ZHI_TO_ZI))),
     "Northeastern": Accent(("33", "35", "214", "53"), rules=(
-        Rule("r->y", 0.8, "both", R_TO_Y),
-        Rule("z/c/s->zh/ch/sh", 0.6, "initial", Z_TO_ZH),
-        Rule("bi/pi/mi/di/ti/ni/li->bei/pei/...", 0.85, "both", I_TO_EI),
-        Rule("j/q/x->z/c/s", 0.6, "initial", J_TO_Z),
-        Rule("zero initial->n", 0.5, "initial", ZERO_TO_N))),
+        Rule("r->y", 0.9, "both", R_TO_Y),
+        Rule("z/c/s->zh/ch/sh", 0.8, "initial", Z_TO_ZH),
+        Rule("bi/pi/mi/di/ti/ni/li->bei/pei/...", 0.9, "both", I_TO_EI),
+        Rule("j/q/x->z/c/s", 0.8, "initial", J_TO_Z),
+        Rule("zero initial->n", 0.8, "initial", ZERO_TO_N),
+        Rule("bu/pu/mu/fu->bo/po/mo/fo", 0.85, "both", U_TO_O_LABIAL))),
     "Southwestern": Accent(("55", "21", "53", "214"), rules=(
         Rule("zh/ch/sh->z/c/s", 0.95, "initial", ZH_TO_Z),
         Rule("n->l", 0.9, "initial", N_TO_L),
-        Rule("hu->f", 0.5, "both", HU_TO_F),
-        Rule("r->z", 0.5, "initial", R_TO_Z),
-        Rule("ge/ke/he->go/ko/ho", 0.8, "both", GE_TO_GO))),
+        Rule("hu->f", 0.8, "both", HU_TO_F),
+        Rule("r->z", 0.8, "initial", R_TO_Z),
+        Rule("ge/ke/he->go/ko/ho", 0.9, "both", GE_TO_GO),
+        Rule("-eng/-ing->-en/-in", 0.85, "final", NG_TO_N_EI))),
     "Zhongyuan": Accent(("35", "51", "53", "214"), rules=(
-        Rule("zero initial->ng", 0.7, "initial", ZERO_TO_NG),
-        Rule("shu/shui->fu/fei", 0.5, "both", SHU_TO_FU),
+        Rule("zero initial->ng", 0.9, "initial", ZERO_TO_NG),
+        Rule("shu/shui->fu/fei", 0.8, "both", SHU_TO_FU),
         Rule("e->uo after d/t/l/n/g/k/h/z/c/s/zh/ch/sh/r", 0.95, "both", E_TO_UO),
         Rule("ji/qi/xi->ju/qu/xu", 0.9, "both", I_TO_V),
         Rule("ang->ong", 0.85, "final", ANG_TO_ONG),
-        Rule("ai->E", 0.5, "final", AI_TO_E))),
+        Rule("dui/gui/hui...->dei/gei/hei...", 0.8, "both", UI_TO_EI),
+        Rule("ai->E", 0.5, "final", AI_TO_E),
+        Rule("-ing->-iong after b/p/m/d/t/n/l/j/q/x", 0.8, "both", ING_TO_IONG),
+        Rule("ei->ai", 0.8, "both", EI_TO_AI))),
 }
 assert tuple(ACCENTS) == DOMAINS  # noqa: S101
 for _a in ACCENTS.values():

@@ -76,3 +76,8 @@ up_to_date() {
     return 1
 }
 mark_done() { cp "$1/.inputs" "$1/.done"; }
+shell_words() {  # shell_words ARG...: one string that Python's shlex.split reads back as these arguments (in any locale, unlike printf %q)
+    local a out=()
+    for a in "$@"; do out+=("'${a//\'/\'\\\'\'}'"); done
+    echo "${out[*]}"
+}

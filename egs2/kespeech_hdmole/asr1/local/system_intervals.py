@@ -143,10 +143,12 @@ def compute(dirs: Dict[str, Path], accents: Sequence[str], source_set: str, base
 
 
 def restrict(res: dict, shown: Sequence[str], mains: Sequence[str]) -> dict:
-    """The part of ``compute``'s result that the tables show: the systems in ``shown``, and the
-    paired differences of ``mains`` against them (e.g. without the runs of other seeds)."""
+    """The part of ``compute``'s result that the tables show: the systems in ``shown`` (those
+    without every set scored among them), and the paired differences of ``mains`` against them
+    (e.g. without the runs of other seeds)."""
     keep = set(shown)
     return {**res, "systems": {n: r for n, r in res["systems"].items() if n in keep},
+            "skipped": [n for n in res["skipped"] if n in keep],
             "pairs": {m: {n: r for n, r in others.items() if n in keep}
                       for m, others in res["pairs"].items() if m in set(mains) and m in keep}}
 
