@@ -277,8 +277,8 @@ def test_rules():
     assert acc.EI_TO_AI("b", "ei") == "bai" and acc.AI_TO_EI("z", "ai") == "zei"
     # every accent but Mandarin changes one of the three most frequent syllables (shi, de, ji)
     for name, accent in acc.ACCENTS.items():
-        hits = {syl for syl in ("shi", "de", "ji") for r in accent.rules if r.fn(*acc.split_syllable(syl))}
-        assert bool(hits) == (name != "Mandarin"), name
+        changes_one = any(r.fn(*acc.split_syllable(syl)) for syl in ("shi", "de", "ji") for r in accent.rules)
+        assert changes_one == (name != "Mandarin"), name
     table = {"ni": ("n", "i", ""), "li": ("l", "i", ""), "hao": ("X", "Au", "")}
     rng = np.random.default_rng(0)
     phon, changed = acc.render([[("ni", 3), ("hao", 3)]], "Mandarin", table, rng)
