@@ -93,15 +93,36 @@ def test_the_frozen_encoder_runs_once_per_set_and_every_run_reads_its_outputs(re
     stored = "encoder_out.scp,encoder_out,kaldi_ark"
     for s in ["accent_id"] + SYSTEMS:
         log = (tmp / "exp" / s / "train.log").read_text()
-        assert f"train_data_path_and_name_and_type {tmp}/exp/encoder_out/train/{stored}" in log, s
+        train = "train_accent_id" if s == "accent_id" else "train"  # the head also hears source utterances
+        assert f"train_data_path_and_name_and_type {tmp}/exp/encoder_out/{train}/{stored}" in log, s
         assert f"valid_data_path_and_name_and_type {tmp}/exp/encoder_out/dev/{stored}" in log, s
         assert "stored outputs ('encoder_out') are ignored" not in log, s
     for s in ["source"] + SYSTEMS:
         assert "encoder_timed 0" in (tmp / "exp" / s / "decode_union" / "rtf").read_text(), s
     assert out.count("the frozen encoder's outputs of") == 2  # train+dev in stage 4, the test sets in stage 6
     # they are written from step 1b's encoder, before steps 2 and 3, which then train side by side
-    assert out.index("the frozen encoder's outputs of [train dev]") < out.index("steps 2 and 3 side by side")
-    assert out.index("step 1b: the CTC over toned units") < out.index("the frozen encoder's outputs of [train dev]")
+    written = "the frozen encoder's outputs of [train dev source_train_aid]"
+    assert out.index(written) < out.index("steps 2 and 3 side by side")
+    assert out.index("step 1b: the CTC over toned units") < out.index(written)
+
+
+def test_the_accent_head_also_trains_on_source_utterances(recipe):
+    """Step 3's training set: the accent training set plus --aid_source_utts (300, at most: all 60 of
+    the tiny source_train) utterances of source_train as Mandarin, their stored outputs beside."""
+    tmp, out, _ = recipe
+    dump = tmp / "dump" / "fbank_pitch"
+
+    def ids(path):
+        return [line.split()[0] for line in path.read_text().splitlines()]
+
+    train, source = ids(dump / "train" / "utt2accent"), ids(dump / "source_train" / "utt2accent")
+    combined = (dump / "train_accent_id" / "utt2accent").read_text().splitlines()
+    assert [line.split()[0] for line in combined] == sorted(train + source)
+    assert {line.split()[1] for line in combined if line.split()[0] in set(source)} == {"Mandarin"}
+    assert ids(tmp / "exp" / "encoder_out" / "train_accent_id" / "encoder_out.scp") == sorted(train + source)
+    log = (tmp / "exp" / "accent_id" / "train.log").read_text()
+    assert f"{dump}/train_accent_id/feats.scp,speech,kaldi_ark" in log
+    assert f"the accent-ID head's training set: train + {len(source)} utterances of source_train" in out
 
 
 

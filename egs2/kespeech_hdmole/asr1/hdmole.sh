@@ -46,6 +46,8 @@ source_tone_config=conf/train_source_encoder_tone.yaml   # stage 4 step 1b: the 
                         # units from step 1's encoder (overrides on step 1's config); "": none
 accent_id_config=conf/train_accent_id.yaml   # stage 4 step 3: the accent-ID head (global router) trained
                         # alone on the accent training set, then frozen in the systems that use it; "": none
+aid_source_utts=300     # stage 4 step 3: utterances of source_train (at most; spread over its speakers) that join
+                        # the accent-ID head's training set as standard Mandarin; 0: none
 aid_model=""            # the accent-ID head stage 5's systems start from (default: step 3's,
                         # $exp_dir/accent_id/valid.acc_aid.best.pth), e.g. for runs in another --exp_dir
 train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mole_topk.yaml conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml conf/finetune_hdmole_topk.yaml conf/finetune_hdmole_oracle.yaml conf/finetune_full_proj.yaml conf/finetune_lora_proj.yaml conf/finetune_hdmole_proj.yaml"
@@ -96,7 +98,7 @@ for v in stage stop_stage; do
     is_int "${!v}" && [ "${!v}" -ge 1 ] && [ "${!v}" -le 6 ] || die "--$v must be a stage number from 1 to 6, not '${!v}'"
 done
 [ "$stage" -le "$stop_stage" ] || die "--stage $stage comes after --stop_stage $stop_stage: no stage would run"
-for v in nj seed ngpu sys_jobs; do is_int "${!v}" || die "--$v must be a non-negative integer, not '${!v}'"; done
+for v in nj seed ngpu sys_jobs aid_source_utts; do is_int "${!v}" || die "--$v must be a non-negative integer, not '${!v}'"; done
 seen_seeds=" $seed "
 for k in $train_seeds; do
     is_int "$k" || die "--train_seeds must be non-negative integers, not '$k'"

@@ -4,7 +4,7 @@
 #   step 1   the encoder alone, CTC over toneless pinyin units      -> $exp_dir/source_encoder
 #   step 1b  the CTC continued over toned units, from step 1         -> $exp_dir/source_encoder_tone
 #   step 2   the LLM-based ASR model on that frozen encoder          -> $exp_dir/source
-#   step 3   the accent-ID head alone, on the accent training set    -> $exp_dir/accent_id
+#   step 3   the accent-ID head alone, on the accent training set (+ some source utterances) -> $exp_dir/accent_id
 # When step 2 keeps the encoder of step 1/1b frozen (freeze_param: [encoder]), the encoder's
 # outputs of train and dev are written right after step 1b, and steps 2 and 3 (which need only
 # that encoder) train side by side, one CPU share each; otherwise step 3 waits for step 2.
@@ -95,6 +95,30 @@ train_source_model() {  # step 2
     last_valid "$source_exp/train.log"
 }
 
+# The accent-ID head's training set: the accent training set, plus --aid_source_utts utterances of
+# source_train as standard Mandarin (local/accent_id_data.py), with their stored encoder outputs.
+aid_uses_source() { [ "$aid_source_utts" -gt 0 ] && [ -n "$accent_id_config" ]; }
+aid_train_set() { if aid_uses_source; then echo train_accent_id; else echo train; fi; }
+aid_source_subset() {  # makes $feats/source_train_aid and names it (nothing when not in use)
+    aid_uses_source || return 0
+    $python local/accent_id_data.py subset --src "$feats/source_train" --num "$aid_source_utts" \
+        --out "$feats/source_train_aid" > /dev/null || die "could not take --aid_source_utts $aid_source_utts utterances of $feats/source_train"
+    echo source_train_aid
+}
+make_aid_train_set() {  # after the encoder outputs of train and source_train_aid are written (when in use)
+    aid_uses_source || return 0
+    local scps=()
+    if uses_enc_out; then
+        scps=(--scp "$(enc_out_scp train)" "$(enc_out_scp source_train_aid)" --out_scp "$enc_out/train_accent_id/encoder_out.scp")
+        up_to_date "$enc_out/train_accent_id" "encoder outputs of train_accent_id" remove \
+            --file "${scps[1]}" --file "${scps[2]}" > /dev/null || true
+    fi
+    $python local/accent_id_data.py combine --src "$feats/train" "$feats/source_train_aid" \
+        --out "$feats/train_accent_id" "${scps[@]}" > /dev/null || die "could not make $feats/train_accent_id"
+    if uses_enc_out; then mark_done "$enc_out/train_accent_id"; fi
+    log "  the accent-ID head's training set: train + $(wc -l < "$feats/source_train_aid/text") utterances of source_train -> $feats/train_accent_id"
+}
+
 train_accent_id() {  # step 3
     local base cfg=$accent_id_config
     base=$(source_model_config)
@@ -106,12 +130,12 @@ train_accent_id() {  # step 3
     fi
     if ! up_to_date "$aid_exp" "accent_id" keep --file "accent-ID config=$cfg" \
             --file "source model config=$base" --file "encoder and CTC model=$enc_model" \
-            $(train_inputs train dev) --value "options=$train_args" --value "seed=$seed"; then
+            $(train_inputs "$(aid_train_set)" dev) --value "options=$train_args" --value "seed=$seed"; then
         log "  step 3: the accent-ID head ($cfg on $base), encoder and CTC head from $enc_model -> $aid_exp"
         $python local/merge_config.py "$base" "$cfg" "$aid_exp/train_config.yaml"
         run_logged "$train_cmd" "$aid_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
             --config "$aid_exp/train_config.yaml" --output_dir "$aid_exp" --init_param "$enc_model" $(common_model_opts) \
-            $(train_data_opts train dev) $(enc_out_opts train dev) $train_args
+            $(train_data_opts "$(aid_train_set)" dev) $(enc_out_opts "$(aid_train_set)" dev) $train_args
         mark_done "$aid_exp"
     fi
     last_valid "$aid_exp/train.log"
@@ -125,12 +149,14 @@ run_stage4() {
     fi
     [ -n "$source_encoder_config" ] && train_encoder_steps
     if [ "$enc_model" != "$source_exp/valid.acc.ave.pth" ] && [ -n "$accent_id_config" ]; then
-        write_enc_out "$enc_model" train dev
+        write_enc_out "$enc_model" train dev $(aid_source_subset)
+        make_aid_train_set
         log "  steps 2 and 3 side by side (both on the frozen encoder of $enc_model)"
         run_jobs source_job step2 step3
     else
         train_source_model
-        write_enc_out "$enc_model" train dev
+        write_enc_out "$enc_model" train dev $(aid_source_subset)
+        make_aid_train_set
         [ -z "$accent_id_config" ] || train_accent_id
     fi
 }
