@@ -23,6 +23,7 @@ setup(
         "jiwer",
         "pyyaml",
         "loralib",
+        "opencc",  # traditional -> simplified in the text normaliser (the recipe's --t2s)
     ],
     extras_require={"test": ["pytest>=7"]},
     license="Apache-2.0",

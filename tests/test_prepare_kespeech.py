@@ -166,8 +166,9 @@ def test_text_normalisation():
     assert pk.normalize_text("你好 [laughter] 世界！<NOISE>") == "你好世界"
     assert pk.normalize_text("“你好”——《世界》…、；：？") == "你好世界"
     assert pk.normalize_text("好的, OK?\t2 次　啊") == "好的OK2次啊"  # ideographic space too
-    assert pk.normalize_text("＋１＝２～") == "１２"  # full-width ASCII symbols go, digits stay
+    assert pk.normalize_text("＋１＝２～") == "12"  # full-width ASCII symbols go, digits become ASCII
     assert pk.normalize_text("<SPOKEN_NOISE> [noise] 。") == ""
+    assert pk.normalize_text("Ｈｉ，天氣") == "Hi天氣" and pk.normalize_text("天氣", t2s=True) == "天气"
 
 
 def test_every_dir_has_sorted_consistent_files(prepared):
@@ -234,6 +235,19 @@ def test_tags_and_punctuation_removed_and_empty_dropped(prepared):
         assert "1009999_x01" not in read_map(data / "train" / f)
     assert "1009999_x01" not in (data / "train" / "spk2utt").read_text()
     assert "train_phase1: dropped 1 of" in prepared.log and "1009999_x01" in prepared.log
+
+
+def test_t2s_writes_traditional_characters_as_simplified_and_is_recorded(tmp_path):
+    c = make_corpus(tmp_path / "KeSpeech")
+    edit_line(subset_file(c, "train_phase1", "text"), "1009999_x02", "1009999_x02 <NOISE>學習語音，ＯＫ")
+    run(c.root, tmp_path / "plain")
+    assert read_map(tmp_path / "plain" / "train" / "text")["1009999_x02"] == "學習語音OK"
+    run(c.root, tmp_path / "t2s", "--t2s", "true")
+    assert read_map(tmp_path / "t2s" / "train" / "text")["1009999_x02"] == "学习语音OK"
+    meta = json.loads((tmp_path / "t2s" / ".kespeech.json").read_text(encoding="utf-8"))
+    assert meta["settings"]["t2s"] is True
+    with pytest.raises(pk.KeSpeechError, match="other settings"):  # not mixed with the plain run's dirs
+        pk.main(["--kespeech", str(c.root), "--out_dir", str(tmp_path / "plain"), "--t2s", "true"])
 
 
 def test_source_test_defaults_to_kespeech_mandarin(prepared):

@@ -19,7 +19,10 @@ MOLE = ["--use_adapter", "true", "--adapter", "hdmole", "--save_strategy", "requ
         "--adapter_conf", "target_modules=['linear1', 'linear2']", "--adapter_conf", "num_domains=3",
         "--adapter_conf", "rank=2", "--adapter_conf", "global_router=none"]
 SYSTEMS = {"topk": MOLE + ["--adapter_conf", "activation=topk", "--adapter_conf", "top_k=2"],
-           "dense": MOLE + ["--adapter_conf", "activation=dense"]}
+           "dense": MOLE + ["--adapter_conf", "activation=dense"],
+           # experts inside the LLM: their keys start with llm. too, yet llm_dir lacks them
+           "llm_topk": MOLE[:6] + ["--adapter_conf", "target_modules=['q_proj']"] + MOLE[8:]
+           + ["--adapter_conf", "activation=topk", "--adapter_conf", "top_k=2"]}
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,29 @@ def test_decoding_with_a_mismatched_pair_is_one_error_line(work):
     errors = [line for line in p.stderr.splitlines() if line.startswith("ERROR: ")]
     assert len(errors) == 1 and "dense/config.yaml" in errors[0] and "topk/valid.acc.ave.pth" in errors[0]
     # (--verbose true adds the traceback: tests/test_user_errors.py checks run_cli for every command)
+
+
+def test_a_checkpoint_missing_weights_that_no_base_supplies_is_refused(work):
+    """Only the LLM's own weights may be missing (llm_dir supplies them): the experts of an adapter
+    inside the LLM are in no base, so a checkpoint without them is refused, not left random."""
+    w, _, _ = work
+    exp = w / "llm_topk"
+    state = torch.load(exp / "valid.acc.ave.pth", weights_only=False)
+    experts = [k for k in state if k.startswith("llm.") and "lora_A" in k]
+    assert experts
+    model, _ = LLMASRTask.build_model_from_file(exp / "config.yaml", exp / "valid.acc.ave.pth")
+    torch.testing.assert_close(model.state_dict()[experts[0]], state[experts[0]])
+    partial = {k: v for k, v in state.items() if k != experts[0]}
+    torch.save(partial, exp / "partial.pth")
+    with pytest.raises(UserError, match=r"partial.pth is a partial checkpoint and \['" + experts[0].replace(".", r"\.")
+                       + r"'\] are given neither by it nor by --init_param"):
+        LLMASRTask.build_model_from_file(exp / "config.yaml", exp / "partial.pth")
+    # the LLM's own weights are another matter: the source model without them takes them from llm_dir
+    source = torch.load(w / "source" / "valid.acc.ave.pth", weights_only=False)
+    llm_keys = [k for k in source if k.startswith("llm.")]
+    torch.save({k: v for k, v in source.items() if k not in llm_keys}, w / "source" / "no_llm.pth")
+    model, _ = LLMASRTask.build_model_from_file(w / "source" / "config.yaml", w / "source" / "no_llm.pth")
+    assert set(llm_keys) <= model.llm_dir_keys
 
 
 def test_retrained_base_is_refused_and_training_into_its_dir_too(work):

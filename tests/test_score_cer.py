@@ -78,6 +78,21 @@ def test_score_spaces_removed_substitution_and_totals(tmp_path):
     assert [m for m in re.findall(r"^id: \((\w+)\)$", text, re.M)] == ["a", "b", "c"]
 
 
+def test_a_real_llms_punctuation_full_width_and_traditional_forms_are_not_errors(tmp_path):
+    """Scoring uses data preparation's normaliser (local/transcript_text.py) on both sides: what
+    a real LLM writes beyond the characters (punctuation, tags, full-width forms, a stray
+    bracket) costs nothing; traditional characters count unless --t2s true."""
+    ref = {"u1": "今天天气很好", "u2": "我有3个AI助手", "u3": "学习语音识别"}
+    hyp = {"u1": "今天，天氣很好！", "u2": "<unk>我有３個ＡＩ助手。", "u3": "「学习」语音识别 <"}
+    res, out = run_score(tmp_path, ref, hyp)
+    assert (res["substitutions"], res["deletions"], res["insertions"]) == (2, 0, 0)  # 氣 and 個 only
+    assert "REF:  今 天 天 气 很 好" in (out / "per_utt.txt").read_text(encoding="utf-8")
+    r = score_cer.main(["--ref", str(tmp_path / "data" / "test_X" / "text"), "--hyp",
+                        str(tmp_path / "exp" / "decode" / "1best_recog" / "text"),
+                        "--out_dir", str(tmp_path / "t2s"), "--t2s", "true"])
+    assert r["errors"] == 0 and r["ref_chars"] == 6 + 8 + 6
+
+
 def test_score_missing_hypothesis_warns_and_counts_deletions(tmp_path, capsys):
     res, out = run_score(tmp_path, {"u1": "今天天气很好", "u2": "你好", "u3": "早上好"},
                          {"u1": "今天天气很好", "u3": ""})  # u2 absent, u3 empty

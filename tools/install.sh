@@ -103,7 +103,7 @@ PY
 
 log "project dependencies"
 pip install -q -c "$venv/constraints.txt" loralib "transformers>=4.45" sentencepiece kaldiio jiwer pyyaml "pytest>=7" \
-  kaldi-native-fbank soundfile snownlp "pypinyin<=0.44.0" matplotlib
+  kaldi-native-fbank soundfile snownlp "pypinyin<=0.44.0" matplotlib opencc
 pip install -q -c "$venv/constraints.txt" --no-deps -e "$root"
 
 "$py" -c "import torch, espnet2, transformers, espnet_hdmole; print('torch', torch.__version__, '| transformers', transformers.__version__)"

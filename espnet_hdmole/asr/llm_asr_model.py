@@ -26,7 +26,8 @@ from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, he
 from espnet_hdmole.asr.ctc_compression import ctc_compress
 from espnet_hdmole.asr.encoder_side import EncoderSide
 from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
-from espnet_hdmole.asr.llm_utils import load_causal_lm, load_tokenizer, unencodable_chars
+from espnet_hdmole.asr.llm_utils import (
+    load_causal_lm, load_tokenizer, noise_token_ids, readable_tokens, unencodable_chars)
 from espnet_hdmole.asr.pinyin_units import PinyinUnits
 from espnet_hdmole.asr.projector import FrameStackProjector
 from espnet_hdmole.errors import UserError
@@ -111,6 +112,8 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
         self.normalize = normalize
         self.encoder = encoder
         self.llm = load_causal_lm(llm_dir, llm_dtype)
+        # the model's keys that llm_dir supplies (adapters added later keep these names)
+        self.llm_dir_keys = frozenset("llm." + k for k in self.llm.state_dict())
         self.tokenizer = load_tokenizer(llm_dir)
         d_llm = self.llm.get_input_embeddings().embedding_dim
         if ctc_compress not in ("none", "unit", "syllable"):
@@ -121,6 +124,7 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
         if not 0.0 <= token_dropout < 1.0:
             raise UserError(f"model_conf.token_dropout must be in [0, 1), got {token_dropout}")
         self.token_dropout = token_dropout
+        self._noise_ids: Optional[torch.Tensor] = None  # token dropout's draws (llm_utils.noise_token_ids)
         proj_in = encoder.output_size() * (2 if ctc_compress == "syllable" else 1)
         self.projector = FrameStackProjector(proj_in, d_llm, **(projector_conf or {}))
         self.accent_list = list(accent_list or [])
@@ -315,7 +319,10 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
             tgt = torch.cat([text[b, : text_lengths[b]].long(), eos])
             inp = tgt[:-1]
             if self.training and self.token_dropout > 0:
-                noise = torch.randint_like(inp, min(len(self.tokenizer), emb.num_embeddings))  # real tokens only
+                if self._noise_ids is None:
+                    self._noise_ids = noise_token_ids(self.tokenizer, emb.num_embeddings)
+                pick = torch.randint(len(self._noise_ids), inp.shape, device=inp.device)
+                noise = self._noise_ids.to(inp.device)[pick]  # ordinary tokens only
                 inp = torch.where(torch.rand(inp.shape, device=inp.device) < self.token_dropout, noise, inp)
             seqs.append(torch.cat([c, emb(inp).to(c.dtype)], 0))
             # position j predicts token j+1: targets start at the last context position
@@ -365,7 +372,7 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
         out = []
         for b, (ids, score) in enumerate(hyps):
             r = {"token_ids": ids, "text": self.tokenizer.decode(ids, skip_special_tokens=True), "score": score,
-                 "tokens": self.tokenizer.convert_ids_to_tokens(ids)}
+                 "tokens": readable_tokens(self.tokenizer, ids)}
             if logits_aid is not None and self.accent_list:
                 r["accent"] = self.accent_list[int(logits_aid[b].argmax())]
             out.append(r)

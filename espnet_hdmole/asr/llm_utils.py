@@ -3,7 +3,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Tuple, Union
+from typing import Iterable, List, Sequence, Tuple, Union
 
 import torch
 
@@ -75,6 +75,44 @@ def unencodable_chars(tokenizer, text: str) -> str:
     if tokenizer.decode(ids) != text:
         return "".join(sorted({c for c in text if tokenizer.decode(tokenizer(c, add_special_tokens=False)["input_ids"]) != c}))
     return ""
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line of a Kaldi-style file: every run of whitespace, line breaks of any
+    kind included (newline, carriage return, U+2028 ...), becomes one space; no space at the ends."""
+    return " ".join(text.split())
+
+
+# how a token's whitespace is shown in a token file (space-separated tokens, one line each)
+_TOKEN_SPACE = {" ": "\u2581", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def readable_tokens(tokenizer, ids: Sequence[int]) -> List[str]:
+    """Each token as the text it stands for (今天, not the byte-level piece ä»Ĭå¤©), for token files.
+
+    A token that is only part of a character's UTF-8 bytes is shown by its piece; a space inside a
+    token as U+2581 (SentencePiece's mark); newline, carriage return and tab as \\n, \\r, \\t;
+    any other whitespace as U+2581 too. So no token is empty or holds whitespace."""
+    out = []
+    for i in ids:
+        text = tokenizer.decode([int(i)], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if not text or "\ufffd" in text:
+            text = tokenizer.convert_ids_to_tokens(int(i)) or f"<{int(i)}>"
+        text = "".join(_TOKEN_SPACE.get(c, "\u2581" if c.isspace() else c) for c in text)
+        out.append(text)
+    return out
+
+
+def noise_token_ids(tokenizer, num_embeddings: int) -> torch.Tensor:
+    """The ids token dropout may put in place of a transcript token: no special token and no token
+    added on top of the tokenizer's vocabulary (such as a converted model's [PAD...] fillers or
+    its chat markers), only ids the LLM has an embedding for."""
+    added = set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    special = set(tokenizer.all_special_ids) | added
+    ids = [i for i in range(min(len(tokenizer), num_embeddings)) if i not in special]
+    if not ids:
+        raise UserError("token_dropout: the tokenizer has no ordinary token to draw")
+    return torch.tensor(ids, dtype=torch.long)
 
 
 def build_char_tokenizer(chars: Iterable[str], out_dir: Union[str, Path], extra_tokens: Tuple[str, ...] = ()):

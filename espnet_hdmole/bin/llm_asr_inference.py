@@ -28,6 +28,7 @@ from espnet2.fileio.datadir_writer import DatadirWriter
 from espnet2.utils.types import str2bool, str2triple_str, str_or_none
 
 from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
+from espnet_hdmole.asr.llm_utils import one_line
 from espnet_hdmole.errors import run_cli
 from espnet_hdmole.tasks.llm_asr import LLMASRTask
 
@@ -90,7 +91,7 @@ def inference(args) -> dict:
             total_audio += float(batch["speech_lengths"].sum()) * model.frame_shift
             for k, h in zip(keys, hyps):
                 w = writer["1best_recog"]
-                w["text"][k] = h["text"]
+                w["text"][k] = one_line(h["text"])  # whatever the LLM emits: one line per utterance
                 w["token"][k] = " ".join(h["tokens"])
                 w["token_int"][k] = " ".join(map(str, h["token_ids"]))
                 w["score"][k] = f"{h['score']:.4f}"

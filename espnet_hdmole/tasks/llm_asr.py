@@ -337,7 +337,9 @@ class LLMASRTask(AbsTask):
 
         A checkpoint saved with save_strategy ``required_grad_only`` (adapter-only) lacks the
         frozen base weights: they are loaded first from the ``--init_param`` files of the
-        config, and the checkpoint on top. Keys that neither provides are an error.
+        config, and the checkpoint on top. The LLM's own weights may also come from its llm_dir
+        (the model is built with them); any other key (adapter weights inside the LLM included)
+        that neither the checkpoint nor an --init_param file provides is an error.
         """
         model, args = super().build_model_from_file(config_file, None, device)
         if model_file is None:
@@ -347,10 +349,11 @@ class LLMASRTask(AbsTask):
         unexpected = sorted(set(state) - set(own))
         if unexpected:
             raise UserError(f"{model_file} has keys that the model of {config_file} does not: {unexpected[:10]}")
-        missing = {k for k in set(own) - set(state) if not k.startswith("llm.")}  # LLM: from llm_dir
         absent = set(own) - set(state)
+        from_llm_dir = absent & model.llm_dir_keys  # the LLM's own weights, loaded from llm_dir
+        missing = absent - from_llm_dir  # adapters inside the LLM included: llm_dir lacks them
         provenance.check(config_file, model_file, args, uses_base=bool(absent and args.init_param),
-                         uses_llm_dir=any(k.startswith("llm.") for k in absent))
+                         uses_llm_dir=bool(from_llm_dir))
         if set(own) - set(state):
             from espnet2.torch_utils.load_pretrained_model import load_pretrained_model
 

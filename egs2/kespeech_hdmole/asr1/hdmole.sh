@@ -57,6 +57,8 @@ ngpu=0                  # GPUs per training job (ESPnet's --ngpu; >1 uses its di
 train_launcher=""       # put before the training module, e.g. "-m torch.distributed.run --standalone --nproc_per_node 2"
                         # (torch's launcher; ESPnet reads its env:// ranks; on CPU add --train_args "--dist_backend gloo")
 decode_args="--beam_size 1 --batch_size 16"   # options for llm_asr_inference
+score_args=""           # options for local/score_cer.py, e.g. "--t2s true" to score traditional characters
+                        # as simplified (a real LLM may write them; data_args "--t2s true" does it for KeSpeech)
 decode_model=valid.acc.ave.pth        # checkpoint decoded in stage 6
 test_sets=""            # default: every data/test_* and the source test set
 systems=""              # stage 6 systems (default: source + those of --train_configs)
@@ -335,7 +337,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
             done
             cp "$dec/rtf" "$d/rtf"
             run_logged "$decode_cmd" "$d/score.log" $python local/score_cer.py \
-                --ref "$feats/$s/text" --hyp "$d/1best_recog/text" --out_dir "$d/score_cer"
+                --ref "$feats/$s/text" --hyp "$d/1best_recog/text" --out_dir "$d/score_cer" $score_args
         done
         log "  $sys: decoded ($(grep '^rtf' "$dec/rtf")) and scored"
     }

@@ -98,7 +98,7 @@ SUBSET_FILES = ("wav.scp", "text", "utt2spk", "utt2subdialect")
 OUT_FILES = ("wav.scp", "text", "utt2spk", "spk2utt", "utt2accent")
 META_NAME = ".kespeech.json"
 TMP_PREFIX = ".prepare_kespeech.tmp."
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: full-width letters and digits written as ASCII
 MAX_EXAMPLES = 5
 NAME = "prepare_kespeech.py"
 
@@ -120,15 +120,15 @@ def _examples(items: Sequence[str], n: int = MAX_EXAMPLES) -> str:
 # --------------------------------------------------------------------------
 # Text normalisation
 # --------------------------------------------------------------------------
-# the rule itself (tags, punctuation) is local/transcript_text.py: normalize_text, MalformedTag
+# the rule itself (tags, punctuation, full-width forms, t2s) is local/transcript_text.py: normalize_text, MalformedTag
 
 
-def normalize_table(path: Path, table: Table) -> Tuple[Dict[str, str], List[str]]:
+def normalize_table(path: Path, table: Table, t2s: bool = False) -> Tuple[Dict[str, str], List[str]]:
     """-> (utterance -> normalised transcript, one 'file:line: ...' per malformed tag)."""
     texts, bad = {}, []
     for utt, (raw, n) in table.items():
         try:
-            texts[utt] = normalize_text(raw)
+            texts[utt] = normalize_text(raw, t2s=t2s)
         except MalformedTag as e:
             bad.append(f"{path}:{n}: utterance {utt!r} has {e}")
     return texts, bad
@@ -245,7 +245,7 @@ def drop_empty(name: str, utts: List[Utt], empty: List[str]) -> None:
             f"{', '.join(sorted(empty)[:MAX_EXAMPLES])})")
 
 
-def read_subset(root: Path, name: str, option: str) -> Tuple[List[Utt], List[str], List[str]]:
+def read_subset(root: Path, name: str, option: str, t2s: bool = False) -> Tuple[List[Utt], List[str], List[str]]:
     """-> (kept utterances, ids dropped for an empty transcript, malformed-tag messages)."""
     d = root / "Tasks" / "ASR" / name
     if not d.is_dir():
@@ -266,7 +266,7 @@ def read_subset(root: Path, name: str, option: str) -> Tuple[List[Utt], List[str
                             f"its {', '.join(SUBSET_FILES)} are empty; expected "
                             "'<utterance-id> <value>' lines (an incomplete copy of the corpus?)")
     check_labels(d / "utt2subdialect", tables["utt2subdialect"])
-    texts, bad = normalize_table(d / "text", tables["text"])
+    texts, bad = normalize_table(d / "text", tables["text"], t2s)
     utts, empty = [], []
     for utt, (rel, n) in tables["wav.scp"].items():
         wav_value(d / "wav.scp", n, rel, source=False)
@@ -284,7 +284,7 @@ def read_subset(root: Path, name: str, option: str) -> Tuple[List[Utt], List[str
     return utts, empty, bad
 
 
-def read_source_dir(src: Path) -> List[Utt]:
+def read_source_dir(src: Path, t2s: bool = False) -> List[Utt]:
     if not src.is_dir():
         raise KeSpeechError(f"--source_dir {src} does not exist or is not a directory; "
                             "expected a Kaldi-style dir with wav.scp, text (and optionally "
@@ -299,7 +299,7 @@ def read_source_dir(src: Path) -> List[Utt]:
     else:
         log(f"--source_dir {src} has no utt2spk: each utterance is its own speaker")
     check_ids_agree(src, tables)
-    texts, bad = normalize_table(src / "text", tables["text"])
+    texts, bad = normalize_table(src / "text", tables["text"], t2s)
     if bad:
         raise malformed_tags(bad)
     utts, empty, commands = [], [], 0
@@ -489,7 +489,7 @@ def _unique(option: str, names: Sequence[str]) -> List[str]:
 
 def prepare(kespeech: str, out_dir: str, train_subsets: Sequence[str],
             dev_subsets: Sequence[str], source_dir: Optional[str] = None,
-            check_audio_header: bool = True, nj: int = 8) -> dict:
+            check_audio_header: bool = True, nj: int = 8, t2s: bool = False) -> dict:
     """Prepare (or skip) the data dirs; -> {dir name: number of utterances}."""
     t0 = time.time()
     root = Path(os.path.abspath(os.path.expanduser(kespeech)))
@@ -507,6 +507,8 @@ def prepare(kespeech: str, out_dir: str, train_subsets: Sequence[str],
     settings = {"script": NAME, "format": FORMAT_VERSION, "kespeech": str(root),
                 "train_subsets": train_subsets, "dev_subsets": dev_subsets,
                 "source_dir": str(src) if src else None}
+    if t2s:  # (only when on: directories prepared before the option existed stay valid)
+        settings["t2s"] = True
 
     meta = check_output(out, settings)
     if meta is not None:
@@ -533,7 +535,7 @@ def prepare(kespeech: str, out_dir: str, train_subsets: Sequence[str],
     for option, names in (("--train_subsets", train_subsets), ("--dev_subsets", dev_subsets),
                           ("the test set", [TEST_SUBSET])):
         for name in names:
-            utts, empty, bad = read_subset(root, name, option)
+            utts, empty, bad = read_subset(root, name, option, t2s)
             kept[name] = utts
             raw_ids[name] = [u.id for u in utts] + empty
             malformed += bad
@@ -554,7 +556,7 @@ def prepare(kespeech: str, out_dir: str, train_subsets: Sequence[str],
             log(f"warning: Tasks/ASR/{TEST_SUBSET} has no utterances labelled {lab}; "
                 f"test_{lab} is not written")
     if src is not None:
-        sets["source_test"] = read_source_dir(src)
+        sets["source_test"] = read_source_dir(src, t2s)
         log(f"source domain: --source_dir {src} is copied into source_test "
             f"({len(sets['source_test'])} utterances)")
     else:
@@ -656,6 +658,9 @@ incomplete is refused, never overwritten.""",
                    "transcript; false only checks that the files exist (default: true)")
     p.add_argument("--nj", type=int, default=8,
                    help="threads for the audio checks (default: %(default)s)")
+    p.add_argument("--t2s", type=str2bool, default=False, metavar="true|false",
+                   help="also write traditional characters as simplified ones (OpenCC t2s; "
+                   "KeSpeech's transcripts are simplified already) (default: false)")
     return p
 
 
@@ -663,7 +668,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run with command line ``argv``; raises KeSpeechError on bad input."""
     args = get_parser().parse_args(argv)
     prepare(args.kespeech, args.out_dir, args.train_subsets, args.dev_subsets,
-            source_dir=args.source_dir, check_audio_header=args.check_audio, nj=args.nj)
+            source_dir=args.source_dir, check_audio_header=args.check_audio, nj=args.nj, t2s=args.t2s)
     return 0
 
 

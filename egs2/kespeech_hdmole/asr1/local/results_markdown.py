@@ -137,8 +137,9 @@ def system_markdown(s: dict, accents: Sequence[str], source_set: str, baseline_n
 
     # ---- CER
     L += ["", "## Character error rate", "",
-          "CER = (Sub + Del + Ins) / reference characters, in %; whitespace removed before "
-          "scoring (local/score_cer.py).", ""]
+          "CER = (Sub + Del + Ins) / reference characters, in %; references and hypotheses go "
+          "through the recipe's text normaliser first (tags, punctuation and whitespace out, "
+          "full-width letters and digits as ASCII: local/transcript_text.py, local/score_cer.py).", ""]
     rows = []
     acc_res = [s["result"][f"test_{a}"] for a in accents]
     for a, r in zip(accents, acc_res):

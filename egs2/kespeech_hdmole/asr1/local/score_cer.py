@@ -6,10 +6,13 @@
         --out_dir exp/hdmole/decode_test_Beijing/score_cer
 
 Both files are Kaldi style, one ``uid text`` per line (a line holding only the uid is an empty
-transcript).  All whitespace is removed from the text before scoring, so every remaining
-character (a Chinese character, a digit, a Latin letter, a punctuation mark) is one unit; no
-other normalisation is done.  The alignment is jiwer's (``jiwer.process_characters``, a
-Levenshtein alignment with unit costs).
+transcript).  Both go through the recipe's one text normaliser, the one data preparation uses
+(local/transcript_text.py: tags such as <NOISE> with their content, punctuation of any script and
+whitespace removed, full-width letters and digits as ASCII; a stray bracket is dropped, not an
+error; with ``--t2s true`` traditional characters as simplified), so a model that writes
+punctuation or full-width forms is not charged for them.  Every remaining character (a Chinese
+character, a digit, a Latin letter) is one unit.  The alignment is jiwer's
+(``jiwer.process_characters``, a Levenshtein alignment with unit costs).
 
 Outputs in --out_dir:
 
@@ -37,17 +40,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import jiwer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transcript_text import normalize_text  # noqa: E402
+
 
 class ScoringError(ValueError):
     """Bad input files; the message names the file (and line)."""
 
 
-def normalize(text: str) -> str:
-    """Remove all whitespace (ASCII and Unicode, e.g. the ideographic space U+3000)."""
-    return "".join(text.split())
-
-
-def read_kaldi_text(path: Path, allow_empty: bool) -> Dict[str, Tuple[str, int]]:
+def read_kaldi_text(path: Path, allow_empty: bool, t2s: bool = False) -> Dict[str, Tuple[str, int]]:
     """uid -> (normalised text, line number), in file order.  Blank lines are skipped."""
     if not path.is_file():
         raise ScoringError(f"{path}: no such file")
@@ -59,7 +60,7 @@ def read_kaldi_text(path: Path, allow_empty: bool) -> Dict[str, Tuple[str, int]]
                 continue
             parts = line.strip().split(maxsplit=1)
             uid = parts[0]
-            text = normalize(parts[1]) if len(parts) > 1 else ""
+            text = normalize_text(parts[1], strict=False, t2s=t2s) if len(parts) > 1 else ""
             if uid in out:
                 raise ScoringError(f"{path}:{lineno}: utterance id {uid!r} repeats "
                                    f"(first on line {out[uid][1]})")
@@ -111,11 +112,11 @@ def render_alignment(cols: Sequence[Tuple[str, str, str]]) -> Tuple[str, str, st
     return " ".join(ref_cells), " ".join(hyp_cells), " ".join(ev_cells).rstrip()
 
 
-def score(ref_path: Path, hyp_path: Path, set_name: str):
-    ref = read_kaldi_text(ref_path, allow_empty=False)
+def score(ref_path: Path, hyp_path: Path, set_name: str, t2s: bool = False):
+    ref = read_kaldi_text(ref_path, allow_empty=False, t2s=t2s)
     if not ref:
         raise ScoringError(f"{ref_path}: no utterances")
-    hyp = read_kaldi_text(hyp_path, allow_empty=True)
+    hyp = read_kaldi_text(hyp_path, allow_empty=True, t2s=t2s)
     unknown = [u for u in hyp if u not in ref]
     if unknown:
         shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
@@ -181,7 +182,7 @@ def format_summary(r: dict) -> str:
         return "| " + " | ".join(c.rjust(wd) for c, wd in zip(cells, widths)) + " |"
 
     lines = [
-        f"CER of {r['set']} (#Wrd counts characters; whitespace removed before scoring)",
+        f"CER of {r['set']} (#Wrd counts characters; tags, punctuation and whitespace removed before scoring)",
         f"REF: {r['ref']}",
         f"HYP: {r['hyp']}",
         "",
@@ -232,6 +233,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", required=True, type=Path, help="where result.json etc. go")
     p.add_argument("--name", default=None,
                    help="set name in the reports (default: the directory name of --ref)")
+    p.add_argument("--t2s", choices=["true", "false"], default="false",
+                   help="score traditional characters as simplified ones (OpenCC t2s), in the "
+                   "references and the hypotheses (default: %(default)s)")
     return p
 
 
@@ -239,7 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Score; return the result dict (as written to result.json).  Raises ScoringError."""
     args = get_parser().parse_args(argv)
     name = args.name or args.ref.resolve().parent.name
-    result, per_utt, missing = score(args.ref, args.hyp, name)
+    result, per_utt, missing = score(args.ref, args.hyp, name, t2s=args.t2s == "true")
     if missing:
         print(f"WARNING: {len(missing)} of {result['utterances']} utterance(s) of {args.ref} have no "
               f"hypothesis in {args.hyp} (first: {missing[0]}); counted as deletions of the whole "

@@ -1,4 +1,7 @@
-"""Transcript normalisation for KeSpeech-style text: tags and punctuation out, the rest kept.
+"""The text normaliser of the recipe: data preparation (prepare_kespeech.py) applies it to the
+transcripts, scoring (score_cer.py) to the references and the hypotheses alike. Tags and
+punctuation go, full-width letters and digits become ASCII, the rest is kept; optionally
+traditional characters become simplified ones (OpenCC's t2s conversion).
 
 Tags are spans in < > [ ] ( ) { } (or the full-width ＜ ＞ ［ ］ ｛ ｝) with no such bracket
 inside, e.g. <SPOKEN_NOISE>, [laughter], (noise), {breath}: they are removed with their content.
@@ -6,7 +9,9 @@ A transcript that still holds one of these brackets afterwards (an unclosed tag 
 <SPOKEN_NOISE, a stray or nested bracket) is malformed: normalize_text raises MalformedTag, and
 prepare_kespeech.py refuses it with its file:line. Punctuation of any script (the Chinese
 brackets （）【】《》 included, whose content is kept), whitespace and invisible control/format
-characters are removed; every other character is kept unchanged.
+characters are removed; the full-width forms of ASCII letters and digits (Ａ, ｂ, ９) become
+ASCII (NFKC); every other character is kept unchanged. A hypothesis is normalised leniently
+(strict=False): a stray bracket in what a model wrote is dropped, not an error.
 """
 import re
 import string
@@ -37,14 +42,39 @@ class MalformedTag(ValueError):
     """A transcript still holds a tag bracket after the well-formed tags are removed."""
 
 
-def normalize_text(text: str) -> str:
-    """Remove tags, punctuation and whitespace; keep everything else.
+@lru_cache(maxsize=None)
+def _fold(ch: str) -> str:
+    """A full-width ASCII letter or digit as ASCII (NFKC); any other character unchanged."""
+    return unicodedata.normalize("NFKC", ch) if 0xFF01 <= ord(ch) <= 0xFF5E else ch
+
+
+_T2S = None
+
+
+def to_simplified(text: str) -> str:
+    """Traditional characters as simplified ones (OpenCC's t2s conversion)."""
+    global _T2S
+    if _T2S is None:
+        try:
+            import opencc
+        except ImportError as e:
+            raise RuntimeError("traditional-to-simplified conversion needs the Python package 'opencc' "
+                               "(tools/install.sh installs it; or `pip install opencc`)") from e
+        _T2S = opencc.OpenCC("t2s")
+    return _T2S.convert(text)
+
+
+def normalize_text(text: str, strict: bool = True, t2s: bool = False) -> str:
+    """Remove tags, punctuation and whitespace, make full-width letters and digits ASCII; keep
+    everything else (with ``t2s``, traditional characters become simplified).
 
     Tags are spans in < > [ ] ( ) { } (or full-width ＜ ＞ ［ ］ ｛ ｝) with no such bracket
     inside; they go with their content.  Any of these brackets left after that (an unclosed,
-    stray or nested tag) raises MalformedTag.  Chinese brackets （）【】《》 are punctuation."""
+    stray or nested tag) raises MalformedTag, or with ``strict=False`` (a model's hypothesis) is
+    dropped.  Chinese brackets （）【】《》 are punctuation."""
     rest = TAG_RE.sub("", text)
     left = sorted({ch for ch in rest if ch in TAG_BRACKETS})
-    if left:
+    if left and strict:
         raise MalformedTag(f"a malformed tag: stray {' '.join(left)} in {text!r}")
-    return "".join(ch for ch in rest if not _drop_char(ch))
+    out = "".join(_fold(ch) for ch in rest if not _drop_char(ch))  # (tag brackets are punctuation)
+    return to_simplified(out) if t2s else out
