@@ -23,8 +23,8 @@ setup(
         "jiwer",
         "pyyaml",
         "loralib",
-        "opencc",  # traditional -> simplified in the text normaliser (the recipe's --t2s)
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # opencc: traditional -> simplified in the text normaliser (the recipe's --t2s; tools/install.sh installs it)
+    extras_require={"test": ["pytest>=7"], "t2s": ["opencc"]},
     license="Apache-2.0",
 )

@@ -1,5 +1,6 @@
 """local/accent_id_data.py: the accent-ID head's training set (the accent training set plus some
 source utterances), and the stored encoder outputs that go with it."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,19 +58,23 @@ def test_combine_joins_sorted_with_the_stored_outputs_and_refuses_clashes(tmp_pa
     assert list(table(out / "utt2accent")) == ids
     assert table(out / "utt2accent")["SRC-s1-0"] == "Mandarin" and table(out / "utt2accent")["ZHY-s1-0"] == "Beijing"
     assert list(table(tmp_path / "enc" / "encoder_out.scp")) == ids
-    before = (out / "text").stat().st_mtime_ns
+    # the done marker keeps the sources' (their feature settings); the code record is beside it
+    done = json.loads((out / ".done").read_text())
+    assert sorted(done["sources"]) == ["extra", "train"] and (out / ".code").is_file()
+    before = {f: (out / f).stat().st_mtime_ns for f in ("text", ".done", ".code")}
     assert run("combine", "--src", train, extra, "--out", out).returncode == 0
-    assert (out / "text").stat().st_mtime_ns == before  # unchanged content: not rewritten
+    assert {f: (out / f).stat().st_mtime_ns for f in before} == before  # unchanged content: not rewritten
     # an id in two directories, a table one lacks, outputs of other utterances: refused, named
     res = run("combine", "--src", train, train, "--out", tmp_path / "x")
     assert res.returncode != 0 and "BEI-s1-0" in res.stderr and "also in an earlier directory" in res.stderr
     (extra / "speech_shape").unlink()
     res = run("combine", "--src", train, extra, "--out", tmp_path / "y")
     assert res.returncode != 0 and f"{extra} lacks speech_shape" in res.stderr
-    res = run("combine", "--src", train, train / ".." / "train_accent_id", "--out", tmp_path / "z")
-    assert res.returncode != 0
+    res = run("combine", "--src", train, tmp_path / "nowhere", "--out", tmp_path / "z")
+    assert res.returncode != 0 and f"{tmp_path / 'nowhere'}: no data directory here" in res.stderr
     (train / "enc.scp").write_text("BEI-s1-0 /enc/a.ark:1\n")
     make_dir(tmp_path / "extra2", ["SRC-s1-0", "SRC-s2-0"], "Mandarin")
     res = run("combine", "--src", train, tmp_path / "extra2", "--out", tmp_path / "w", "--scp", train / "enc.scp",
               extra / "enc.scp", "--out_scp", tmp_path / "w.scp")
     assert res.returncode != 0 and "ZHY-s1-0" in res.stderr and not (tmp_path / "w.scp").exists()
+    assert not (tmp_path / "w").exists()  # checked before anything is written

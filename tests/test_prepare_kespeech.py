@@ -246,8 +246,10 @@ def test_t2s_writes_traditional_characters_as_simplified_and_is_recorded(tmp_pat
     assert read_map(tmp_path / "t2s" / "train" / "text")["1009999_x02"] == "学习语音OK"
     meta = json.loads((tmp_path / "t2s" / ".kespeech.json").read_text(encoding="utf-8"))
     assert meta["settings"]["t2s"] is True
-    with pytest.raises(pk.KeSpeechError, match="other settings"):  # not mixed with the plain run's dirs
+    with pytest.raises(pk.KeSpeechError, match="other settings .t2s was None, now True"):  # never mixed
         pk.main(["--kespeech", str(c.root), "--out_dir", str(tmp_path / "plain"), "--t2s", "true"])
+    with pytest.raises(pk.KeSpeechError, match="other settings .t2s was True, now None"):
+        pk.main(["--kespeech", str(c.root), "--out_dir", str(tmp_path / "t2s")])
 
 
 def test_source_test_defaults_to_kespeech_mandarin(prepared):

@@ -200,6 +200,22 @@ def test_pretrained_model_fine_tunes_and_decodes_into_another_exp_dir(recipe):
     assert (other / "lora" / "decode_source_test" / "score_cer" / "result.json").exists()
 
 
+def test_stage_4_with_a_pretrained_model_and_no_source_set_trains_the_head_on_train(recipe):
+    """KeSpeech has no source_train: with --pretrained_model, stage 4 writes the encoder outputs
+    and trains the accent-ID head on the accent training set alone (--aid_source_utts needs a
+    source_train)."""
+    tmp, _, _ = recipe
+    dump = tmp / "dump_no_source"
+    shutil.copytree(tmp / "dump", dump, ignore=shutil.ignore_patterns("source_train*", "train_accent_id"))
+    out = run(["--stage", "4", "--stop_stage", "4", "--dump_dir", str(dump), "--exp_dir", str(tmp / "exp_no_source"),
+               "--pretrained_model", str(tmp / "exp" / "source" / "valid.acc.ave.pth"),
+               "--llm_dir", str(tmp / "exp" / "llm")], tmp)
+    assert "stage 4 done" in out and "the accent-ID head's training set" not in out
+    log = (tmp / "exp_no_source" / "accent_id" / "train.log").read_text()
+    assert f"{dump}/fbank_pitch/train/feats.scp,speech,kaldi_ark" in log
+    assert (tmp / "exp_no_source" / "accent_id" / "valid.acc_aid.best.pth").is_file()
+
+
 def test_settings_are_tuned_on_dev_in_their_own_dir_with_the_accent_head_of_step_3(recipe):
     """local/tune_dev.py: stage 5 per setting and rate into --out_dir (hdmole reads the accent head
     of step 3 through --aid_model), then the table of best dev accuracies."""

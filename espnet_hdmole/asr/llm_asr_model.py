@@ -319,10 +319,10 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
             tgt = torch.cat([text[b, : text_lengths[b]].long(), eos])
             inp = tgt[:-1]
             if self.training and self.token_dropout > 0:
-                if self._noise_ids is None:
-                    self._noise_ids = noise_token_ids(self.tokenizer, emb.num_embeddings)
+                if self._noise_ids is None or self._noise_ids.device != inp.device:
+                    self._noise_ids = noise_token_ids(self.tokenizer, emb.num_embeddings).to(inp.device)
                 pick = torch.randint(len(self._noise_ids), inp.shape, device=inp.device)
-                noise = self._noise_ids.to(inp.device)[pick]  # ordinary tokens only
+                noise = self._noise_ids[pick]  # ordinary tokens only
                 inp = torch.where(torch.rand(inp.shape, device=inp.device) < self.token_dropout, noise, inp)
             seqs.append(torch.cat([c, emb(inp).to(c.dtype)], 0))
             # position j predicts token j+1: targets start at the last context position

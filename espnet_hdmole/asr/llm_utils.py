@@ -90,9 +90,11 @@ _TOKEN_SPACE = {" ": "\u2581", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 def readable_tokens(tokenizer, ids: Sequence[int]) -> List[str]:
     """Each token as the text it stands for (今天, not the byte-level piece ä»Ĭå¤©), for token files.
 
-    A token that is only part of a character's UTF-8 bytes is shown by its piece; a space inside a
-    token as U+2581 (SentencePiece's mark); newline, carriage return and tab as \\n, \\r, \\t;
-    any other whitespace as U+2581 too. So no token is empty or holds whitespace."""
+    A token whose bytes do not decode to whole characters (part of a character's UTF-8 bytes) is
+    shown by its piece; a space inside a token as U+2581 (SentencePiece's mark); newline, carriage
+    return and tab as \\n, \\r, \\t; any other whitespace as U+2581 too. So no token is empty or
+    holds whitespace. (A SentencePiece token decoded alone loses its word-initial mark; Chinese
+    text has none.)"""
     out = []
     for i in ids:
         text = tokenizer.decode([int(i)], skip_special_tokens=False, clean_up_tokenization_spaces=False)

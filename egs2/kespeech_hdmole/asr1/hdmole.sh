@@ -220,7 +220,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
         stage_start 4 "using the pre-trained source model $pretrained_model"
         [ -f "$pretrained_model" ] || die "--pretrained_model $pretrained_model does not exist"
         [ -f "$(dirname "$pretrained_model")/config.yaml" ] || die "no config.yaml beside $pretrained_model"
-        write_enc_out "$enc_model" train dev
+        write_stage4_enc_out
         [ -z "$accent_id_config" ] || train_accent_id
     else
         stage_start 4 "source-domain pre-training: $feats/source_train -> $source_exp"

@@ -14,15 +14,19 @@ other speakers' quirks for accents (dev recall of Mandarin 65%, the lowest of th
 sorted ids, so over the speakers;
 ``combine`` joins directories (and the frozen encoder's stored outputs of each) into one, sorted
 by utterance id. Every table the first directory holds must be in the others; utterance ids must
-be sorted and must not repeat. Files are written atomically and left alone when their content is unchanged.
+be sorted and must not repeat; everything is checked before anything is written. Files are written
+atomically and left alone when their content is unchanged. Each output directory gets a done
+marker holding its sources' (their feature settings) and a code record, as stage 2's have.
 """
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import code_record  # noqa: E402
 import data_dir  # noqa: E402
 from data_dir import DataDirError as DataError  # noqa: E402
 from demo_output import write_text as write_if_changed  # noqa: E402
@@ -40,15 +44,30 @@ def table_text(rows: Dict[str, str]) -> str:
     return "".join(f"{k} {rows[k]}\n" for k in sorted(rows))
 
 
-def write_dir(out: Path, tables: Dict[str, Dict[str, str]]) -> None:
+def write_dir(out: Path, tables: Dict[str, Dict[str, str]], srcs: List[Path]) -> None:
+    """The tables (sorted), spk2utt, and the done marker: the sources' own (their feature
+    settings, which the recipe's input checks read); the code record (local/code_record.py) is
+    renewed only when a file changed."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, rows in tables.items():
-        write_if_changed(out / name, table_text(rows))
+    files = {name: table_text(rows) for name, rows in tables.items()}
     if "utt2spk" in tables:
         spk2utt: Dict[str, List[str]] = {}
         for utt in sorted(tables["utt2spk"]):
             spk2utt.setdefault(tables["utt2spk"][utt], []).append(utt)
-        write_if_changed(out / "spk2utt", "".join(f"{s} {' '.join(u)}\n" for s, u in sorted(spk2utt.items())))
+        files["spk2utt"] = "".join(f"{s} {' '.join(u)}\n" for s, u in sorted(spk2utt.items()))
+    sources = {}
+    for src in srcs:
+        done = src / ".done"
+        sources[src.name] = json.loads(done.read_text(encoding="utf-8")) if done.is_file() else None
+    files[".done"] = json.dumps({"made_by": "accent_id_data.py", "sources": sources}, sort_keys=True) + "\n"
+    changed = False
+    for name, content in files.items():
+        path = out / name
+        if not (path.is_file() and path.read_text(encoding="utf-8") == content):
+            changed = True
+            write_if_changed(path, content)
+    if changed or not (out / code_record.SIDECAR).is_file():
+        code_record.write(out)
 
 
 def load_dir(d: Path) -> Dict[str, Dict[str, str]]:
@@ -69,11 +88,12 @@ def subset(src: Path, num: int, out: Path) -> int:
         raise DataError(f"--num {num}: keep at least 1 utterance of {src}")
     num = min(num, len(ids))
     keep = {ids[(i * len(ids)) // num] for i in range(num)}
-    write_dir(out, {name: {k: v for k, v in rows.items() if k in keep} for name, rows in tables.items()})
+    write_dir(out, {name: {k: v for k, v in rows.items() if k in keep} for name, rows in tables.items()}, [src])
     return len(keep)
 
 
-def combine(srcs: List[Path], out: Path) -> int:
+def combine(srcs: List[Path]) -> Dict[str, Dict[str, str]]:
+    """The directories' tables joined (each utterance once); nothing is written."""
     parts = [load_dir(s) for s in srcs]
     names = list(parts[0])
     merged: Dict[str, Dict[str, str]] = {name: {} for name in names}
@@ -86,11 +106,11 @@ def combine(srcs: List[Path], out: Path) -> int:
             if clash:
                 raise DataError(f"{src}/{name}: utterance id {min(clash)!r} is also in an earlier directory")
             merged[name].update(tables[name])
-    write_dir(out, merged)
-    return len(merged[names[0]])
+    return merged
 
 
-def combine_scp(scps: List[Path], out_scp: Path, utts: set) -> None:
+def combine_scp(scps: List[Path], utts: set) -> Dict[str, str]:
+    """The scp files' rows joined; they must cover exactly ``utts``; nothing is written."""
     rows: Dict[str, str] = {}
     for scp in scps:
         for key, value in read_table(scp).items():
@@ -101,8 +121,7 @@ def combine_scp(scps: List[Path], out_scp: Path, utts: set) -> None:
         extra = sorted(rows.keys() ^ utts)
         raise DataError(f"{' '.join(map(str, scps))}: their utterances are not those of the combined "
                         f"directory (e.g. {extra[0]!r})")
-    out_scp.parent.mkdir(parents=True, exist_ok=True)
-    write_if_changed(out_scp, table_text(rows))
+    return rows
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -131,11 +150,14 @@ def main(argv=None) -> int:
         else:
             if bool(a.scp) != bool(a.out_scp) or (a.scp and len(a.scp) != len(a.src)):
                 raise DataError("--scp needs one file per --src, and --out_scp")
-            n = combine(a.src, a.out)
-            if a.scp:
-                combine_scp(a.scp, a.out_scp, set(read_table(a.out / next(
-                    t for t in TABLES if (a.out / t).is_file()))))
-            print(f"{a.out}: {n} utterances from {' '.join(map(str, a.src))}")
+            merged = combine(a.src)
+            utts = set(next(iter(merged.values())))
+            scp_rows = combine_scp(a.scp, utts) if a.scp else None  # checked before anything is written
+            write_dir(a.out, merged, a.src)
+            if scp_rows is not None:
+                a.out_scp.parent.mkdir(parents=True, exist_ok=True)
+                write_if_changed(a.out_scp, table_text(scp_rows))
+            print(f"{a.out}: {len(utts)} utterances from {' '.join(map(str, a.src))}")
     except (DataError, OSError) as e:
         print(f"ERROR: accent_id_data.py {a.cmd}: {e}", file=sys.stderr)
         return 1

@@ -458,8 +458,8 @@ def check_output(out: Path, settings: dict) -> Optional[dict]:
             what = (f"was prepared from another corpus root {old.get('kespeech')} (recorded in "
                     f"{meta_path}), not {settings['kespeech']}")
         else:
-            diff = "; ".join(f"{k} was {old.get(k)!r}, now {settings[k]!r}"
-                             for k in settings if old.get(k) != settings[k])
+            diff = "; ".join(f"{k} was {old.get(k)!r}, now {settings.get(k)!r}"
+                             for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k))
             what = f"was prepared with other settings ({diff}; recorded in {meta_path})"
         raise KeSpeechError(f"--out_dir {out} {what}. Refusing to overwrite it: remove {out} "
                             "(or use another --out_dir) and run again.")

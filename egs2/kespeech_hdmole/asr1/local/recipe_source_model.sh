@@ -97,7 +97,7 @@ train_source_model() {  # step 2
 
 # The accent-ID head's training set: the accent training set, plus --aid_source_utts utterances of
 # source_train as standard Mandarin (local/accent_id_data.py), with their stored encoder outputs.
-aid_uses_source() { [ "$aid_source_utts" -gt 0 ] && [ -n "$accent_id_config" ]; }
+aid_uses_source() { [ "$aid_source_utts" -gt 0 ] && [ -n "$accent_id_config" ] && [ -d "$feats/source_train" ]; }
 aid_train_set() { if aid_uses_source; then echo train_accent_id; else echo train; fi; }
 aid_source_subset() {  # makes $feats/source_train_aid and names it (nothing when not in use)
     aid_uses_source || return 0
@@ -117,6 +117,14 @@ make_aid_train_set() {  # after the encoder outputs of train and source_train_ai
         --out "$feats/train_accent_id" "${scps[@]}" > /dev/null || die "could not make $feats/train_accent_id"
     if uses_enc_out; then mark_done "$enc_out/train_accent_id"; fi
     log "  the accent-ID head's training set: train + $(wc -l < "$feats/source_train_aid/text") utterances of source_train -> $feats/train_accent_id"
+}
+# the frozen encoder's outputs of train and dev (and of the accent-ID head's source utterances),
+# then that head's training set
+write_stage4_enc_out() {
+    local aid_sets
+    aid_sets=$(aid_source_subset) || exit 1   # (its message is out already)
+    write_enc_out "$enc_model" train dev $aid_sets
+    make_aid_train_set
 }
 
 train_accent_id() {  # step 3
@@ -149,14 +157,12 @@ run_stage4() {
     fi
     [ -n "$source_encoder_config" ] && train_encoder_steps
     if [ "$enc_model" != "$source_exp/valid.acc.ave.pth" ] && [ -n "$accent_id_config" ]; then
-        write_enc_out "$enc_model" train dev $(aid_source_subset)
-        make_aid_train_set
+        write_stage4_enc_out
         log "  steps 2 and 3 side by side (both on the frozen encoder of $enc_model)"
         run_jobs source_job step2 step3
     else
         train_source_model
-        write_enc_out "$enc_model" train dev $(aid_source_subset)
-        make_aid_train_set
+        write_stage4_enc_out
         [ -z "$accent_id_config" ] || train_accent_id
     fi
 }
