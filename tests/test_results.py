@@ -70,7 +70,8 @@ def fake_exp(tmp_path):
             if not (sysname == "hdmole" and s == "source_test"):  # missing rtf -> RTF '-'
                 write(d / "rtf", f"utterances 2\ndecoding_seconds {dec_s[sysname]:.3f}\n"
                                  f"audio_seconds 10.000\nrtf {dec_s[sysname] / 10:.5f}\nbeam_size 1\n"
-                                 f"threads 4\nencoder_timed {0 if s == 'test_Ji-Lu' else 1}\n")
+                                 + ("ngram_weight 0.5\n" if s == "test_Ji-Lu" else "")  # absent: none
+                                 + f"threads 4\nencoder_timed {0 if s == 'test_Ji-Lu' else 1}\n")
     # source: no params.json -> trainable and % '-'
     write(exp / "full_ft" / "params.json", json.dumps(
         {"trainable": 1000000, "reference": 1000000, "share": 100.0, "full_ft_trainable": None}))
@@ -161,10 +162,10 @@ def test_make_results_per_system_files(fake_exp):
     assert rows["`llm.layers.0.self_attn.v_proj`"][:3] == ["1.75", "-", "2.50"]
     assert rows["mean over layers"][:3] == ["1.50", "", "2.00"]
     rows = md_table(hd, "RTF")
-    assert rows["set"] == ["utterances", "decoding s", "audio s", "RTF", "beam", "threads", "encoder"]
-    assert rows["test_Ji-Lu"] == ["2", "3.00", "10.00", "0.3000", "1", "4", "stored, not timed"]
-    assert rows["test_Beijing"][-1] == "timed"
-    assert rows["source_test"] == ["-"] * 7  # no rtf file for hdmole's source set
+    assert rows["set"] == ["utterances", "decoding s", "audio s", "RTF", "beam", "n-gram weight", "threads", "encoder"]
+    assert rows["test_Ji-Lu"] == ["2", "3.00", "10.00", "0.3000", "1", "0.5", "4", "stored, not timed"]
+    assert rows["test_Beijing"][-1] == "timed" and rows["test_Beijing"][5] == "0"
+    assert rows["source_test"] == ["-"] * 8  # no rtf file for hdmole's source set
     assert rows["all sets (total decoding s / total audio s)"][3] == "-"
 
     src_text = (exp / "source" / "RESULTS.md").read_text(encoding="utf-8")

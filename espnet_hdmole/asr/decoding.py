@@ -3,6 +3,10 @@
 The contexts (prefix, speech embeddings, prompt) differ in length, so they are left-padded:
 every sequence then ends at the same position and each step appends one token to all of them.
 Position ids count only real (unmasked) positions.
+
+Shallow fusion: with an n-gram scorer (espnet_hdmole.lm.ngram_scorer.NgramScorer) and a weight,
+each step adds ``weight * log p_ngram(token | the tokens so far)`` to the LLM's log-probabilities;
+the search and the hypothesis scores use the sum.
 """
 from contextlib import nullcontext
 from typing import List, Optional, Tuple
@@ -31,14 +35,24 @@ def _step(llm, emb, mask, pos, cache, g):
     return torch.log_softmax(out.logits[:, -1].float(), dim=-1), out.past_key_values
 
 
+def _fuse(logp: torch.Tensor, histories, ngram, weight: float) -> torch.Tensor:
+    """The LLM's log-probabilities plus the weighted n-gram ones (``histories``: token ids so far)."""
+    if ngram is None or weight == 0.0:
+        return logp
+    return logp + weight * ngram(histories, logp.shape[-1]).to(logp.device)
+
+
 def greedy_search(
-    llm, ctx: List[torch.Tensor], eos_id: int, max_new_tokens: int, g: Optional[torch.Tensor] = None
+    llm, ctx: List[torch.Tensor], eos_id: int, max_new_tokens: int, g: Optional[torch.Tensor] = None,
+    ngram=None, ngram_weight: float = 0.0,
 ) -> List[Tuple[List[int], float]]:
-    """Greedy decoding; returns (token ids without eos, log-probability) per utterance."""
+    """Greedy decoding; returns (token ids without eos, score) per utterance: the log-probability,
+    plus the weighted n-gram log-probability with shallow fusion."""
     emb, mask, pos = _left_pad(ctx)
-    logp, cache = _step(llm, emb, mask, pos, None, g)
     b = len(ctx)
     hyps: List[List[int]] = [[] for _ in range(b)]
+    logp, cache = _step(llm, emb, mask, pos, None, g)
+    logp = _fuse(logp, hyps, ngram, ngram_weight)
     scores = torch.zeros(b)
     done = torch.zeros(b, dtype=torch.bool)
     embed = llm.get_input_embeddings()
@@ -54,6 +68,7 @@ def greedy_search(
         mask = torch.cat([mask, mask.new_ones(b, 1)], 1)
         pos = pos[:, -1:] + 1
         logp, cache = _step(llm, embed(tok)[:, None].to(emb.dtype), mask, pos, cache, g)
+        logp = _fuse(logp, hyps, ngram, ngram_weight)
     return [(h, float(s)) for h, s in zip(hyps, scores)]
 
 
@@ -65,6 +80,8 @@ def beam_search(
     beam_size: int,
     length_penalty: float = 1.0,
     g: Optional[torch.Tensor] = None,
+    ngram=None,
+    ngram_weight: float = 0.0,
 ) -> List[Tuple[List[int], float]]:
     """Beam search, all utterances' beams in one batch of B*K sequences sharing one KV cache.
 
@@ -74,6 +91,7 @@ def beam_search(
     b, k = len(ctx), beam_size
     emb, mask, pos = _left_pad(ctx)
     logp, cache = _step(llm, emb, mask, pos, None, g)
+    logp = _fuse(logp, [[]] * b, ngram, ngram_weight)
     v = logp.shape[-1]
     k = min(k, v)
     scores, tok = logp.topk(k, dim=-1)  # (B, K)
@@ -92,6 +110,7 @@ def beam_search(
         mask = torch.cat([mask, mask.new_ones(b * k, 1)], 1)
         pos = pos[:, -1:] + 1
         logp, cache = _step(llm, embed(seqs[:, -1])[:, None].to(emb.dtype), mask, pos, cache, gk)
+        logp = _fuse(logp, seqs.tolist() if ngram is not None else None, ngram, ngram_weight)
         frozen = torch.full_like(logp, float("-inf"))
         frozen[:, eos_id] = 0.0
         logp = torch.where(done[:, None], frozen, logp)

@@ -10,6 +10,9 @@ Writes ESPnet-style outputs under --output_dir:
   rtf                 decoding time, audio duration and the real-time factor (without the
                       encoder's time when its stored outputs are read: encoder_timed 0)
 
+With --ngram_file and --ngram_weight, the search adds the weighted log-probabilities of an
+n-gram LM over the LLM's tokens (shallow fusion; the recipe's stage 3 makes one).
+
 Decoding needs no accent label (the accent head predicts the domain posterior) unless the
 model's adapter uses global_router: oracle; then pass the labels as a data file named accent.
 
@@ -29,7 +32,8 @@ from espnet2.utils.types import str2bool, str2triple_str, str_or_none
 
 from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
 from espnet_hdmole.asr.llm_utils import one_line
-from espnet_hdmole.errors import run_cli
+from espnet_hdmole.errors import UserError, run_cli
+from espnet_hdmole.lm.ngram_scorer import NgramScorer
 from espnet_hdmole.tasks.llm_asr import LLMASRTask
 
 
@@ -47,6 +51,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_new_tokens", type=int, default=128)
     p.add_argument("--length_penalty", type=float, default=1.0,
                    help="beam search picks the best score / length**length_penalty")
+    p.add_argument("--ngram_file", type=str_or_none, default=None,
+                   help="an ARPA n-gram LM over the LLM's tokens (local/train_ngram_lm.py) for shallow fusion")
+    p.add_argument("--ngram_weight", type=float, default=0.0,
+                   help="weight of the n-gram LM's log-probabilities in the search (0: no fusion)")
     p.add_argument("--ngpu", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32"])
     p.add_argument("--num_workers", type=int, default=0)
@@ -63,6 +71,12 @@ def inference(args) -> dict:
         torch.set_num_threads(args.nthreads)
     model, train_args = LLMASRTask.build_model_from_file(args.asr_train_config, args.asr_model_file, device)
     model.to(dtype=getattr(torch, args.dtype)).eval()
+    ngram = None
+    if args.ngram_file and args.ngram_weight != 0.0:
+        ngram = NgramScorer(args.ngram_file, model.tokenizer)
+        logging.info(f"shallow fusion with the {ngram.order}-gram LM {args.ngram_file}, weight {args.ngram_weight}")
+    elif args.ngram_weight != 0.0:
+        raise UserError(f"--ngram_weight {args.ngram_weight} needs an --ngram_file")
     loader = LLMASRTask.build_streaming_iterator(
         data_path_and_name_and_type=args.data_path_and_name_and_type,
         dtype=args.dtype,
@@ -86,6 +100,7 @@ def inference(args) -> dict:
                 batch["speech"], batch["speech_lengths"], accent=batch.get("accent"),
                 beam_size=args.beam_size, max_new_tokens=args.max_new_tokens, length_penalty=args.length_penalty,
                 encoder_out=batch.get(ENCODER_OUT), encoder_out_lengths=batch.get(ENCODER_OUT + "_lengths"),
+                ngram=ngram, ngram_weight=args.ngram_weight,
             )
             total_time += time.perf_counter() - t0
             total_audio += float(batch["speech_lengths"].sum()) * model.frame_shift
@@ -102,7 +117,7 @@ def inference(args) -> dict:
     rtf = total_time / max(total_audio, 1e-9)
     (out / "rtf").write_text(
         f"utterances {n}\ndecoding_seconds {total_time:.3f}\naudio_seconds {total_audio:.3f}\nrtf {rtf:.5f}\n"
-        f"beam_size {args.beam_size}\nthreads {torch.get_num_threads()}\n"
+        f"beam_size {args.beam_size}\nngram_weight {args.ngram_weight if ngram else 0.0}\nthreads {torch.get_num_threads()}\n"
         f"encoder_timed {0 if stored else 1}\n"
     )
     logging.info(f"RTF {rtf:.4f} ({total_time:.2f} s for {total_audio:.2f} s of audio, {n} utterances)")

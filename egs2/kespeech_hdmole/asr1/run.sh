@@ -19,5 +19,5 @@ for a in "$@"; do [ "$a" = tiny ] && extra=(--source_train_args "--max_epoch 2" 
     --train_configs "$(echo $train_configs)" \
     --llm_conf conf/llm_demo.yaml \
     --demo_size default \
-    --decode_args "--beam_size 1 --batch_size 16 --max_new_tokens 48" \
+    --decode_args "--beam_size 4 --batch_size 16 --max_new_tokens 48" \
     "${extra[@]}" "$@"

@@ -42,14 +42,36 @@ def import_pypinyin():
     return pypinyin, to_normal, pinyin_dict
 
 
-def restrict_vocabulary(clauses: List[Tuple[str, ...]], max_vocab: int) -> List[Tuple[str, ...]]:
-    """The clauses written only with the max_vocab most frequent characters of all clauses
-    (ties broken by first appearance); max_vocab 0 keeps everything."""
+def frequent_characters(clauses: List[Tuple[str, ...]], max_vocab: int) -> Optional[set]:
+    """The max_vocab most frequent characters of all clauses (ties broken by first appearance);
+    None (no limit) for max_vocab 0."""
     if max_vocab <= 0:
-        return clauses
+        return None
     counts = Counter(ch for c in clauses for ch in "".join(c))
-    keep = {ch for ch, _ in counts.most_common(max_vocab)}
-    return [c for c in clauses if all(ch in keep for ch in "".join(c))]
+    return {ch for ch, _ in counts.most_common(max_vocab)}
+
+
+def restrict_vocabulary(clauses: List[Tuple[str, ...]], max_vocab: int) -> List[Tuple[str, ...]]:
+    """The clauses written only with the max_vocab most frequent characters of all clauses;
+    max_vocab 0 keeps everything."""
+    keep = frequent_characters(clauses, max_vocab)
+    return clauses if keep is None else [c for c in clauses if all(ch in keep for ch in "".join(c))]
+
+
+NGRAM_CHARS = (4, 30)  # lengths of the clauses of the n-gram LM's extra text
+
+
+def ngram_text(path: Path, chars: Optional[set], recorded) -> List[str]:
+    """Text for the n-gram LM of stage 3: the clauses of NGRAM_CHARS characters written with
+    ``chars`` (None: any), minus every ``recorded`` sentence (the transcripts of all sets, so
+    no dev or test sentence is in it), in file order."""
+    recorded = set(recorded)
+    out = []
+    for c in load_clauses(path, *NGRAM_CHARS):
+        text = "".join(c)
+        if text not in recorded and (chars is None or all(ch in chars for ch in text)):
+            out.append(text)
+    return out
 
 
 CLAUSE_END = set("，。！？；：,.!?;:")

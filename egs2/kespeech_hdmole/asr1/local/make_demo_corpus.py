@@ -74,7 +74,8 @@ from demo_speech import (  # noqa: E402
     _init_worker, build_syllable_table, find_espeak, make_private_data, speaker_voice, synthesize,
     voice_home)
 from demo_text import (  # noqa: E402
-    SPLITS, allocate_sentences, import_pypinyin, load_clauses, restrict_vocabulary, text_corpus_path)
+    NGRAM_CHARS, SPLITS, allocate_sentences, frequent_characters, import_pypinyin, load_clauses, ngram_text,
+    restrict_vocabulary, text_corpus_path)
 
 FORMAT_VERSION = 3
 
@@ -192,11 +193,11 @@ def build_corpus(out_dir, wav_dir, size="default", seed=0, nj=2, domains=None,
     corpus_txt = text_corpus_path()
     pypinyin, to_normal, pinyin_dict = import_pypinyin()
 
-    check_or_claim(out_dir, settings, names + ["accents.txt"], "--out_dir")
+    check_or_claim(out_dir, settings, names + ["accents.txt", "ngram_text"], "--out_dir")
     check_or_claim(wav_dir, settings, names, "--wav_dir")
     write_text(out_dir / "accents.txt", "\n".join(domains) + "\n")
     todo = [n for n in names if not (out_dir / n / ".done").is_file()]
-    if not todo:
+    if not todo and (out_dir / "ngram_text").is_file():
         log(f"all {len(names)} directories in {out_dir} are complete; nothing to do")
         return {"utterances": 0, "seconds_audio": 0.0, "seconds": time.time() - t_start,
                 "skipped": names}
@@ -206,8 +207,14 @@ def build_corpus(out_dir, wav_dir, size="default", seed=0, nj=2, domains=None,
                                  private / "syllable_table.json")
     make_private_data(system_data, private)
     t0 = time.time()
-    clauses = restrict_vocabulary(load_clauses(corpus_txt, min_chars, max_chars), max_vocab)
+    all_clauses = load_clauses(corpus_txt, min_chars, max_chars)
+    clauses = restrict_vocabulary(all_clauses, max_vocab)
     sentences = allocate_sentences(clauses, preset, seed, table, pypinyin)
+    extra = ngram_text(corpus_txt, frequent_characters(all_clauses, max_vocab),
+                       (text for picked in sentences.values() for text, _ in picked))
+    write_text(out_dir / "ngram_text", "".join(t + "\n" for t in extra))
+    log(f"ngram_text: {len(extra)} more clauses of {NGRAM_CHARS[0]}-{NGRAM_CHARS[1]} characters, "
+        "none of them recorded, for stage 3's n-gram LM")
     voices: Dict[str, Tuple[str, float]] = {}
     plans = {n: plan_set(n, sentences, domains, settings, table, voices) for n in todo}
     for spk, (text, _) in voices.items():

@@ -240,17 +240,17 @@ def system_markdown(s: dict, accents: Sequence[str], source_set: str, baseline_n
     for st in s["sets"]:
         k = s["rtf"][st]
         if k is None:
-            rows.append([st] + [DASH] * 7)
+            rows.append([st] + [DASH] * 8)
         else:
             rows.append([st, fnum(k.get("utterances")), f2(k.get("decoding_seconds")),
                          f2(k.get("audio_seconds")),
                          DASH if k.get("rtf") is None else f"{k['rtf']:.4f}",
-                         fnum(k.get("beam_size")), fnum(k.get("threads")),
+                         fnum(k.get("beam_size")), fnum(k.get("ngram_weight", 0.0)), fnum(k.get("threads")),
                          {None: DASH, 1.0: "timed", 0.0: "stored, not timed"}.get(k.get("encoder_timed"), DASH)])
     rows.append(["all sets (total decoding s / total audio s)", "", "", "",
-                 DASH if s["rtf_all"] is None else f"{s['rtf_all']:.4f}", "", "", ""])
-    L += table(["set", "utterances", "decoding s", "audio s", "RTF", "beam", "threads", "encoder"], rows,
-               "lrrrrrrl")
+                 DASH if s["rtf_all"] is None else f"{s['rtf_all']:.4f}", "", "", "", ""])
+    L += table(["set", "utterances", "decoding s", "audio s", "RTF", "beam", "n-gram weight", "threads", "encoder"],
+               rows, "lrrrrrrrl")
     return "\n".join(L) + "\n"
 
 

@@ -1,0 +1,1 @@
+"""N-gram language models over an LLM's tokens, for shallow fusion in decoding."""
