@@ -48,6 +48,15 @@ def test_every_stage_produces_its_outputs(recipe):
     for f in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (tmp / "exp" / "llm" / f).exists()
     assert (tmp / "exp" / "source" / "valid.acc.ave.pth").exists()
+    # the n-gram LM of stage 3 (transcripts + the demo's unrecorded text), fused in stage 6's search
+    extra = (tmp / "data" / "ngram_text").read_text(encoding="utf-8").splitlines()
+    recorded = {line.split(" ", 1)[1] for f in (tmp / "data").glob("*/text") for line in f.read_text().splitlines()}
+    assert len(extra) > 1000 and not recorded & set(extra)
+    assert (tmp / "exp" / "ngram" / "lm.arpa").read_text(encoding="utf-8").startswith("\\data\\")
+    assert "perplexity of the" in (tmp / "exp" / "logs" / "stage3_ngram.log").read_text()
+    for s in ["source"] + SYSTEMS:
+        rtf = (tmp / "exp" / s / "decode_union" / "rtf").read_text()
+        assert "beam_size 4" in rtf and "ngram_weight 0.5" in rtf, s
     for s in SYSTEMS:
         assert (tmp / "exp" / s / "valid.acc.ave.pth").exists(), s
         assert json.loads((tmp / "exp" / s / "params.json").read_text())["trainable"] > 0
@@ -182,6 +191,7 @@ def test_rerun_does_no_work_again(recipe):
     for s in SYSTEMS:
         assert f"{s}: done, skipped" in out
     assert "encoder outputs of train: done, skipped" in out
+    assert "n-gram LM: done, skipped" in out
     assert time.time() - t0 < 0.5 * first
 
 
@@ -192,12 +202,36 @@ def test_pretrained_model_fine_tunes_and_decodes_into_another_exp_dir(recipe):
     other = tmp / "exp_pretrained"
     out = run(["--stage", "5", "--stop_stage", "6", "--pretrained_model", str(tmp / "exp" / "source" / "valid.acc.ave.pth"),
                "--llm_dir", str(tmp / "exp" / "llm"), "--exp_dir", str(other),
+               "--ngram_lm", str(tmp / "exp" / "ngram" / "lm.arpa"),
                "--train_configs", "conf/finetune_lora.yaml"], tmp)
     assert "stage 6 done" in out
     text = (other / "RESULTS.md").read_text()
     assert any(line.startswith("| [lora]") for line in text.splitlines())
     assert not any(line.startswith("| [source]") for line in text.splitlines())
     assert (other / "lora" / "decode_source_test" / "score_cer" / "result.json").exists()
+    assert "ngram_weight 0.5" in (other / "lora" / "decode_union" / "rtf").read_text()
+
+
+def test_sharded_decoding_gives_the_hypotheses_of_one_job(recipe):
+    """--inference_nj 3: three jobs of whole batches, merged; byte for byte what one job writes."""
+    tmp, _, _ = recipe
+    outs = {}
+    for nj in ("1", "3"):
+        other = tmp / f"exp_nj{nj}"
+        (other / "lora").mkdir(parents=True)
+        for f in ("config.yaml", "valid.acc.ave.pth", "params.json"):
+            shutil.copy(tmp / "exp" / "lora" / f, other / "lora" / f)
+        run(["--stage", "6", "--stop_stage", "6", "--exp_dir", str(other), "--systems", "lora",
+             "--llm_dir", str(tmp / "exp" / "llm"), "--ngram_lm", str(tmp / "exp" / "ngram" / "lm.arpa"),
+             "--decode_args", "--beam_size 2 --batch_size 4 --max_new_tokens 48", "--inference_nj", nj], tmp)
+        outs[nj] = other / "lora" / "decode_union"
+    assert len(list((outs["3"] / "split").glob("decode.*.log"))) == 3
+    names = sorted(p.name for p in (outs["1"] / "1best_recog").iterdir())
+    assert "text" in names and names == sorted(p.name for p in (outs["3"] / "1best_recog").iterdir())
+    for name in names:
+        assert (outs["3"] / "1best_recog" / name).read_bytes() == (outs["1"] / "1best_recog" / name).read_bytes(), name
+    rtf = dict(line.split() for line in (outs["3"] / "rtf").read_text().splitlines())
+    assert rtf["jobs"] == "3" and rtf["utterances"] == str(len((outs["1"] / "1best_recog" / "text").read_text().splitlines()))
 
 
 def test_stage_4_with_a_pretrained_model_and_no_source_set_trains_the_head_on_train(recipe):
@@ -254,6 +288,8 @@ def result_rows(exp):
     (["--train_seeds", "0"], "--train_seeds '0' repeats seed 0"),
     (["--train_seeds", "1 2 1"], "--train_seeds '1 2 1' repeats seed 1"),
     (["--train_seeds", "01"], "--train_seeds: write '01' as 1"),
+    (["--ngram_weight", "x"], "--ngram_weight must be a non-negative number, not 'x'"),
+    (["--ngram_order", "-1"], "--ngram_order must be a non-negative integer, not '-1'"),
 ])
 def test_stage_options_are_checked(tmp_path, args, message):
     """Case 6: these exited 0 and did nothing."""

@@ -4,12 +4,13 @@
 #   1. data       Kaldi-style dirs: from KeSpeech (--kespeech) or the offline demo corpus
 #   2. features   80-dim fbank + 3 pitch features into dump/fbank_pitch (or fbank, raw), global CMVN, shapes
 #   3. LLM        character tokenizer + small Qwen2-style LM pre-trained on the training text,
-#                 or a user's model directory (--llm_dir)
+#                 or a user's model directory (--llm_dir); an n-gram LM over its tokens for decoding
 #   4. source     source-domain (standard Mandarin) pre-training: the encoder with CTC (toneless, then
 #                 toned); its outputs once per set; projector + LLM on it, frozen, and beside that the
 #                 accent-ID head (local/recipe_source_model.sh)
 #   5. fine-tune  one multi-accent fine-tuning run per YAML in --train_configs -> exp/<system>
-#   6. decode     every test set and the source test set, CER scoring, exp/*/RESULTS.md + plots
+#   6. decode     every test set and the source test set (beam search with the n-gram LM fused),
+#                 CER scoring, exp/*/RESULTS.md + plots
 #
 # Re-running skips what is done. Each output records the inputs it was made from (config content,
 # checkpoint and data hashes, options) in its .done marker: a stage whose inputs changed is redone,
@@ -56,7 +57,21 @@ source_train_args=""    # extra options for stage 4 only, e.g. "--max_epoch 20"
 ngpu=0                  # GPUs per training job (ESPnet's --ngpu; >1 uses its distributed training)
 train_launcher=""       # put before the training module, e.g. "-m torch.distributed.run --standalone --nproc_per_node 2"
                         # (torch's launcher; ESPnet reads its env:// ranks; on CPU add --train_args "--dist_backend gloo")
-decode_args="--beam_size 1 --batch_size 16"   # options for llm_asr_inference
+ngram_order=4           # stage 3: order of the n-gram LM over the LLM's tokens (local/train_ngram_lm.py; the training
+                        # transcripts plus --ngram_text) that stage 6 fuses into the search; 0: none
+ngram_text=""           # extra text for the n-gram LM, one sentence a line (default: $data_dir/ngram_text where it
+                        # exists: the demo writes clauses of its text source that no set records)
+ngram_lm=""             # an ARPA n-gram LM over the LLM's tokens for stage 6 (e.g. of another --exp_dir, or KenLM's
+                        # over the same tokens); default: the one stage 3 makes, $exp_dir/ngram/lm.arpa
+ngram_weight=0.5        # stage 6: weight of the n-gram LM's log-probabilities in the beam search (shallow fusion);
+                        # 0: none. Chosen on dev (beam 4, 4-gram): source model on source_dev, CER 14.3% (0),
+                        # 10.2 (0.3), 9.7 (0.5), 9.8 (0.7); on dev hdmole 38.3 / 31.1 / 30.7 / 32.6, full
+                        # 35.4 / 30.0 / 30.2 / 32.8
+decode_args="--beam_size 4 --batch_size 16"   # options for llm_asr_inference
+inference_nj=1          # stage 6: decoding jobs per system through $decode_cmd (cmd.sh: parallel processes here,
+                        # one srun each on Slurm), each a contiguous run of whole batches, merged: the same
+                        # hypotheses as one job (local/merge_decode_shards.py)
+gpu_inference=false     # stage 6: decode on a GPU (--ngpu 1 per job; ask the scheduler for one in decode_cmd)
 score_args=""           # options for local/score_cer.py, e.g. "--t2s true" to score traditional characters
                         # as simplified (a real LLM may write them; data_args "--t2s true" does it for KeSpeech)
 decode_model=valid.acc.ave.pth        # checkpoint decoded in stage 6
@@ -100,7 +115,7 @@ for v in stage stop_stage; do
     is_int "${!v}" && [ "${!v}" -ge 1 ] && [ "${!v}" -le 6 ] || die "--$v must be a stage number from 1 to 6, not '${!v}'"
 done
 [ "$stage" -le "$stop_stage" ] || die "--stage $stage comes after --stop_stage $stop_stage: no stage would run"
-for v in nj seed ngpu sys_jobs aid_source_utts; do is_int "${!v}" || die "--$v must be a non-negative integer, not '${!v}'"; done
+for v in nj seed ngpu sys_jobs aid_source_utts ngram_order inference_nj; do is_int "${!v}" || die "--$v must be a non-negative integer, not '${!v}'"; done
 seen_seeds=" $seed "
 for k in $train_seeds; do
     is_int "$k" || die "--train_seeds must be non-negative integers, not '$k'"
@@ -109,7 +124,11 @@ for k in $train_seeds; do
     seen_seeds+="$k "
 done
 [ "$sys_jobs" -ge 1 ] || die "--sys_jobs must be at least 1"
+[[ $ngram_weight =~ ^[0-9]*\.?[0-9]+$ ]] || die "--ngram_weight must be a non-negative number, not '$ngram_weight'"
+fusion() { { [ "$ngram_order" -gt 0 ] || [ -n "$ngram_lm" ]; } && awk -v w="$ngram_weight" 'BEGIN {exit !(w > 0)}'; }
 [ "$nj" -ge 1 ] || die "--nj must be at least 1"
+[ "$inference_nj" -ge 1 ] || die "--inference_nj must be at least 1"
+case "$gpu_inference" in true) decode_ngpu=1 ;; false) decode_ngpu=0 ;; *) die "--gpu_inference must be true or false, not '$gpu_inference'" ;; esac
 case "$verbose" in true|false) ;; *) die "--verbose must be true or false, not '$verbose'" ;; esac
 case "$feats_type" in fbank|fbank_pitch|raw) ;; *) die "--feats_type must be fbank_pitch, fbank or raw, not '$feats_type'" ;; esac
 [ "$verbose" = true ] && export HDMOLE_VERBOSE=1
@@ -175,6 +194,28 @@ fi
 
 # ---------------------------------------------------------------- stage 3: tokenizer + LLM
 [ -z "$llm_dir" ] && llm_dir_eff="$exp_dir/llm" || llm_dir_eff="$llm_dir"
+ngram_own=$exp_dir/ngram/lm.arpa   # stage 3's
+[ -z "$ngram_text" ] && [ -f "$data_dir/ngram_text" ] && ngram_text=$data_dir/ngram_text
+train_ngram_lm() {  # the n-gram LM over the LLM's tokens: training transcripts + --ngram_text -> $ngram_own
+    local texts=() valid=() plain=() tokfiles=() s f
+    for s in source_train train; do [ -f "$data_dir/$s/text" ] && texts+=("$data_dir/$s/text"); done
+    for s in source_dev dev; do [ -f "$data_dir/$s/text" ] && valid+=("$data_dir/$s/text"); done
+    if [ -n "$ngram_text" ]; then
+        [ -f "$ngram_text" ] || die "--ngram_text $ngram_text does not exist"
+        plain=(--plain_text "$ngram_text")
+    fi
+    for f in tokenizer.json tokenizer_config.json vocab.json merges.txt tokenizer.model; do
+        [ -f "$llm_dir_eff/$f" ] && tokfiles+=(--file "tokenizer $f=$llm_dir_eff/$f")
+    done
+    [ "${#texts[@]}" -gt 0 ] || die "no training transcripts ($data_dir/source_train/text or $data_dir/train/text) for the n-gram LM"
+    if ! up_to_date "$(dirname "$ngram_own")" "n-gram LM" remove $(for f in "${texts[@]}" "${plain[@]:1}"; do echo --file "$f"; done) \
+            "${tokfiles[@]}" --value "order=$ngram_order"; then
+        run_logged "$train_cmd" "$exp_dir/logs/stage3_ngram.log" $python local/train_ngram_lm.py --llm_dir "$llm_dir_eff" \
+            --train_text "${texts[@]}" "${plain[@]}" --valid_text "${valid[@]}" --order "$ngram_order" --out "$ngram_own"
+        mark_done "$(dirname "$ngram_own")"
+    fi
+    grep -E "INFO: " "$exp_dir/logs/stage3_ngram.log" | tail -n 2 | sed 's/^.*INFO: /    /' || true
+}
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     if [ -n "$llm_dir" ]; then
         stage_start 3 "using the LLM and tokenizer of $llm_dir"
@@ -204,6 +245,7 @@ PY
         fi
         grep -E "^epoch|parameters" "$exp_dir/logs/stage3_llm.log" | tail -n 2 | sed 's/^/    /' || true
     fi
+    if [ -n "$ngram_lm" ]; then log "  n-gram LM: $ngram_lm (--ngram_lm)"; elif [ "$ngram_order" -gt 0 ]; then train_ngram_lm; fi
     stage_end 3
 fi
 
@@ -314,8 +356,41 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     else
         rm -f "$union/encoder_out.scp"
     fi
-    decode_inputs=(--file "$union/$speech_file" --value "options=$decode_args" --value "encoder outputs stored=${#stored_opts[@]}")
+    ngram_opts=()
+    if fusion; then
+        if [ -n "$ngram_lm" ]; then
+            [ -f "$ngram_lm" ] || die "--ngram_lm $ngram_lm does not exist"
+        else
+            ngram_lm=$ngram_own
+            [ -f "$(dirname "$ngram_lm")/.done" ] || die "$ngram_lm is missing: run stage 3 (it makes the n-gram LM), give --ngram_lm, or --ngram_weight 0"
+        fi
+        ngram_opts=(--ngram_file "$ngram_lm" --ngram_weight "$ngram_weight")
+    fi
+    decode_inputs=(--file "$union/$speech_file" --value "options=$decode_args" --value "encoder outputs stored=${#stored_opts[@]}"
+                   --value "n-gram fusion=${ngram_opts[*]}")
+    [ "${#ngram_opts[@]}" -gt 0 ] && decode_inputs+=(--file "n-gram LM=$ngram_lm")
     [ -f "$union/utt2accent" ] && decode_inputs+=(--file "$union/utt2accent")
+    decode_in_jobs() {  # decode_in_jobs DEC COMMAND...: --inference_nj jobs, each a contiguous run of whole
+        # batches of the utterances (so each batch is the one a single job decodes), then merged into DEC
+        local dec=$1 split=$1/split n bs per keys j failed=0 threads pids=() shards=(); shift
+        bs=$(grep -oE -- '--batch_size[= ]+[0-9]+' <<< "$decode_args" | tail -n 1 | grep -oE '[0-9]+$' || true)
+        bs=${bs:-8}  # llm_asr_inference's default
+        n=$(wc -l < "$union/$speech_file")
+        per=$(( ( (n + bs - 1) / bs + inference_nj - 1 ) / inference_nj * bs ))
+        rm -rf "$split"; mkdir -p "$split"
+        awk -v per="$per" -v d="$split" '{ print $1 > (d "/keys." (int((NR - 1) / per) + 1)) }' "$union/$speech_file"
+        threads=$(( ${OMP_NUM_THREADS:-$(nproc)} / inference_nj )); [ "$threads" -ge 1 ] || threads=1
+        for keys in "$split"/keys.*; do
+            j=${keys##*.}
+            ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+              run_logged "$decode_cmd" "$split/decode.$j.log" "$@" --key_file "$keys" --output_dir "$split/out.$j" ) &
+            pids+=("$!"); shards+=("$split/out.$j")
+        done
+        for j in "${pids[@]}"; do wait "$j" || failed=1; done
+        [ "$failed" = 0 ] || die "a decoding job failed (logs: $split/decode.*.log)"
+        run_logged "$decode_cmd" "$dec/merge.log" $python local/merge_decode_shards.py \
+            --keys "$union/$speech_file" --out_dir "$dec" "${shards[@]}"
+    }
     decode_system() {  # decode_system SYSTEM: all test sets with one system, then scoring
         local sys=$1 out dec d s f
         out=$exp_dir/$sys
@@ -323,10 +398,15 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
         dec=$out/decode_union
         if ! up_to_date "$dec" "$sys decoding" remove --file "model=$out/$decode_model" --model_config "$out/config.yaml" \
                 "${decode_inputs[@]}"; then
-            run_logged "$decode_cmd" "$dec/decode.log" $python -m espnet_hdmole.bin.llm_asr_inference \
+            local infer=($python -m espnet_hdmole.bin.llm_asr_inference \
                 --asr_train_config "$out/config.yaml" --asr_model_file "$out/$decode_model" \
-                --output_dir "$dec" --data_path_and_name_and_type "$union/$speech_file,speech,$speech_type" \
-                "${accent_opts[@]}" "${stored_opts[@]}" --ngpu "$ngpu" $decode_args
+                --data_path_and_name_and_type "$union/$speech_file,speech,$speech_type" \
+                "${accent_opts[@]}" "${stored_opts[@]}" "${ngram_opts[@]}" --ngpu "$decode_ngpu" $decode_args)
+            if [ "$inference_nj" -le 1 ]; then
+                run_logged "$decode_cmd" "$dec/decode.log" "${infer[@]}" --output_dir "$dec"
+            else
+                decode_in_jobs "$dec" "${infer[@]}"
+            fi
             mark_done "$dec"
         fi
         for s in $test_sets; do
