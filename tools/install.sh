@@ -10,8 +10,14 @@
 #   PYTHON       interpreter used to create the venv (default: python3, must be >= 3.10).
 #   HDMOLE_SKIP_APT=1  do not try to install Debian espeak-ng and sox.
 #
-# Re-running does nothing once tools/venv/.installed matches this script and setup.py;
+# Every Python package but torch is pinned to the exact version of tools/requirements.lock (the
+# versions the tests passed with), which joins TORCH_SPEC in tools/venv/constraints.txt.
+# Re-running does nothing once tools/venv/.installed matches this script, setup.py and the lock;
 # pass --force to reinstall the Python packages.
+#
+#   bash tools/install.sh --refresh-lock   # a new venv with the newest versions allowed, then rewrite
+#                                          # tools/requirements.lock from them; run the tests
+#                                          # (bash tools/test.sh) and commit the lock if they pass
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,11 +27,13 @@ PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0+cpu}
 ESPNET_VERSION=202511
 TORCHAUDIO_VERSION=2.11.0
-force=0
+lock="$here/requirements.lock"
+force=0 refresh=0
 for a in "$@"; do
   case "$a" in
     --force) force=1 ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --refresh-lock) refresh=1; force=1 ;;
+    -h|--help) sed -n '2,/^[^#]/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option '$a' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -49,13 +57,18 @@ if [ "${HDMOLE_SKIP_APT:-0}" != 1 ]; then
 fi
 
 stamp="$venv/.installed"
-want=$( (cat "${BASH_SOURCE[0]}" "$root/setup.py"; echo "$TORCH_SPEC") | sha256sum | cut -d' ' -f1)
+[ "$refresh" = 1 ] || [ -f "$lock" ] || { echo "install.sh: $lock is missing (restore it from git, or pass --refresh-lock)" >&2; exit 1; }
+want=$( (cat "${BASH_SOURCE[0]}" "$root/setup.py"; echo "$TORCH_SPEC"; [ "$refresh" = 1 ] || cat "$lock") | sha256sum | cut -d' ' -f1)
 if [ $force = 0 ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ]; then
   log "tools/venv is up to date (delete $stamp or pass --force to reinstall)"
   exit 0
 fi
 
 # ---- venv ----
+if [ "$refresh" = 1 ] && [ -d "$venv" ]; then
+  log "removing $venv: a refresh starts from an empty venv (pip keeps what is installed)"
+  rm -rf "$venv"
+fi
 if [ ! -x "$venv/bin/python" ]; then
   "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' || {
     echo "install.sh: $PYTHON is $("$PYTHON" --version 2>&1); Python >= 3.10 is needed (set PYTHON=...)" >&2; exit 1; }
@@ -69,6 +82,12 @@ log "pip<26.3 (26.3 rejects ci_sdr's direct-URL requirement)"
 pip install -q "pip<26.3" packaging
 
 echo "$TORCH_SPEC" > "$venv/constraints.txt"
+if [ "$refresh" = 1 ]; then
+  log "refreshing the lock: the newest versions allowed, not those of $lock"
+else
+  grep -v '^#' "$lock" | grep . >> "$venv/constraints.txt"
+  log "versions pinned by $lock ($(grep -vc '^#' "$lock") packages)"
+fi
 log "torch: $TORCH_SPEC"
 pip install -q -c "$venv/constraints.txt" "$TORCH_SPEC"
 
@@ -107,5 +126,25 @@ pip install -q -c "$venv/constraints.txt" loralib "transformers>=4.45" sentencep
 pip install -q -c "$venv/constraints.txt" --no-deps -e "$root"
 
 "$py" -c "import torch, espnet2, transformers, espnet_hdmole; print('torch', torch.__version__, '| transformers', transformers.__version__)"
+if [ "$refresh" = 1 ]; then
+  "$py" - "$TORCH_SPEC" > "$lock.tmp" <<'PY'
+import platform, sys, time
+from importlib.metadata import distributions
+skip = {"torch", "pip", "espnet-hdmole"}  # torch: TORCH_SPEC; the project itself
+pins = {}
+for d in distributions():
+    name = (d.metadata["Name"] or "").strip()
+    key = name.lower().replace("_", "-").replace(".", "-")
+    if name and key not in skip:
+        pins[key] = f"{name}=={d.version}"
+print(f"# The exact versions tools/install.sh installs (torch: TORCH_SPEC, {sys.argv[1]} when written).")
+print(f"# Written by 'bash tools/install.sh --refresh-lock' on {time.strftime('%Y-%m-%d')}, Python "
+      f"{platform.python_version()}; refresh it that way, run bash tools/test.sh, commit it if they pass.")
+print("\n".join(pins[k] for k in sorted(pins)))
+PY
+  mv "$lock.tmp" "$lock"
+  want=$( (cat "${BASH_SOURCE[0]}" "$root/setup.py"; echo "$TORCH_SPEC"; cat "$lock") | sha256sum | cut -d' ' -f1)
+  log "wrote $lock ($(grep -vc '^#' "$lock") packages): run bash tools/test.sh, then commit it"
+fi
 echo "$want" > "$stamp"
 log "done: activate with 'source tools/venv/bin/activate'"
