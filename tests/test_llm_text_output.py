@@ -73,6 +73,7 @@ def test_the_model_replaces_tokens_by_ordinary_ones_and_writes_one_line_per_hypo
     model(**batch)  # a training step's forward: token dropout draws
     torch.testing.assert_close(model._noise_ids, noise_token_ids(model.tokenizer, len(model.tokenizer)))
     assert not set(model._noise_ids.tolist()) & set(model.tokenizer.all_special_ids)
+    assert "_noise_ids" not in model.state_dict()  # derived from the tokenizer, not saved
     LLMASRTask.main(args=args)
     exp = tmp_path / "exp"
 

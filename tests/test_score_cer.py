@@ -93,6 +93,18 @@ def test_a_real_llms_punctuation_full_width_and_traditional_forms_are_not_errors
     assert r["errors"] == 0 and r["ref_chars"] == 6 + 8 + 6
 
 
+def test_t2s_without_opencc_is_one_error_line(tmp_path):
+    """--t2s true where OpenCC cannot be imported: one line naming the package, no traceback."""
+    blocker = write(tmp_path / "block" / "opencc.py", "raise ImportError('opencc blocked for this test')\n")
+    ref = write(tmp_path / "ref", "u1 今天天气很好\n")
+    hyp = write(tmp_path / "hyp", "u1 今天天氣很好\n")
+    env = {"PYTHONPATH": str(blocker.parent), "PATH": "/usr/bin:/bin"}
+    p = subprocess.run([sys.executable, str(LOCAL / "score_cer.py"), "--ref", str(ref), "--hyp", str(hyp),
+                        "--out_dir", str(tmp_path / "out"), "--t2s", "true"], capture_output=True, text=True, env=env)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("score_cer.py: error: ") and "'opencc'" in p.stderr
+
+
 def test_score_missing_hypothesis_warns_and_counts_deletions(tmp_path, capsys):
     res, out = run_score(tmp_path, {"u1": "今天天气很好", "u2": "你好", "u3": "早上好"},
                          {"u1": "今天天气很好", "u3": ""})  # u2 absent, u3 empty

@@ -124,7 +124,9 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
         if not 0.0 <= token_dropout < 1.0:
             raise UserError(f"model_conf.token_dropout must be in [0, 1), got {token_dropout}")
         self.token_dropout = token_dropout
-        self._noise_ids: Optional[torch.Tensor] = None  # token dropout's draws (llm_utils.noise_token_ids)
+        if token_dropout > 0:  # its draws: ordinary tokens only; a buffer moves with the model, not saved
+            n_emb = self.llm.get_input_embeddings().num_embeddings
+            self.register_buffer("_noise_ids", noise_token_ids(self.tokenizer, n_emb), persistent=False)
         proj_in = encoder.output_size() * (2 if ctc_compress == "syllable" else 1)
         self.projector = FrameStackProjector(proj_in, d_llm, **(projector_conf or {}))
         self.accent_list = list(accent_list or [])
@@ -319,8 +321,6 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
             tgt = torch.cat([text[b, : text_lengths[b]].long(), eos])
             inp = tgt[:-1]
             if self.training and self.token_dropout > 0:
-                if self._noise_ids is None or self._noise_ids.device != inp.device:
-                    self._noise_ids = noise_token_ids(self.tokenizer, emb.num_embeddings).to(inp.device)
                 pick = torch.randint(len(self._noise_ids), inp.shape, device=inp.device)
                 noise = self._noise_ids[pick]  # ordinary tokens only
                 inp = torch.where(torch.rand(inp.shape, device=inp.device) < self.token_dropout, noise, inp)
@@ -354,10 +354,13 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
         length_penalty: float = 1.0,
         encoder_out: Optional[torch.Tensor] = None,
         encoder_out_lengths: Optional[torch.Tensor] = None,
+        ngram=None,
+        ngram_weight: float = 0.0,
     ) -> List[Dict]:
         """Decode a batch. Returns per utterance {'token_ids', 'text', 'score', 'accent'}.
         ``encoder_out``/``encoder_out_lengths``: the encoder's stored outputs (encoder_store.py),
-        checked on the first batch, then used instead of the encoder."""
+        checked on the first batch, then used instead of the encoder. ``ngram``: an n-gram scorer
+        over the LLM's tokens (espnet_hdmole.lm.ngram_scorer) fused with ``ngram_weight``."""
         from espnet_hdmole.asr.decoding import beam_search, greedy_search
 
         h, h_lens = self.encode_cached(speech, speech_lengths, None, (encoder_out, encoder_out_lengths))
@@ -366,9 +369,10 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
             s, s_lens = self.project(h, h_lens)
         ctx = self._context_embeddings(s, s_lens)
         if beam_size <= 1:
-            hyps = greedy_search(self.llm, ctx, self.eos_id, max_new_tokens, g)
+            hyps = greedy_search(self.llm, ctx, self.eos_id, max_new_tokens, g, ngram, ngram_weight)
         else:
-            hyps = beam_search(self.llm, ctx, self.eos_id, max_new_tokens, beam_size, length_penalty, g)
+            hyps = beam_search(self.llm, ctx, self.eos_id, max_new_tokens, beam_size, length_penalty, g,
+                               ngram, ngram_weight)
         out = []
         for b, (ids, score) in enumerate(hyps):
             r = {"token_ids": ids, "text": self.tokenizer.decode(ids, skip_special_tokens=True), "score": score,

@@ -62,10 +62,7 @@ def write_dir(out: Path, tables: Dict[str, Dict[str, str]], srcs: List[Path]) ->
     files[".done"] = json.dumps({"made_by": "accent_id_data.py", "sources": sources}, sort_keys=True) + "\n"
     changed = False
     for name, content in files.items():
-        path = out / name
-        if not (path.is_file() and path.read_text(encoding="utf-8") == content):
-            changed = True
-            write_if_changed(path, content)
+        changed |= write_if_changed(out / name, content)
     if changed or not (out / code_record.SIDECAR).is_file():
         code_record.write(out)
 

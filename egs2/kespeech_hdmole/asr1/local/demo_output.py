@@ -15,13 +15,14 @@ from demo_common import CorpusError
 META_NAME = ".demo_corpus.json"
 
 
-def write_text(path: Path, content: str) -> None:
-    """Write atomically, and not at all if the file already holds ``content``."""
+def write_text(path: Path, content: str) -> bool:
+    """Write atomically, and not at all if the file already holds ``content``; -> whether it wrote."""
     if path.is_file() and path.read_text(encoding="utf-8") == content:
-        return
+        return False
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(content, encoding="utf-8")
     os.replace(tmp, path)
+    return True
 
 
 def write_kaldi_dir(d: Path, jobs: List[dict]) -> None:

@@ -86,7 +86,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import code_record  # noqa: E402  (which code made each output dir)
 from data_dir import audio_problem  # noqa: E402  (the audio checks shared with data_dir.py)
 from demo_accents import DOMAINS  # noqa: E402  (the nine KeSpeech labels, in accents.txt order)
-from transcript_text import MalformedTag, normalize_text  # noqa: E402,F401  (the tag/punctuation rule)
+from transcript_text import MalformedTag, T2SUnavailable, normalize_text  # noqa: E402,F401  (the tag/punctuation rule)
 
 # Fixed order: accents.txt uses it (and so do the accent ids downstream); one list for the
 # real corpus and the demo corpus.
@@ -675,7 +675,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except KeSpeechError as e:
+    except (KeSpeechError, T2SUnavailable) as e:
         print(f"{NAME}: error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

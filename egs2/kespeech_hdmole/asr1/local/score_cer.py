@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import jiwer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transcript_text import normalize_text  # noqa: E402
+from transcript_text import T2SUnavailable, normalize_text  # noqa: E402
 
 
 class ScoringError(ValueError):
@@ -261,5 +261,5 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except ScoringError as e:
+    except (ScoringError, T2SUnavailable) as e:
         sys.exit(f"score_cer.py: error: {e}")

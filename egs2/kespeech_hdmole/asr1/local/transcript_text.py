@@ -48,6 +48,10 @@ def _fold(ch: str) -> str:
     return unicodedata.normalize("NFKC", ch) if 0xFF01 <= ord(ch) <= 0xFF5E else ch
 
 
+class T2SUnavailable(RuntimeError):
+    """Traditional-to-simplified conversion was asked for, and OpenCC is not installed."""
+
+
 _T2S = None
 
 
@@ -58,7 +62,7 @@ def to_simplified(text: str) -> str:
         try:
             import opencc
         except ImportError as e:
-            raise RuntimeError("traditional-to-simplified conversion needs the Python package 'opencc' "
+            raise T2SUnavailable("traditional-to-simplified conversion (--t2s true) needs the Python package 'opencc' "
                                "(tools/install.sh installs it; or `pip install opencc`)") from e
         _T2S = opencc.OpenCC("t2s")
     return _T2S.convert(text)
