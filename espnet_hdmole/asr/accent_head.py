@@ -19,12 +19,17 @@ to the encoder's frames: e.g. the pitch track beside the CTC posteriors, so that
 both the accent's sound changes and its tone contours.
 A head on the features does not depend on the encoder at all, so it can be trained on its own
 before any fine-tuning.
+
+The head computes in its parameters' dtype, float32 in a model cast to half precision (the model
+puts it back, see LLMASRModel.restore_dtypes), with autocast off: its input is cast up, its
+logits and the posterior over them are float32.
 """
 from typing import List, Optional
 
 import torch
 
 from espnet_hdmole.errors import UserError
+from espnet_hdmole.layers.precision import autocast_off
 
 KEYS = ("input", "feature_dims", "layers", "channels", "hidden", "dropout")
 INPUTS = ("encoder", "ctc", "features")
@@ -73,6 +78,10 @@ class AccentHead(torch.nn.Module):
         self.output = torch.nn.Linear(hidden, num_domains)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        with autocast_off(x.device.type):
+            return self.logits(x.to(self.output.weight.dtype), lengths)
+
+    def logits(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if not self.convs:
             mask = self._mask(x, lengths)
             pooled = (x * mask).sum(1) / mask.sum(1).clamp_min(1)

@@ -2,7 +2,8 @@
 
 The contexts (prefix, speech embeddings, prompt) differ in length, so they are left-padded:
 every sequence then ends at the same position and each step appends one token to all of them.
-Position ids count only real (unmasked) positions.
+Position ids count only real (unmasked) positions. The LLM is fed in its own dtype (the contexts
+are cast to its embeddings' dtype, e.g. bfloat16) and its log-probabilities are taken in float32.
 
 Shallow fusion: with an n-gram scorer (espnet_hdmole.lm.ngram_scorer.NgramScorer) and a weight,
 each step adds ``weight * log p_ngram(token | the tokens so far)`` to the LLM's log-probabilities;
@@ -16,10 +17,10 @@ import torch
 from espnet_hdmole.layers.routing import domain_posterior
 
 
-def _left_pad(ctx: List[torch.Tensor]):
+def _left_pad(ctx: List[torch.Tensor], dtype: torch.dtype):
     lens = [c.shape[0] for c in ctx]
     n, d = max(lens), ctx[0].shape[1]
-    emb = ctx[0].new_zeros(len(ctx), n, d)
+    emb = ctx[0].new_zeros(len(ctx), n, d, dtype=dtype)
     mask = torch.zeros(len(ctx), n, dtype=torch.long, device=ctx[0].device)
     for b, c in enumerate(ctx):
         emb[b, n - lens[b]:] = c
@@ -48,7 +49,7 @@ def greedy_search(
 ) -> List[Tuple[List[int], float]]:
     """Greedy decoding; returns (token ids without eos, score) per utterance: the log-probability,
     plus the weighted n-gram log-probability with shallow fusion."""
-    emb, mask, pos = _left_pad(ctx)
+    emb, mask, pos = _left_pad(ctx, llm.get_input_embeddings().weight.dtype)
     b = len(ctx)
     hyps: List[List[int]] = [[] for _ in range(b)]
     logp, cache = _step(llm, emb, mask, pos, None, g)
@@ -89,7 +90,7 @@ def beam_search(
     The best final hypothesis maximises score / length ** length_penalty (length counts eos).
     """
     b, k = len(ctx), beam_size
-    emb, mask, pos = _left_pad(ctx)
+    emb, mask, pos = _left_pad(ctx, llm.get_input_embeddings().weight.dtype)
     logp, cache = _step(llm, emb, mask, pos, None, g)
     logp = _fuse(logp, [[]] * b, ngram, ngram_weight)
     v = logp.shape[-1]

@@ -7,6 +7,9 @@ Three ways to the encoder output, in ``encode_cached``'s order:
 * the per-utterance cache (``model_conf.cache_encoder_outputs``) when the trainer passes ids and
   the encoder is frozen;
 * ``encode``.
+The data loader gives float32 (numpy has no bfloat16): the features (after normalisation; not a
+raw waveform) and the stored outputs are cast to the encoder's dtype, e.g. bfloat16 under
+``--train_dtype bfloat16``.
 The mixin reads the model's ``frontend``, ``specaug``, ``normalize``, ``encoder``,
 ``cache_encoder_outputs``, ``_enc_cache``, ``_stored_checked`` and ``_stored_ignored``.
 """
@@ -20,6 +23,10 @@ from espnet_hdmole.asr.encoder_store import check_stored_outputs
 
 
 class EncoderSide:
+    def encoder_dtype(self) -> torch.dtype:
+        """The dtype of the encoder's (first floating-point) parameters."""
+        return next((p.dtype for p in self.encoder.parameters() if p.is_floating_point()), torch.float32)
+
     def encoder_is_frozen(self) -> bool:
         parts = [m for m in (self.frontend, self.normalize, self.encoder) if m is not None]
         return not any(p.requires_grad for m in parts for p in m.parameters())
@@ -41,7 +48,7 @@ class EncoderSide:
                 if self.training not in self._stored_checked:  # once in train mode, once in eval mode
                     check_stored_outputs(self, speech, speech_lengths, stored[0], stored[1], utt_id)
                     self._stored_checked.add(self.training)
-                return stored[0].to(speech.device), stored[1].to(speech.device)
+                return stored[0].to(speech.device, self.encoder_dtype()), stored[1].to(speech.device)
         if not self._may_cache(utt_id):
             return self.encode(speech, speech_lengths)
         missing = [i for i, u in enumerate(utt_id) if u not in self._enc_cache]
@@ -75,6 +82,8 @@ class EncoderSide:
             feats, feats_lengths = self.specaug(feats, feats_lengths)
         if self.normalize is not None:
             feats, feats_lengths = self.normalize(feats, feats_lengths)
+        if feats.dim() == 3:  # features (B, T, D); a waveform (B, samples) is left to whisper's own features
+            feats = feats.to(self.encoder_dtype())
         h, h_lens, _ = self.encoder(feats, feats_lengths)
         return h, h_lens
 

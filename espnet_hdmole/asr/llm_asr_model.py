@@ -31,8 +31,12 @@ from espnet_hdmole.asr.llm_utils import (
 from espnet_hdmole.asr.pinyin_units import PinyinUnits
 from espnet_hdmole.asr.projector import FrameStackProjector
 from espnet_hdmole.errors import UserError
-from espnet_hdmole.layers.create_hdmole_adapter import hdmole_aux_loss, hdmole_layers, hdmole_statistics, mark_positions
+from espnet_hdmole.layers.create_hdmole_adapter import (
+    hdmole_aux_loss, hdmole_layers, hdmole_statistics, keep_adapters_fp32, mark_positions)
+from espnet_hdmole.layers.precision import lora_to_base_dtype, params_to_fp32
 from espnet_hdmole.layers.routing import domain_posterior, oracle_posterior, position_kinds
+
+LLM_DTYPES = (None, "float32", "bfloat16", "float16")
 
 
 class LLMASRModel(EncoderSide, AbsESPnetModel):
@@ -53,7 +57,8 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
             channels, hidden.
         feature_size: the input feature dimension (set by the task from --input_size or the
             frontend), read by an accent head on the features.
-        llm_dtype: dtype the LLM is loaded in.
+        llm_dtype: the dtype of the LLM's weights (float32, bfloat16, float16), kept through the
+            trainer's and the decoder's casts (``restore_dtypes``); None: the model's dtype.
         frame_shift: seconds per input frame (for the real-time factor; 1/fs for raw audio).
         cache_encoder_outputs: when the frontend, normalize and encoder are all frozen, keep each
             utterance's encoder output (computed once, in eval mode, without gradients) in memory
@@ -97,7 +102,7 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
         accent_head_hidden: int = 256,
         accent_head_conf: Optional[dict] = None,
         feature_size: Optional[int] = None,
-        llm_dtype: str = "float32",
+        llm_dtype: Optional[str] = None,
         frame_shift: float = 0.01,
         cache_encoder_outputs: bool = False,
         ctc_weight: float = 0.0,
@@ -111,7 +116,10 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
         self.specaug = specaug
         self.normalize = normalize
         self.encoder = encoder
-        self.llm = load_causal_lm(llm_dir, llm_dtype)
+        if llm_dtype not in LLM_DTYPES:
+            raise UserError(f"model_conf.llm_dtype must be one of {list(LLM_DTYPES)}, not {llm_dtype!r}")
+        self.llm_dtype = llm_dtype
+        self.llm = load_causal_lm(llm_dir, llm_dtype or "float32")
         # the model's keys that llm_dir supplies (adapters added later keep these names)
         self.llm_dir_keys = frozenset("llm." + k for k in self.llm.state_dict())
         self.tokenizer = load_tokenizer(llm_dir)
@@ -171,6 +179,20 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
                 raise UserError(f"model_conf.{name} {text!r} has characters the tokenizer of {llm_dir} cannot encode: {bad!r}")
         self.register_buffer("prefix_ids", self._encode(prompt_prefix), persistent=False)
         self.register_buffer("prompt_ids", self._encode(prompt), persistent=False)
+
+    def restore_dtypes(self) -> None:
+        """After a cast of the whole model (ESPnet's --train_dtype, the decoder's --dtype): the
+        LLM's own weights (those of llm_dir; not an adapter's) back in ``llm_dtype`` when it is
+        set, the HDMoLE adapters' parameters and the accent head back in float32 if the cast made
+        them half precision, and ESPnet's LoRA in its base layers' dtype (espnet_hdmole.layers.precision)."""
+        if self.llm_dtype is not None:
+            for name, p in self.named_parameters():
+                if name in self.llm_dir_keys and p.is_floating_point():
+                    p.data = p.data.to(getattr(torch, self.llm_dtype))
+        keep_adapters_fp32(self)
+        lora_to_base_dtype(self)
+        if self.accent_head is not None:
+            params_to_fp32(self.accent_head.parameters())
 
     def _encode(self, text: str) -> torch.Tensor:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -253,10 +275,10 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
 
     # ------------------------------------------------------------------ LLM side
     def _context_embeddings(self, s: torch.Tensor, s_lens: torch.Tensor) -> List[torch.Tensor]:
-        """Per utterance: [prefix] [speech] [prompt] embeddings, (L_b, d_llm)."""
+        """Per utterance: [prefix] [speech] [prompt] embeddings, (L_b, d_llm), in the LLM's dtype."""
         emb = self.llm.get_input_embeddings()
-        pre, post = emb(self.prefix_ids), emb(self.prompt_ids)
-        return [torch.cat([pre.to(s.dtype), s[b, : s_lens[b]], post.to(s.dtype)], 0) for b in range(s.shape[0])]
+        pre, post, s = emb(self.prefix_ids), emb(self.prompt_ids), s.to(emb.weight.dtype)
+        return [torch.cat([pre, s[b, : s_lens[b]], post], 0) for b in range(s.shape[0])]
 
     def forward(
         self,

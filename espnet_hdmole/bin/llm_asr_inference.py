@@ -56,7 +56,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--ngram_weight", type=float, default=0.0,
                    help="weight of the n-gram LM's log-probabilities in the search (0: no fusion)")
     p.add_argument("--ngpu", type=int, default=0)
-    p.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32"],
+                   help="the model's dtype; the LLM is in model_conf.llm_dtype when set, the HDMoLE "
+                        "adapters and the accent head in float32 whatever this is")
     p.add_argument("--num_workers", type=int, default=0)
     p.add_argument("--nthreads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--log_level", default="INFO")
@@ -71,6 +73,7 @@ def inference(args) -> dict:
         torch.set_num_threads(args.nthreads)
     model, train_args = LLMASRTask.build_model_from_file(args.asr_train_config, args.asr_model_file, device)
     model.to(dtype=getattr(torch, args.dtype)).eval()
+    model.restore_dtypes()  # the LLM in model_conf.llm_dtype, the adapters and the accent head in float32
     ngram = None
     if args.ngram_file and args.ngram_weight != 0.0:
         ngram = NgramScorer(args.ngram_file, model.tokenizer)

@@ -91,6 +91,13 @@ def hdmole_layers(model: torch.nn.Module) -> List[Tuple[str, HDMoLELinear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, HDMoLELinear)]
 
 
+def keep_adapters_fp32(model: torch.nn.Module) -> int:
+    """Put every HDMoLE layer's adapter parameters back in float32 after a cast of ``model`` to
+    half precision (e.g. ``model.to(torch.bfloat16)``); frozen base weights keep their dtype.
+    Returns how many tensors were cast."""
+    return sum(layer.adapter_to_fp32() for _, layer in hdmole_layers(model))
+
+
 def adapter_state_dict_keys(model: torch.nn.Module) -> List[str]:
     """Full state-dict keys of every adapter parameter of the model."""
     keys = []

@@ -28,6 +28,11 @@ all experts, whatever N is.
 The layer subclasses ``torch.nn.Linear`` and shares the wrapped layer's ``weight`` and ``bias``
 parameters (frozen), so state-dict keys of the base model are unchanged and a checkpoint of the
 base model loads into the adapted one.
+
+Precision: the frozen W0 x + b runs in the base layer's dtype (bfloat16, say). The adapter's own
+parameters are float32 (at least; see espnet_hdmole.layers.precision), and the routing and the
+experts' path run in their dtype with autocast off, from x cast up; the sum over the experts is
+cast to the base output's dtype before it is added.
 """
 import math
 from typing import Dict, Optional
@@ -36,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from espnet_hdmole.errors import UserError
+from espnet_hdmole.layers.precision import at_least_fp32, autocast_off, params_to_fp32
 
 from espnet_hdmole.layers.routing import (
     ACTIVATIONS,
@@ -167,7 +173,7 @@ class HDMoLELinear(torch.nn.Linear):
             raise UserError(f"adapter_conf.router_init_std must be a number >= 0, not {router_init_std!r}")
         self.router_init_std = float(router_init_std)
 
-        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
+        factory = dict(device=base.weight.device, dtype=at_least_fp32(base.weight.dtype))
         self.lora_A = torch.nn.Parameter(torch.empty(n, rank, self.in_features, **factory))
         self.lora_B = torch.nn.Parameter(torch.zeros(n, self.out_features, rank, **factory))
         self.router = torch.nn.Linear(self.in_features, n, **factory)
@@ -198,6 +204,11 @@ class HDMoLELinear(torch.nn.Linear):
     def adapter_parameters(self) -> Dict[str, torch.nn.Parameter]:
         """Every parameter of this layer except the frozen base weight and bias."""
         return {k: p for k, p in self.named_parameters() if k not in ("weight", "bias")}
+
+    def adapter_to_fp32(self) -> int:
+        """Put the adapter's parameters back in float32 after a cast of the model to half precision
+        (the frozen base weight keeps its dtype). Returns how many tensors were cast."""
+        return params_to_fp32(self.adapter_parameters().values())
 
     def extra_repr(self) -> str:
         return (
@@ -253,7 +264,13 @@ class HDMoLELinear(torch.nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
         lead = x.shape[:-1]
-        xt = x.reshape(-1, self.in_features)
+        with autocast_off(x.device.type):  # routing and experts in the adapter's dtype (float32)
+            delta = self.mixture(x.reshape(-1, self.in_features).to(self.lora_A.dtype), lead)
+        return y + delta.view(*lead, self.out_features).to(y.dtype)
+
+    def mixture(self, xt: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+        """c * sum_i w_i E_i(x) for the flattened tokens xt (T, d_in), in xt's dtype; records the
+        routing of this forward for the statistics and the load-balancing loss."""
         t, n, r = xt.shape[0], self.num_experts, self.rank
         w, p, local, active, tau = self.route(xt, lead)
         scale = self.scaling * self.experts_in_use(active) if self.output_scale == "lora" else self.scaling
@@ -273,7 +290,7 @@ class HDMoLELinear(torch.nn.Linear):
             self._aux_loss = self.lb_weight * self.load_balancing_loss(local, w if active is None else active)
         else:
             self._aux_loss = None
-        return y + delta.view(*lead, self.out_features)
+        return delta
 
     def experts_in_use(self, active: Optional[torch.Tensor]):
         """How many experts a token's weights spread over: N (dense), or the count of its active

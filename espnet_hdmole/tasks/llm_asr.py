@@ -7,7 +7,10 @@ It uses ESPnet's AbsTask, Trainer, CommonCollateFn, checkpointing, --resume, n-b
   training starts, with errors that name the file, line or key;
 - a trainable-parameter report at start (share of full fine-tuning of the same parts);
 - ``build_model_from_file`` that reloads adapter-only checkpoints exactly (base weights from
-  the ``--init_param`` the model was trained from; no silent partial loads).
+  the ``--init_param`` the model was trained from; no silent partial loads);
+- ``--train_dtype bfloat16`` (espnet_hdmole.tasks.train_dtype), and after ESPnet's cast of the
+  model to --train_dtype, the LLM in ``model_conf.llm_dtype`` and the HDMoLE adapters and the
+  accent head in float32 (``build_optimizers``).
 """
 import argparse
 import inspect
@@ -45,6 +48,7 @@ from espnet_hdmole.asr.param_report import trainable_parameter_report
 from espnet_hdmole.asr.preprocessor import LLMASRPreprocessor
 from espnet_hdmole.errors import UserError, UserFileError
 from espnet_hdmole.tasks import provenance
+from espnet_hdmole.tasks.train_dtype import TrainDtypeMixin
 
 
 def _whisper_encoder_class():
@@ -125,7 +129,7 @@ def _read_kaldi_file(path: str, what: str) -> List[Tuple[str, str]]:
     return rows
 
 
-class LLMASRTask(AbsTask):
+class LLMASRTask(TrainDtypeMixin, AbsTask):
     num_optimizers: int = 1
     class_choices_list = [frontend_choices, specaug_choices, normalize_choices, encoder_choices]
     trainer = Trainer
@@ -226,7 +230,9 @@ class LLMASRTask(AbsTask):
 
     @classmethod
     def build_optimizers(cls, args: argparse.Namespace, model: torch.nn.Module) -> List[torch.optim.Optimizer]:
-        # called right after ESPnet has frozen --freeze_param and created the adapter
+        # called right after ESPnet has cast the model to --train_dtype, frozen --freeze_param and
+        # created the adapter: the last moment to set dtypes before the optimiser holds the parameters
+        model.restore_dtypes()
         rep = trainable_parameter_report(model)
         logging.info(rep["text"])
         params = [p for p in model.parameters() if p.requires_grad]
