@@ -304,6 +304,19 @@ def test_help(capsys):
     assert "KeSpeech" in pk.__doc__ and "licen" in pk.__doc__ and "Tasks/ASR" in pk.__doc__
 
 
+def test_real_data_preparation_does_not_import_the_demo():
+    """prepare_kespeech.py (real data) loads no module of the demo corpus (demo_accents.py, the
+    demo's accent rules, or any other demo_*), directly or through another module; nor torch."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import prepare_kespeech; "
+            "print(' '.join(sorted(sys.modules)))")
+    res = subprocess.run([sys.executable, "-c", code, str(LOCAL)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    loaded = res.stdout.split()
+    assert "prepare_kespeech" in loaded and "kespeech_common" in loaded  # the check sees local/'s modules
+    assert [m for m in loaded if m.startswith("demo") or "demo_corpus" in m] == []
+    assert "torch" not in loaded
+
+
 # --------------------------------------------------------------------------
 # Re-running and conflicting output
 # --------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from espnet_hdmole.asr.preprocessor import LLMASRPreprocessor
 from espnet_hdmole.errors import UserError, UserFileError
 from espnet_hdmole.tasks import provenance
 from espnet_hdmole.tasks.train_dtype import TrainDtypeMixin
+from espnet_hdmole.utils.kaldi_table import Table, read_table
 
 
 def _whisper_encoder_class():
@@ -107,26 +108,12 @@ def _checked_model_conf(args: argparse.Namespace) -> dict:
     return mc
 
 
-def _read_kaldi_file(path: str, what: str) -> List[Tuple[str, str]]:
-    """Lines 'uid value' of a Kaldi-style file, checked: exists, ids unique and sorted."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserFileError(f"{what} file '{p}' does not exist")
-    rows, prev = [], None
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            uid, _, value = line.partition(" ")
-            if prev is not None and uid <= prev:
-                why = "appears twice" if uid == prev else f"comes after '{prev}' (the file must be sorted by id)"
-                raise UserError(f"{p}:{n}: utterance id '{uid}' {why}")
-            prev = uid
-            rows.append((uid, value.strip()))
-    if not rows:
-        raise UserError(f"{what} file '{p}' is empty")
-    return rows
+def _read_kaldi_file(path: str, what: str) -> Table:
+    """A Kaldi-style data file, checked: it exists and has rows, its ids are unique and sorted."""
+    if not Path(path).is_file():
+        raise UserFileError(f"{what} file '{path}' does not exist")
+    return read_table(path, what.strip("'"), allow_empty=True, sorted_ids=True, strip_bom=False,
+                      require_rows=True, error=UserError)
 
 
 class LLMASRTask(TrainDtypeMixin, AbsTask):
@@ -282,12 +269,12 @@ class LLMASRTask(TrainDtypeMixin, AbsTask):
             for path, name, typ in entries:
                 if name == "text":
                     rows = _read_kaldi_file(path, "transcript")
-                    for n, (uid, text) in enumerate(rows, 1):
+                    for uid, text in rows.items():
                         if not text:
-                            raise UserError(f"{path}:{n}: utterance '{uid}' has an empty transcript")
-                    bad = unencodable_chars(tok, "".join(sorted({c for _, t in rows for c in t})))
+                            raise UserError(f"{rows.where(uid)}: utterance '{uid}' has an empty transcript")
+                    bad = unencodable_chars(tok, "".join(sorted({c for t in rows.values() for c in t})))
                     if bad:
-                        uid = next(u for u, t in rows if any(c in bad for c in t))
+                        uid = next(u for u, t in rows.items() if any(c in bad for c in t))
                         raise UserError(
                             f"{path}: the tokenizer of {mc['llm_dir']} cannot encode {bad!r} "
                             f"(first in utterance '{uid}')"
@@ -296,17 +283,17 @@ class LLMASRTask(TrainDtypeMixin, AbsTask):
                     rows = _read_kaldi_file(path, "accent label")
                     if not accents:
                         raise UserError(f"{path} gives accent labels but model_conf.accent_list is empty")
-                    for n, (uid, lab) in enumerate(rows, 1):
+                    for uid, lab in rows.items():
                         if lab not in accents:
                             raise UserError(
-                                f"{path}:{n}: utterance '{uid}' has accent label '{lab}', not one of "
+                                f"{rows.where(uid)}: utterance '{uid}' has accent label '{lab}', not one of "
                                 f"model_conf.accent_list {accents}"
                             )
                 elif typ in ("sound", "kaldi_ark", "npy", "text", "text_int"):
                     rows = _read_kaldi_file(path, f"'{name}'")
                 else:
                     continue
-                ids_of[path] = (name, [u for u, _ in rows])
+                ids_of[path] = (name, list(rows))
             files = list(ids_of.items())
             for path, (name, ids) in files[1:]:
                 p0, (n0, ids0) = files[0]

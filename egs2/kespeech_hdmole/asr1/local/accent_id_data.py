@@ -29,7 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import code_record  # noqa: E402
 import data_dir  # noqa: E402
 from data_dir import DataDirError as DataError  # noqa: E402
-from demo_output import write_text as write_if_changed  # noqa: E402
+from package_modules import package_module  # noqa: E402
+
+kaldi_table = package_module("utils.kaldi_table")
 
 # the per-utterance tables of a dump directory (spk2utt is derived)
 TABLES = ("feats.scp", "wav.scp", "text", "utt2spk", "utt2accent", "speech_shape")
@@ -39,22 +41,14 @@ def read_table(path: Path) -> Dict[str, str]:
     return data_dir.read_table(path, allow_empty_value=True)
 
 
-def table_text(rows: Dict[str, str]) -> str:
-    # Python's str order is code point order, i.e. the byte order of LC_ALL=C sort
-    return "".join(f"{k} {rows[k]}\n" for k in sorted(rows))
-
-
 def write_dir(out: Path, tables: Dict[str, Dict[str, str]], srcs: List[Path]) -> None:
     """The tables (sorted), spk2utt, and the done marker: the sources' own (their feature
     settings, which the recipe's input checks read); the code record (local/code_record.py) is
     renewed only when a file changed."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {name: table_text(rows) for name, rows in tables.items()}
+    files = {name: kaldi_table.format_table(rows) for name, rows in tables.items()}
     if "utt2spk" in tables:
-        spk2utt: Dict[str, List[str]] = {}
-        for utt in sorted(tables["utt2spk"]):
-            spk2utt.setdefault(tables["utt2spk"][utt], []).append(utt)
-        files["spk2utt"] = "".join(f"{s} {' '.join(u)}\n" for s, u in sorted(spk2utt.items()))
+        files["spk2utt"] = kaldi_table.format_table(kaldi_table.spk2utt(tables["utt2spk"]))
     sources = {}
     for src in srcs:
         done = src / ".done"
@@ -62,7 +56,7 @@ def write_dir(out: Path, tables: Dict[str, Dict[str, str]], srcs: List[Path]) ->
     files[".done"] = json.dumps({"made_by": "accent_id_data.py", "sources": sources}, sort_keys=True) + "\n"
     changed = False
     for name, content in files.items():
-        changed |= write_if_changed(out / name, content)
+        changed |= kaldi_table.write_file(out / name, content)
     if changed or not (out / code_record.SIDECAR).is_file():
         code_record.write(out)
 
@@ -153,7 +147,7 @@ def main(argv=None) -> int:
             write_dir(a.out, merged, a.src)
             if scp_rows is not None:
                 a.out_scp.parent.mkdir(parents=True, exist_ok=True)
-                write_if_changed(a.out_scp, table_text(scp_rows))
+                kaldi_table.write_table(a.out_scp, scp_rows)
             print(f"{a.out}: {len(utts)} utterances from {' '.join(map(str, a.src))}")
     except (DataError, OSError) as e:
         print(f"ERROR: accent_id_data.py {a.cmd}: {e}", file=sys.stderr)

@@ -8,6 +8,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from package_modules import package_module  # local/ (on sys.path through make_results.py)
+
+kaldi_table = package_module("utils.kaldi_table")
+
 
 class AccentIDError(ValueError):
     """A file that does not hold what it should; the message names it."""
@@ -24,13 +28,12 @@ def test_confusion(sys_dir: Path, accents: Sequence[str]) -> Optional[np.ndarray
         if not path.is_file():
             continue
         found = True
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2 or parts[1] not in index:
-                raise AccentIDError(f"{path}:{n}: expected 'utterance-id accent' with an accent of {list(accents)}, got {line!r}")
-            counts[index[a], index[parts[1]]] += 1
+        table = kaldi_table.read_table(path, "accent", single_token=True, error=AccentIDError)
+        for uid, pred in table.items():
+            if pred not in index:
+                raise AccentIDError(f"{table.where(uid)}: expected '<utterance-id> <accent>' with an accent of "
+                                    f"{list(accents)}, got {uid + ' ' + pred!r}")
+            counts[index[a], index[pred]] += 1
     return counts if found else None
 
 

@@ -8,24 +8,13 @@ for outputs made before the recipe kept records.
 
 Only the standard library is imported (the recipe calls this before every stage output).
 """
-import importlib.util
 import json
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
+from package_modules import package_module
+
 SIDECAR = ".code"
-
-
-def package_module(name: str):
-    """A module of espnet_hdmole (e.g. "utils.code_version") loaded on its own: importing the
-    package itself loads ESPnet and torch (~8 s), too slow for the recipe's per-output checks."""
-    path = Path(__file__).resolve().parents[4] / "espnet_hdmole" / Path(*name.split("."))
-    spec = importlib.util.spec_from_file_location(f"_hdmole_{name}", path.with_suffix(".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 code_version = package_module("utils.code_version")
 
 

@@ -19,6 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from package_modules import package_module  # noqa: E402
+
+kaldi_table = package_module("utils.kaldi_table")
+
 REQUIRED = ("wav.scp", "text", "utt2spk", "spk2utt", "utt2accent")
 FRAME_SECONDS = 0.02  # the transcript-length rule: at most one character per 20 ms of audio
 
@@ -27,30 +32,12 @@ class DataDirError(ValueError):
     pass
 
 
-def read_table(path, allow_empty_value: bool = False) -> Dict[str, str]:
-    """'uid value' lines; checks: file exists, ids unique and sorted (byte order), values present."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataDirError(f"{p}: file does not exist")
-    out: Dict[str, str] = {}
-    prev: Optional[str] = None
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                raise DataDirError(f"{p}:{n}: empty line")
-            uid, _, value = line.partition(" ")
-            value = value.strip()
-            if not value and not allow_empty_value:
-                raise DataDirError(f"{p}:{n}: '{uid}' has no value (expected 'id value')")
-            if prev is not None and uid.encode() <= prev.encode():
-                why = "appears twice" if uid == prev else f"comes after '{prev}': sort the file (LC_ALL=C sort)"
-                raise DataDirError(f"{p}:{n}: id '{uid}' {why}")
-            prev = uid
-            out[uid] = value
-    if not out:
-        raise DataDirError(f"{p}: file is empty")
-    return out
+def read_table(path, allow_empty_value: bool = False, key_name: str = "utterance id") -> Dict[str, str]:
+    """'id value' lines, as ESPnet reads them: file present and not empty, ids unique and sorted
+    (byte order), no blank line or byte-order mark, values present (espnet_hdmole/utils/kaldi_table.py)."""
+    return kaldi_table.read_table(path, key_name=key_name, allow_empty=allow_empty_value, sorted_ids=True,
+                                  skip_blank_lines=False, strip_bom=False, require_rows=True,
+                                  error=DataDirError)
 
 
 def channels_problem(channels: int) -> Optional[str]:
@@ -141,7 +128,8 @@ def validate(d, accents: Optional[List[str]] = None, check_audio: bool = True) -
         raise DataDirError(f"{d}: data directory does not exist")
     tables = {}
     for name in REQUIRED:
-        tables[name] = read_table(d / name, allow_empty_value=(name == "text"))
+        tables[name] = read_table(d / name, allow_empty_value=(name == "text"),
+                                  key_name="speaker id" if name == "spk2utt" else "utterance id")
     ids = list(tables["wav.scp"])
     for name in ("text", "utt2spk", "utt2accent"):
         other = list(tables[name])
@@ -154,11 +142,8 @@ def validate(d, accents: Optional[List[str]] = None, check_audio: bool = True) -
     for n, (uid, text) in enumerate(tables["text"].items(), 1):
         if not text:
             raise DataDirError(f"{d / 'text'}:{n}: utterance '{uid}' has an empty transcript")
-    spk = {}
-    for uid, s in tables["utt2spk"].items():
-        spk.setdefault(s, []).append(uid)
     s2u = {s: sorted(v.split()) for s, v in tables["spk2utt"].items()}
-    if s2u != {s: sorted(v) for s, v in spk.items()}:
+    if s2u != {s: v.split() for s, v in kaldi_table.spk2utt(tables["utt2spk"]).items()}:
         raise DataDirError(f"{d}: spk2utt does not match utt2spk")
     if accents is not None:
         for n, (uid, a) in enumerate(tables["utt2accent"].items(), 1):

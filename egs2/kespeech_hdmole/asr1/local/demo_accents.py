@@ -40,18 +40,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-# Fixed order: accents.txt, --domains and the sentence allocation use it.
-DOMAINS: Tuple[str, ...] = (
-    "Mandarin",
-    "Beijing",
-    "Jiang-Huai",
-    "Jiao-Liao",
-    "Ji-Lu",
-    "Lan-Yin",
-    "Northeastern",
-    "Southwestern",
-    "Zhongyuan",
-)
+from kespeech_common import LABELS
+
+# KeSpeech's nine labels in their fixed order: accents.txt, --domains and the sentence allocation use it.
+DOMAINS: Tuple[str, ...] = LABELS
 # Three-letter codes used as the first part of speaker and utterance ids.
 CODES: Dict[str, str] = {
     "Mandarin": "MAN",

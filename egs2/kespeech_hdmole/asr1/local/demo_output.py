@@ -4,42 +4,27 @@ record that keeps a directory made with other settings from being overwritten.""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 import code_record
 from demo_common import CorpusError
+from package_modules import package_module
 
+kaldi_table = package_module("utils.kaldi_table")
+write_text = kaldi_table.write_file  # atomic; a file that holds the content already is left alone
 
 META_NAME = ".demo_corpus.json"
-
-
-def write_text(path: Path, content: str) -> bool:
-    """Write atomically, and not at all if the file already holds ``content``; -> whether it wrote."""
-    if path.is_file() and path.read_text(encoding="utf-8") == content:
-        return False
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(content, encoding="utf-8")
-    os.replace(tmp, path)
-    return True
 
 
 def write_kaldi_dir(d: Path, jobs: List[dict]) -> None:
     d.mkdir(parents=True, exist_ok=True)
     (d / ".done").unlink(missing_ok=True)
-    spk2utt: Dict[str, List[str]] = {}
-    for j in jobs:
-        spk2utt.setdefault(j["spk"], []).append(j["utt"])
-    files = {
-        "wav.scp": [f"{j['utt']} {j['wav']}" for j in jobs],
-        "text": [f"{j['utt']} {j['text']}" for j in jobs],
-        "utt2spk": [f"{j['utt']} {j['spk']}" for j in jobs],
-        "utt2accent": [f"{j['utt']} {j['domain']}" for j in jobs],
-        "spk2utt": [f"{s} {' '.join(u)}" for s, u in sorted(spk2utt.items())],
-    }
-    for name, lines in files.items():
-        write_text(d / name, "\n".join(lines) + "\n")
+    tables = {name: {j["utt"]: j[field] for j in jobs} for name, field in
+              (("wav.scp", "wav"), ("text", "text"), ("utt2spk", "spk"), ("utt2accent", "domain"))}
+    tables["spk2utt"] = kaldi_table.spk2utt(tables["utt2spk"])
+    for name, rows in tables.items():
+        kaldi_table.write_table(d / name, rows)
     code_record.write(d)  # which code made it
     write_text(d / ".done", f"{len(jobs)} utterances\n")  # last: marks the dir complete
 

@@ -16,6 +16,10 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from package_modules import package_module  # noqa: E402
+
+kaldi_table = package_module("utils.kaldi_table")
 SUMMED = ("utterances", "decoding_seconds", "audio_seconds")
 
 
@@ -66,10 +70,7 @@ def merge(keys: List[str], shards: List[Path], out_dir: Path) -> None:
     rec = out_dir / "1best_recog"
     rec.mkdir(parents=True, exist_ok=True)
     for name, rows in tables.items():
-        text = "".join(rows[k] + "\n" for k in keys if k in rows)
-        tmp = rec / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, rec / name)
+        kaldi_table.write_file(rec / name, "".join(rows[k] + "\n" for k in keys if k in rows))  # lines as they were
     rtfs = [read_rtf(s / "rtf") for s in shards]
     merged = dict(rtfs[0])
     for key in SUMMED:

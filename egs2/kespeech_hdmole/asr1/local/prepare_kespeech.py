@@ -72,49 +72,30 @@ overwritten: the script stops and tells you to remove it.
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import code_record  # noqa: E402  (which code made each output dir)
 from data_dir import audio_problem  # noqa: E402  (the audio checks shared with data_dir.py)
-from demo_accents import DOMAINS  # noqa: E402  (the nine KeSpeech labels, in accents.txt order)
+from kespeech_common import LABELS, MAX_EXAMPLES, NAME, KeSpeechError, Utt, examples, log  # noqa: E402
+from kespeech_output import check_output, is_complete, write_output  # noqa: E402  (DATA/, written last)
+from package_modules import package_module  # noqa: E402
 from transcript_text import MalformedTag, T2SUnavailable, normalize_text  # noqa: E402,F401  (the tag/punctuation rule)
 
-# Fixed order: accents.txt uses it (and so do the accent ids downstream); one list for the
-# real corpus and the demo corpus.
-LABELS: Tuple[str, ...] = DOMAINS
+kaldi_table = package_module("utils.kaldi_table")
+# '<utterance-id> <value>' files, KeSpeechError naming file:line when malformed
+read_table = functools.partial(kaldi_table.read_table, error=KeSpeechError)
+
 SOURCE_LABEL = "Mandarin"
 SUBSETS = ("train_phase1", "train_phase2", "dev_phase1", "dev_phase2", "test")
 TEST_SUBSET = "test"
 SUBSET_FILES = ("wav.scp", "text", "utt2spk", "utt2subdialect")
-OUT_FILES = ("wav.scp", "text", "utt2spk", "spk2utt", "utt2accent")
-META_NAME = ".kespeech.json"
-TMP_PREFIX = ".prepare_kespeech.tmp."
 FORMAT_VERSION = 2  # 2: full-width letters and digits written as ASCII
-MAX_EXAMPLES = 5
-NAME = "prepare_kespeech.py"
-
-
-class KeSpeechError(RuntimeError):
-    """A problem with the corpus, the arguments or the output directory."""
-
-
-def log(msg: str) -> None:
-    print(f"[prepare_kespeech] {msg}", file=sys.stderr, flush=True)
-
-
-def _examples(items: Sequence[str], n: int = MAX_EXAMPLES) -> str:
-    shown = "\n  ".join(items[:n])
-    more = f"\n  ... and {len(items) - n} more" if len(items) > n else ""
-    return f"\n  {shown}{more}"
 
 
 # --------------------------------------------------------------------------
@@ -123,76 +104,27 @@ def _examples(items: Sequence[str], n: int = MAX_EXAMPLES) -> str:
 # the rule itself (tags, punctuation, full-width forms, t2s) is local/transcript_text.py: normalize_text, MalformedTag
 
 
-def normalize_table(path: Path, table: Table, t2s: bool = False) -> Tuple[Dict[str, str], List[str]]:
+def normalize_table(table: kaldi_table.Table, t2s: bool = False) -> Tuple[Dict[str, str], List[str]]:
     """-> (utterance -> normalised transcript, one 'file:line: ...' per malformed tag)."""
     texts, bad = {}, []
-    for utt, (raw, n) in table.items():
+    for utt, raw in table.items():
         try:
             texts[utt] = normalize_text(raw, t2s=t2s)
         except MalformedTag as e:
-            bad.append(f"{path}:{n}: utterance {utt!r} has {e}")
+            bad.append(f"{table.where(utt)}: utterance {utt!r} has {e}")
     return texts, bad
 
 
 def malformed_tags(bad: List[str]) -> KeSpeechError:
     return KeSpeechError(f"{len(bad)} transcript(s) hold a malformed tag (a tag is <...> [...] "
                          "(...) or {...} with no bracket inside, e.g. <NOISE> (noise); a bracket "
-                         f"left after removing the tags is refused: fix these lines):{_examples(bad)}")
+                         f"left after removing the tags is refused: fix these lines):{examples(bad)}")
 
 
 # --------------------------------------------------------------------------
 # Reading and validating
 # --------------------------------------------------------------------------
-@dataclass
-class Utt:
-    id: str
-    wav: str  # absolute path (or a command ending in '|', --source_dir only)
-    text: str  # normalised
-    spk: str
-    accent: str
-    where: str  # "<wav.scp>:<line>", for messages
-
-
-Table = Dict[str, Tuple[str, int]]  # utterance id -> (value, line number)
-
-
-def read_table(path: Path, what: str, allow_empty: bool = False,
-               one_token: bool = False) -> Table:
-    """Read ``<utt> <value>`` lines; KeSpeechError naming file:line when malformed."""
-    if not path.is_file():
-        raise KeSpeechError(f"missing file {path} (expected lines '<utterance-id> <{what}>')")
-    out: Table = {}
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise KeSpeechError(f"{path}:{n}: not valid UTF-8 ({e})") from None
-            if n == 1:
-                line = line.lstrip("\ufeff")
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue  # blank line
-            parts = line.split(None, 1)
-            key = parts[0]
-            value = parts[1].strip() if len(parts) > 1 else ""
-            if line[0].isspace():
-                raise KeSpeechError(f"{path}:{n}: line starts with whitespace; expected "
-                                    f"'<utterance-id> <{what}>', got {line!r}")
-            if not value and not allow_empty:
-                raise KeSpeechError(f"{path}:{n}: expected '<utterance-id> <{what}>', "
-                                    f"got only {line.strip()!r}")
-            if one_token and len(value.split()) != 1:
-                raise KeSpeechError(f"{path}:{n}: expected '<utterance-id> <{what}>' with a "
-                                    f"single {what} (no spaces), got {line!r}")
-            if key in out:
-                raise KeSpeechError(f"{path}:{n}: utterance id {key!r} appears again "
-                                    f"(first at line {out[key][1]}); ids must be unique")
-            out[key] = (value, n)
-    return out
-
-
-def check_ids_agree(d: Path, tables: Dict[str, Table]) -> None:
+def check_ids_agree(d: Path, tables: Dict[str, kaldi_table.Table]) -> None:
     """All files of a data dir must list the same utterance ids."""
     union = set().union(*tables.values())
     problems = []
@@ -202,7 +134,7 @@ def check_ids_agree(d: Path, tables: Dict[str, Table]) -> None:
             continue
         ex = []
         for utt in missing[:MAX_EXAMPLES]:
-            src = next(f"{other}:{t[utt][1]}" for other, t in tables.items() if utt in t)
+            src = next(f"{other}:{t.lines[utt]}" for other, t in tables.items() if utt in t)
             ex.append(f"{utt} (listed in {src})")
         more = f" and {len(missing) - MAX_EXAMPLES} more" if len(missing) > MAX_EXAMPLES else ""
         problems.append(f"{len(missing)} id(s) missing from {name} ({len(table)} ids), "
@@ -213,8 +145,8 @@ def check_ids_agree(d: Path, tables: Dict[str, Table]) -> None:
             f"the same utterances):\n  " + "\n  ".join(problems))
 
 
-def check_labels(path: Path, table: Table) -> None:
-    bad = sorted(((n, utt, lab) for utt, (lab, n) in table.items() if lab not in LABELS))
+def check_labels(table: kaldi_table.Table) -> None:
+    bad = sorted(((table.lines[utt], utt, lab) for utt, lab in table.items() if lab not in LABELS))
     if not bad:
         return
     n, utt, lab = bad[0]
@@ -224,16 +156,16 @@ def check_labels(path: Path, table: Table) -> None:
         hint = f" (did you mean {close[0]!r}? labels are case-sensitive)"
     total = f"; {len(bad)} lines with unknown labels in all" if len(bad) > 1 else ""
     raise KeSpeechError(
-        f"{path}:{n}: unknown subdialect label {lab!r} for utterance {utt!r}{hint}; "
+        f"{table.path}:{n}: unknown subdialect label {lab!r} for utterance {utt!r}{hint}; "
         f"expected one of the 9 KeSpeech labels: {', '.join(LABELS)}{total}")
 
 
-def wav_value(path: Path, n: int, value: str, source: bool) -> bool:
+def wav_value(where: str, value: str, source: bool) -> bool:
     """-> True if the wav.scp value is a command (allowed for --source_dir only)."""
     if value.endswith("|"):
         if source:
             return True
-        raise KeSpeechError(f"{path}:{n}: expected a path to a WAV file relative to the "
+        raise KeSpeechError(f"{where}: expected a path to a WAV file relative to the "
                             f"corpus root, got a command {value!r}")
     return False
 
@@ -257,25 +189,26 @@ def read_subset(root: Path, name: str, option: str, t2s: bool = False) -> Tuple[
     tables = {
         "wav.scp": read_table(d / "wav.scp", "relative path of the WAV file"),
         "text": read_table(d / "text", "transcript", allow_empty=True),
-        "utt2spk": read_table(d / "utt2spk", "speaker", one_token=True),
-        "utt2subdialect": read_table(d / "utt2subdialect", "subdialect label", one_token=True),
+        "utt2spk": read_table(d / "utt2spk", "speaker", single_token=True),
+        "utt2subdialect": read_table(d / "utt2subdialect", "subdialect label", single_token=True),
     }
     check_ids_agree(d, tables)
     if not tables["wav.scp"]:
         raise KeSpeechError(f"KeSpeech subset {d} (asked for by {option}) holds no utterances: "
                             f"its {', '.join(SUBSET_FILES)} are empty; expected "
                             "'<utterance-id> <value>' lines (an incomplete copy of the corpus?)")
-    check_labels(d / "utt2subdialect", tables["utt2subdialect"])
-    texts, bad = normalize_table(d / "text", tables["text"], t2s)
+    check_labels(tables["utt2subdialect"])
+    texts, bad = normalize_table(tables["text"], t2s)
     utts, empty = [], []
-    for utt, (rel, n) in tables["wav.scp"].items():
-        wav_value(d / "wav.scp", n, rel, source=False)
+    for utt, rel in tables["wav.scp"].items():
+        where = tables["wav.scp"].where(utt)
+        wav_value(where, rel, source=False)
         text = texts.get(utt)  # None: malformed tag, reported by the caller
         if text == "":
             empty.append(utt)
         elif text:
-            utts.append(Utt(utt, os.path.join(root, rel), text, tables["utt2spk"][utt][0],
-                            tables["utt2subdialect"][utt][0], f"{d / 'wav.scp'}:{n}"))
+            utts.append(Utt(utt, os.path.join(root, rel), text, tables["utt2spk"][utt],
+                            tables["utt2subdialect"][utt], where))
     drop_empty(name, utts, empty)
     if not utts and not bad:
         raise KeSpeechError(f"KeSpeech subset {d} (asked for by {option}): no utterances left, "
@@ -295,25 +228,26 @@ def read_source_dir(src: Path, t2s: bool = False) -> List[Utt]:
     tables = {"wav.scp": read_table(src / "wav.scp", "path of the audio file"),
               "text": read_table(src / "text", "transcript", allow_empty=True)}
     if (src / "utt2spk").is_file():
-        tables["utt2spk"] = read_table(src / "utt2spk", "speaker", one_token=True)
+        tables["utt2spk"] = read_table(src / "utt2spk", "speaker", single_token=True)
     else:
         log(f"--source_dir {src} has no utt2spk: each utterance is its own speaker")
     check_ids_agree(src, tables)
-    texts, bad = normalize_table(src / "text", tables["text"], t2s)
+    texts, bad = normalize_table(tables["text"], t2s)
     if bad:
         raise malformed_tags(bad)
     utts, empty, commands = [], [], 0
-    for utt, (value, n) in tables["wav.scp"].items():
-        is_cmd = wav_value(src / "wav.scp", n, value, source=True)
+    for utt, value in tables["wav.scp"].items():
+        where = tables["wav.scp"].where(utt)
+        is_cmd = wav_value(where, value, source=True)
         commands += is_cmd
         text = texts[utt]
         if not text:
             empty.append(utt)
             continue
-        spk = tables["utt2spk"][utt][0] if "utt2spk" in tables else utt
+        spk = tables["utt2spk"][utt] if "utt2spk" in tables else utt
         # relative paths: relative to the current directory, as Kaldi/ESPnet tools read them
         wav = value if is_cmd else os.path.abspath(value)
-        utts.append(Utt(utt, wav, text, spk, SOURCE_LABEL, f"{src / 'wav.scp'}:{n}"))
+        utts.append(Utt(utt, wav, text, spk, SOURCE_LABEL, where))
     if commands:
         log(f"--source_dir: {commands} wav.scp entries are commands ('... |'); "
             "they are copied as they are and not checked")
@@ -336,7 +270,7 @@ def check_duplicates(groups: Dict[str, List[str]]) -> None:
                 first[utt] = subset
     if dups:
         raise KeSpeechError(f"{len(dups)} utterance id(s) appear in more than one subset; ids "
-                            f"must be unique across subsets:{_examples(dups)}")
+                            f"must be unique across subsets:{examples(dups)}")
 
 
 def _probe(args: Tuple[str, str, bool]) -> Tuple[str, Optional[str], Optional[int]]:
@@ -360,7 +294,7 @@ def check_audio(utts: List[Utt], read_header: bool, nj: int, root_hint: str) -> 
                for u, (st, _, _) in zip(todo, results) if st == "missing"]
     if missing:
         raise KeSpeechError(f"{len(missing)} audio file(s) listed in wav.scp do not exist:"
-                            f"{_examples(missing)}\n{root_hint}")
+                            f"{examples(missing)}\n{root_hint}")
     for kind, why in (("unreadable", "are unreadable audio (soundfile could not read the header"),
                       ("unusable", "are unusable (expected complete mono audio with at least "
                                    "20 ms per transcript character")):
@@ -368,7 +302,7 @@ def check_audio(utts: List[Utt], read_header: bool, nj: int, root_hint: str) -> 
                for u, (st, err, _) in zip(todo, results) if st == kind]
         if bad:
             raise KeSpeechError(f"{len(bad)} audio file(s) {why}; pass --check_audio false to "
-                                f"skip this check):{_examples(bad)}")
+                                f"skip this check):{examples(bad)}")
     rates: Dict[int, int] = {}
     for _, _, sr in results:
         if sr is not None:
@@ -377,99 +311,6 @@ def check_audio(utts: List[Utt], read_header: bool, nj: int, root_hint: str) -> 
     rate_txt = (", sample rates: " + ", ".join(f"{k} Hz x {v}" for k, v in sorted(rates.items()))
                 if rates else "")
     log(f"checked {len(todo)} audio files: all {what}{rate_txt} ({time.time() - t0:.1f} s)")
-
-
-# --------------------------------------------------------------------------
-# Output
-# --------------------------------------------------------------------------
-def write_text(path: Path, content: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(content, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_kaldi_dir(d: Path, utts: List[Utt]) -> None:
-    # Python's str order is code point order, which is UTF-8 byte order (LC_ALL=C sort).
-    utts = sorted(utts, key=lambda u: u.id)
-    spk2utt: Dict[str, List[str]] = {}
-    for u in utts:
-        spk2utt.setdefault(u.spk, []).append(u.id)
-    files = {
-        "wav.scp": [f"{u.id} {u.wav}" for u in utts],
-        "text": [f"{u.id} {u.text}" for u in utts],
-        "utt2spk": [f"{u.id} {u.spk}" for u in utts],
-        "spk2utt": [f"{s} {' '.join(ids)}" for s, ids in sorted(spk2utt.items())],
-        "utt2accent": [f"{u.id} {u.accent}" for u in utts],
-    }
-    d.mkdir(parents=True)
-    for name, lines in files.items():
-        (d / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    code_record.write(d)  # which code made it
-    (d / ".done").write_text(f"{len(utts)} utterances\n", encoding="utf-8")  # last
-
-
-def is_complete(d: Path) -> bool:
-    return (d / ".done").is_file() and all((d / f).is_file() for f in OUT_FILES)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def remove_stale_tmp(out: Path) -> None:
-    for p in out.glob(TMP_PREFIX + "*"):
-        suffix = p.name[len(TMP_PREFIX):]
-        if suffix.isdigit() and int(suffix) != os.getpid() and not _pid_alive(int(suffix)):
-            log(f"removing {p}, left by an interrupted run")
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def check_output(out: Path, settings: dict) -> Optional[dict]:
-    """Refuse foreign/incomplete/conflicting output; -> the recorded metadata, if any."""
-    if out.exists() and not out.is_dir():
-        raise KeSpeechError(f"--out_dir {out} exists and is not a directory")
-    managed = ["train", "dev", "source_test"] + [f"test_{lab}" for lab in LABELS]
-    meta_path = out / META_NAME
-    if not meta_path.is_file():
-        clash = [n for n in managed + ["accents.txt"] if (out / n).exists()]
-        if clash:
-            demo = (f" ({out / '.demo_corpus.json'} says it holds the demo corpus)"
-                    if (out / ".demo_corpus.json").is_file() else "")
-            raise KeSpeechError(
-                f"{out / clash[0]} already exists but was not prepared by {NAME} from KeSpeech "
-                f"(no {meta_path}){demo}. Refusing to overwrite it: remove "
-                f"{' '.join(str(out / c) for c in clash)} (or use another --out_dir) and run "
-                "again.")
-        return None
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        old = meta["settings"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise KeSpeechError(f"{meta_path} is unreadable ({e}); remove {out} and run "
-                            "again") from None
-    if old != settings:
-        if old.get("kespeech") != settings["kespeech"]:
-            what = (f"was prepared from another corpus root {old.get('kespeech')} (recorded in "
-                    f"{meta_path}), not {settings['kespeech']}")
-        else:
-            diff = "; ".join(f"{k} was {old.get(k)!r}, now {settings.get(k)!r}"
-                             for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k))
-            what = f"was prepared with other settings ({diff}; recorded in {meta_path})"
-        raise KeSpeechError(f"--out_dir {out} {what}. Refusing to overwrite it: remove {out} "
-                            "(or use another --out_dir) and run again.")
-    for n in managed:
-        if (out / n).exists() and not is_complete(out / n):
-            raise KeSpeechError(
-                f"{out / n} exists but is incomplete (no .done marker or missing files; an "
-                f"interrupted or foreign preparation). Refusing to overwrite it: remove "
-                f"{out / n} and run again.")
-    return meta
 
 
 # --------------------------------------------------------------------------
@@ -583,23 +424,7 @@ def prepare(kespeech: str, out_dir: str, train_subsets: Sequence[str],
                 f"Is --kespeech {root} the KeSpeech root (the directory holding Audio/ and "
                 "Tasks/)? wav.scp paths are relative to it.")
 
-    # claim the output dir, then write into a temporary dir and rename into place
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(out)
-    write_text(out / META_NAME, json.dumps(
-        {"settings": settings, "dirs": {n: len(u) for n, u in sets.items()}},
-        indent=1, ensure_ascii=False) + "\n")
-    tmp = out / f"{TMP_PREFIX}{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        for name, utts in todo.items():
-            write_kaldi_dir(tmp / name, utts)
-        for name in todo:
-            os.rename(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    write_text(out / "accents.txt", "".join(lab + "\n" for lab in LABELS))
+    write_output(out, settings, sets, todo)  # claim DATA, write into a temporary dir, rename into place
     counts = {n: len(u) for n, u in sets.items()}
     log(f"wrote {len(todo)} directories into {out} in {time.time() - t0:.1f} s: "
         + ", ".join(f"{n} {c}" for n, c in counts.items()))

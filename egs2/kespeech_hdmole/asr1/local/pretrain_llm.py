@@ -20,12 +20,15 @@ import torch
 
 
 def read_sentences(kaldi_files, plain_files):
+    """The transcripts of Kaldi-style text files (utterances without one are left out) and the
+    lines of plain files, without spaces."""
+    from espnet_hdmole.errors import UserError
+    from espnet_hdmole.utils.kaldi_table import read_table
+
     out = []
     for f in kaldi_files or []:
-        for line in Path(f).read_text(encoding="utf-8").splitlines():
-            parts = line.split(" ", 1)
-            if len(parts) == 2 and parts[1].strip():
-                out.append(parts[1].strip().replace(" ", ""))
+        table = read_table(f, "transcript", allow_empty=True, error=UserError)
+        out += [t.replace(" ", "") for t in table.values() if t]
     for f in plain_files or []:
         out += [x.strip().replace(" ", "") for x in Path(f).read_text(encoding="utf-8").splitlines() if x.strip()]
     return out

@@ -41,33 +41,26 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import jiwer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from package_modules import package_module  # noqa: E402
 from transcript_text import T2SUnavailable, normalize_text  # noqa: E402
+
+kaldi_table = package_module("utils.kaldi_table")
 
 
 class ScoringError(ValueError):
     """Bad input files; the message names the file (and line)."""
 
 
-def read_kaldi_text(path: Path, allow_empty: bool, t2s: bool = False) -> Dict[str, Tuple[str, int]]:
+def read_transcripts(path: Path, allow_empty: bool, t2s: bool = False) -> Dict[str, Tuple[str, int]]:
     """uid -> (normalised text, line number), in file order.  Blank lines are skipped."""
-    if not path.is_file():
-        raise ScoringError(f"{path}: no such file")
+    table = kaldi_table.read_table(path, "transcript", allow_empty=True, error=ScoringError)
     out: Dict[str, Tuple[str, int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.lstrip("\ufeff") if lineno == 1 else line
-            if not line.strip():
-                continue
-            parts = line.strip().split(maxsplit=1)
-            uid = parts[0]
-            text = normalize_text(parts[1], strict=False, t2s=t2s) if len(parts) > 1 else ""
-            if uid in out:
-                raise ScoringError(f"{path}:{lineno}: utterance id {uid!r} repeats "
-                                   f"(first on line {out[uid][1]})")
-            if not text and not allow_empty:
-                raise ScoringError(f"{path}:{lineno}: empty reference transcript for {uid!r}; "
-                                   f"an utterance with nothing to recognise cannot be scored by CER")
-            out[uid] = (text, lineno)
+    for uid, raw in table.items():
+        text = normalize_text(raw, strict=False, t2s=t2s)
+        if not text and not allow_empty:
+            raise ScoringError(f"{table.where(uid)}: empty reference transcript for {uid!r}; "
+                               f"an utterance with nothing to recognise cannot be scored by CER")
+        out[uid] = (text, table.lines[uid])
     return out
 
 
@@ -113,10 +106,10 @@ def render_alignment(cols: Sequence[Tuple[str, str, str]]) -> Tuple[str, str, st
 
 
 def score(ref_path: Path, hyp_path: Path, set_name: str, t2s: bool = False):
-    ref = read_kaldi_text(ref_path, allow_empty=False, t2s=t2s)
+    ref = read_transcripts(ref_path, allow_empty=False, t2s=t2s)
     if not ref:
         raise ScoringError(f"{ref_path}: no utterances")
-    hyp = read_kaldi_text(hyp_path, allow_empty=True, t2s=t2s)
+    hyp = read_transcripts(hyp_path, allow_empty=True, t2s=t2s)
     unknown = [u for u in hyp if u not in ref]
     if unknown:
         shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")

@@ -30,9 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import code_record  # noqa: E402
+from package_modules import package_module  # noqa: E402
 
-
-_errors, _fingerprint = code_record.package_module("errors"), code_record.package_module("utils.fingerprint")
+_errors, _fingerprint = package_module("errors"), package_module("utils.fingerprint")
 UserError, run_cli = _errors.UserError, _errors.run_cli
 DATA_DIR_FILES, changes, file_sha256 = _fingerprint.DATA_DIR_FILES, _fingerprint.changes, _fingerprint.file_sha256
 files_sha256, text_sha256 = _fingerprint.files_sha256, _fingerprint.text_sha256
