@@ -219,7 +219,7 @@ def test_sharded_decoding_gives_the_hypotheses_of_one_job(recipe):
     for nj in ("1", "3"):
         other = tmp / f"exp_nj{nj}"
         (other / "lora").mkdir(parents=True)
-        for f in ("config.yaml", "valid.acc.ave.pth", "params.json"):
+        for f in ("config.yaml", "valid.acc.ave.pth", "params.json", "provenance.json"):
             shutil.copy(tmp / "exp" / "lora" / f, other / "lora" / f)
         run(["--stage", "6", "--stop_stage", "6", "--exp_dir", str(other), "--systems", "lora",
              "--llm_dir", str(tmp / "exp" / "llm"), "--ngram_lm", str(tmp / "exp" / "ngram" / "lm.arpa"),
