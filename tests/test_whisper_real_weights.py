@@ -105,36 +105,17 @@ def tiny_whisper_as_ct2(model):
          "encoder/num_heads": np.int16(cfg.encoder_attention_heads),
          "decoder/num_heads": np.int16(cfg.decoder_attention_heads)}
 
-    def linear(ct2, hf):
-        v[f"{ct2}/weight"], v[f"{ct2}/bias"] = sd[f"{hf}.weight"], sd[f"{hf}.bias"]
-
-    def norm(ct2, hf):
-        v[f"{ct2}/gamma"], v[f"{ct2}/beta"] = sd[f"{hf}.weight"], sd[f"{hf}.bias"]
-
-    def fused(ct2, hf, projs):
-        v[f"{ct2}/weight"] = np.concatenate([sd[f"{hf}.{p}.weight"] for p in projs])
-        zeros = np.zeros_like(sd[f"{hf}.v_proj.bias"])
-        v[f"{ct2}/bias"] = np.concatenate([sd.get(f"{hf}.{p}.bias", zeros) for p in projs])
-
-    for stack, n in (("encoder", cfg.encoder_layers), ("decoder", cfg.decoder_layers)):
-        for i in range(n):
-            c, h = f"{stack}/layer_{i}", f"model.{stack}.layers.{i}"
-            norm(f"{c}/self_attention/layer_norm", f"{h}.self_attn_layer_norm")
-            fused(f"{c}/self_attention/linear_0", f"{h}.self_attn", ("q_proj", "k_proj", "v_proj"))
-            linear(f"{c}/self_attention/linear_1", f"{h}.self_attn.out_proj")
-            if stack == "decoder":
-                norm(f"{c}/attention/layer_norm", f"{h}.encoder_attn_layer_norm")
-                linear(f"{c}/attention/linear_0", f"{h}.encoder_attn.q_proj")
-                fused(f"{c}/attention/linear_1", f"{h}.encoder_attn", ("k_proj", "v_proj"))
-                linear(f"{c}/attention/linear_2", f"{h}.encoder_attn.out_proj")
-            norm(f"{c}/ffn/layer_norm", f"{h}.final_layer_norm")
-            linear(f"{c}/ffn/linear_0", f"{h}.fc1")
-            linear(f"{c}/ffn/linear_1", f"{h}.fc2")
-        norm(f"{stack}/layer_norm", f"model.{stack}.layer_norm")
-        v[f"{stack}/position_encodings/encodings"] = sd[f"model.{stack}.embed_positions.weight"]
-    linear("encoder/conv1", "model.encoder.conv1")
-    linear("encoder/conv2", "model.encoder.conv2")
-    v["decoder/embeddings/weight"] = sd["model.decoder.embed_tokens.weight"]
+    for kind, hf, ct2, projs in ct2_to_hf.whisper_tensor_map(cfg.encoder_layers, cfg.decoder_layers):
+        if kind == "tensor":
+            v[ct2] = sd[hf]
+        elif kind == "linear":
+            v[f"{ct2}/weight"], v[f"{ct2}/bias"] = sd[f"{hf}.weight"], sd[f"{hf}.bias"]
+        elif kind == "norm":
+            v[f"{ct2}/gamma"], v[f"{ct2}/beta"] = sd[f"{hf}.weight"], sd[f"{hf}.bias"]
+        else:  # fused, as CTranslate2 stores it: rows stacked, k_proj's missing bias as zeros
+            v[f"{ct2}/weight"] = np.concatenate([sd[f"{hf}.{p}.weight"] for p in projs])
+            zeros = np.zeros_like(sd[f"{hf}.v_proj.bias"])
+            v[f"{ct2}/bias"] = np.concatenate([sd.get(f"{hf}.{p}.bias", zeros) for p in projs])
     return v, {"decoder/projection/weight": "decoder/embeddings/weight"}
 
 

@@ -132,6 +132,35 @@ def _layer_count(variables: Dict[str, np.ndarray], stack: str) -> int:
     return n
 
 
+def whisper_tensor_map(encoder_layers: int, decoder_layers: int) -> List[Tuple[str, str, str, Tuple[str, ...]]]:
+    """Every Whisper tensor group as (kind, transformers name, CTranslate2 name, projections):
+    ``tensor`` one tensor; ``linear`` .weight/.bias <- /weight, /bias; ``norm`` .weight/.bias <-
+    /gamma, /beta; ``fused`` the projections' weights (and biases) stacked by rows in one CTranslate2
+    linear (Whisper's k_proj has no bias: its rows of the fused bias are zero)."""
+    out: List[Tuple[str, str, str, Tuple[str, ...]]] = []
+    for stack, layers in (("encoder", encoder_layers), ("decoder", decoder_layers)):
+        hf = f"model.{stack}"
+        for i in range(layers):
+            c, h = f"{stack}/layer_{i}", f"{hf}.layers.{i}"
+            out += [("norm", f"{h}.self_attn_layer_norm", f"{c}/self_attention/layer_norm", ()),
+                    ("fused", f"{h}.self_attn", f"{c}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj")),
+                    ("linear", f"{h}.self_attn.out_proj", f"{c}/self_attention/linear_1", ())]
+            if stack == "decoder":
+                out += [("norm", f"{h}.encoder_attn_layer_norm", f"{c}/attention/layer_norm", ()),
+                        ("linear", f"{h}.encoder_attn.q_proj", f"{c}/attention/linear_0", ()),
+                        ("fused", f"{h}.encoder_attn", f"{c}/attention/linear_1", ("k_proj", "v_proj")),
+                        ("linear", f"{h}.encoder_attn.out_proj", f"{c}/attention/linear_2", ())]
+            out += [("norm", f"{h}.final_layer_norm", f"{c}/ffn/layer_norm", ()),
+                    ("linear", f"{h}.fc1", f"{c}/ffn/linear_0", ()),
+                    ("linear", f"{h}.fc2", f"{c}/ffn/linear_1", ())]
+        out += [("norm", f"{hf}.layer_norm", f"{stack}/layer_norm", ()),
+                ("tensor", f"{hf}.embed_positions.weight", f"{stack}/position_encodings/encodings", ())]
+    out += [("linear", "model.encoder.conv1", "encoder/conv1", ()),
+            ("linear", "model.encoder.conv2", "encoder/conv2", ()),
+            ("tensor", "model.decoder.embed_tokens.weight", "decoder/embeddings/weight", ())]
+    return out
+
+
 def whisper_state_dict(model: Ct2Model) -> Tuple[Dict[str, np.ndarray], Dict[str, int]]:
     """Map a CTranslate2 WhisperSpec onto transformers' WhisperForConditionalGeneration keys.
 
@@ -174,26 +203,12 @@ def whisper_state_dict(model: Ct2Model) -> Tuple[Dict[str, np.ndarray], Dict[str
             else:
                 state[f"{hf_attn}.{proj}.bias"] = b
 
-    for stack in ("encoder", "decoder"):
-        hf = f"model.{stack}"
-        for i in range(_layer_count(v, stack)):
-            ct2_layer, hf_layer = f"{stack}/layer_{i}", f"{hf}.layers.{i}"
-            put_norm(f"{hf_layer}.self_attn_layer_norm", f"{ct2_layer}/self_attention/layer_norm")
-            put_fused(f"{hf_layer}.self_attn", f"{ct2_layer}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"))
-            put_linear(f"{hf_layer}.self_attn.out_proj", f"{ct2_layer}/self_attention/linear_1")
-            if stack == "decoder":
-                put_norm(f"{hf_layer}.encoder_attn_layer_norm", f"{ct2_layer}/attention/layer_norm")
-                put_linear(f"{hf_layer}.encoder_attn.q_proj", f"{ct2_layer}/attention/linear_0")
-                put_fused(f"{hf_layer}.encoder_attn", f"{ct2_layer}/attention/linear_1", ("k_proj", "v_proj"))
-                put_linear(f"{hf_layer}.encoder_attn.out_proj", f"{ct2_layer}/attention/linear_2")
-            put_norm(f"{hf_layer}.final_layer_norm", f"{ct2_layer}/ffn/layer_norm")
-            put_linear(f"{hf_layer}.fc1", f"{ct2_layer}/ffn/linear_0")
-            put_linear(f"{hf_layer}.fc2", f"{ct2_layer}/ffn/linear_1")
-        put_norm(f"{hf}.layer_norm", f"{stack}/layer_norm")
-        put(f"{hf}.embed_positions.weight", f"{stack}/position_encodings/encodings")
-    put_linear("model.encoder.conv1", "encoder/conv1")
-    put_linear("model.encoder.conv2", "encoder/conv2")
-    put("model.decoder.embed_tokens.weight", "decoder/embeddings/weight")
+    writers = {"tensor": put, "linear": put_linear, "norm": put_norm}
+    for kind, hf, ct2, projections in whisper_tensor_map(_layer_count(v, "encoder"), _layer_count(v, "decoder")):
+        if kind == "fused":
+            put_fused(hf, ct2, projections)
+        else:
+            writers[kind](hf, ct2)
     projection = model.aliases.get("decoder/projection/weight", "decoder/projection/weight")
     if projection != "decoder/embeddings/weight" and not (
         projection in v and np.array_equal(v[projection], v["decoder/embeddings/weight"])
