@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_llm_asr import work  # noqa: E402,F401 (the tiny LLM and data set, as a fixture)
 from tiny import ACCENTS, train_args  # noqa: E402
 
-from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, pool_to  # noqa: E402
+from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, head_input, head_input_size, pool_to  # noqa: E402
 from espnet_hdmole.errors import UserError  # noqa: E402
 from espnet_hdmole.tasks.llm_asr import LLMASRTask  # noqa: E402
 
@@ -57,6 +57,22 @@ def test_pool_to_averages_each_utterance_to_its_own_length():
     torch.testing.assert_close(out[1, :, 0], torch.tensor([9.5, 13.5, 0.0, 0.0]))
 
 
+def test_feature_frames_keep_the_contour_within_each_encoder_frame():
+    """feature_frames k: each encoder frame gets k averages of the feature slice side by side, in
+    time order, so a rise and a fall within one frame differ (k = 1 keeps only their mean)."""
+    h, h_lens = torch.zeros(2, 3, 4), torch.tensor([3, 2])
+    feats = torch.arange(2 * 12 * 1, dtype=torch.float).reshape(2, 12, 1)  # 12 frames -> 3 (and 8 -> 2)
+    x, lens = head_input("encoder", h, h_lens, None, feats, torch.tensor([12, 8]), feature_frames=4)
+    assert x.shape == (2, 3, 4 + 4) and lens.tolist() == [3, 2]
+    torch.testing.assert_close(x[0, :, 4:], feats[0].reshape(3, 4))  # one feature frame per slot
+    torch.testing.assert_close(x[1, :2, 4:], feats[1, :8].reshape(2, 4))
+    torch.testing.assert_close(x[1, 2], torch.zeros(8))  # past the end: zeros
+    one, _ = head_input("encoder", h, h_lens, None, feats, torch.tensor([12, 8]))
+    torch.testing.assert_close(one[..., 4], x[..., 4:].mean(-1))  # k = 1: their mean
+    conf = check_accent_head_conf({"input": "encoder", "feature_dims": [80, 83], "feature_frames": 6})
+    assert head_input_size(conf, 256, 83) == 256 + 18
+
+
 def test_tdnn_head_sees_order_which_a_mean_cannot():
     """A rising and a falling contour have the same time-mean; the TDNN's statistics differ."""
     ramp = torch.linspace(-1, 1, 40)[None, :, None]
@@ -71,7 +87,8 @@ def test_tdnn_head_sees_order_which_a_mean_cannot():
                                        ({"layer": 2}, "unknown keys"),
                                        ({"input": "features", "feature_dims": [3, 1]}, "accent_head_conf.feature_dims"),
                                        ({"dropout": 1.0}, "accent_head_conf.dropout"),
-                                       ({"layers": -1}, "accent_head_conf.layers")])
+                                       ({"layers": -1}, "accent_head_conf.layers"),
+                                       ({"feature_frames": 0}, "accent_head_conf.feature_frames")])
 def test_bad_head_settings_name_the_key(conf, key):
     with pytest.raises(UserError, match=key):
         check_accent_head_conf(conf)

@@ -172,7 +172,7 @@ def test_hdmole_routes_with_the_frozen_accent_head_of_step_3(recipe):
 
     tmp, out, _ = recipe
     assert "step 3: the accent-ID head" in out
-    aid = torch.load(tmp / "exp" / "accent_id" / "valid.acc_aid.best.pth", map_location="cpu", weights_only=False)
+    aid = torch.load(tmp / "exp" / "accent_id" / "valid.acc_aid.ave.pth", map_location="cpu", weights_only=False)
     head = {k: v for k, v in aid.items() if k.startswith("accent_head.")}
     assert head and any(".convs." in k for k in head)  # the TDNN head of conf/train_accent_id.yaml
     exp = tmp / "exp" / "hdmole"
@@ -247,7 +247,7 @@ def test_stage_4_with_a_pretrained_model_and_no_source_set_trains_the_head_on_tr
     assert "stage 4 done" in out and "the accent-ID head's training set" not in out
     log = (tmp / "exp_no_source" / "accent_id" / "train.log").read_text()
     assert f"{dump}/fbank_pitch/train/feats.scp,speech,kaldi_ark" in log
-    assert (tmp / "exp_no_source" / "accent_id" / "valid.acc_aid.best.pth").is_file()
+    assert (tmp / "exp_no_source" / "accent_id" / "valid.acc_aid.ave.pth").is_file()
 
 
 def test_settings_are_tuned_on_dev_in_their_own_dir_with_the_accent_head_of_step_3(recipe):

@@ -16,3 +16,36 @@ def test_shell_words_round_trips_through_shlex_in_any_locale():
                              capture_output=True, text=True, env={"LC_ALL": locale, "PATH": "/usr/bin:/bin"})
         assert out.returncode == 0, out.stderr
         assert shlex.split(out.stdout) == args, (locale, out.stdout)
+
+
+def _run_jobs(script: str, tmp_path: Path):
+    """Runs SCRIPT after recipe_lib.sh with sys_jobs=2; job NAME:SECONDS:RC appends 'start NAME' and
+    'end NAME' to tmp_path/events and exits with RC."""
+    prelude = f'''set -euo pipefail; . "{LIB}"; sys_jobs=2; verbose=false
+ev={tmp_path}/events; : > "$ev"
+job() {{ local n=${{1%%:*}} r=${{1#*:}}; echo "start $n" >> "$ev"; sleep "${{r%%:*}}"; echo "end $n" >> "$ev"; return "${{r#*:}}"; }}
+'''
+    out = subprocess.run(["bash", "-c", prelude + script], capture_output=True, text=True, timeout=60)
+    return out, (tmp_path / "events").read_text().split("\n")[:-1]
+
+
+def test_run_jobs_counts_a_busy_background_job_as_one_of_its_slots(tmp_path):
+    """Stage 4's step 3 may still train when stage 5 starts (busy_pids): the systems start on the
+    other slot only, one at a time, until it ends."""
+    out, events = _run_jobs('job head:2:0 & busy_pids=("$!"); run_jobs job a:0.8:0 b:0.8:0 c:0.8:0 d:0.1:0; echo ok', tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    # while the head trains (2 s), a, b and c run one after the other on the free slot; d starts
+    # on the head's slot once it has ended, beside c
+    assert events.index("end a") < events.index("start b") < events.index("end b") < events.index("start c")
+    assert events.index("start c") < events.index("end head") < events.index("start d") < events.index("end c")
+
+
+def test_run_jobs_fails_when_the_busy_job_failed_even_before_it_started(tmp_path):
+    """A busy job that ended (here: failed) while the shell ran something else is still collected:
+    its status counts, and nothing waits for it forever."""
+    out, _ = _run_jobs('job head:0:3 & busy_pids=("$!"); sleep 0.5; run_jobs job a:0.1:0 b:0.1:0; echo ok', tmp_path)
+    assert out.returncode != 0 and "ok" not in out.stdout
+    assert "job failed for at least one of" in out.stderr
+    out, events = _run_jobs('job head:0:0 & busy_pids=("$!"); sleep 0.5; run_jobs job a:0.3:0 b:0.3:0; echo ok', tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert events.index("start b") < events.index("end a")  # the finished head holds no slot: both at once

@@ -121,8 +121,12 @@ for f in glob.glob(os.path.join(d, "lib", "*.so")) + glob.glob(os.path.join(d, "
 PY
 
 log "project dependencies"
+# Import time: typeguard 4 rewrites and recompiles each function espnet2 decorates with
+# @typechecked when it is imported (about 2.5 s per process here, for each training and decoding
+# job); typeguard<3 checks the same annotations with a plain wrapper. inflect<6 (espnet2's text
+# frontends import it): 7.x decorates its own functions with typeguard 4 (another 1.6 s).
 pip install -q -c "$venv/constraints.txt" loralib "transformers>=4.45" sentencepiece kaldiio jiwer pyyaml "pytest>=7" \
-  kaldi-native-fbank soundfile snownlp "pypinyin<=0.44.0" matplotlib opencc
+  kaldi-native-fbank soundfile snownlp "pypinyin<=0.44.0" matplotlib opencc "inflect<6" "typeguard<3"
 pip install -q -c "$venv/constraints.txt" --no-deps -e "$root"
 
 "$py" -c "import torch, espnet2, transformers, espnet_hdmole; print('torch', torch.__version__, '| transformers', transformers.__version__)"

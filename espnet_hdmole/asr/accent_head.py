@@ -16,7 +16,9 @@ training speakers) or ``features`` (the model's normalised input features, e.g. 
 ``feature_dims: [start, end]`` restricts it to a slice, e.g. the 3 pitch dimensions [80, 83]).
 With ``encoder`` or ``ctc``, ``feature_dims`` appends that slice of the features, average-pooled
 to the encoder's frames: e.g. the pitch track beside the CTC posteriors, so that the head hears
-both the accent's sound changes and its tone contours.
+both the accent's sound changes and its tone contours. ``feature_frames: k`` keeps k averages of
+that slice per encoder frame, side by side (k = 1: one average; the encoder's 60-ms frame then
+keeps only the pitch's mean, k = 6: its 10-ms contour).
 A head on the features does not depend on the encoder at all, so it can be trained on its own
 before any fine-tuning.
 
@@ -31,7 +33,7 @@ import torch
 from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.precision import autocast_off
 
-KEYS = ("input", "feature_dims", "layers", "channels", "hidden", "dropout")
+KEYS = ("input", "feature_dims", "feature_frames", "layers", "channels", "hidden", "dropout")
 INPUTS = ("encoder", "ctc", "features")
 
 
@@ -41,7 +43,7 @@ def check_accent_head_conf(conf: Optional[dict]) -> dict:
     unknown = sorted(set(conf) - set(KEYS))
     if unknown:
         raise UserError(f"model_conf.accent_head_conf has unknown keys {unknown}; known: {list(KEYS)}")
-    out = {"input": "encoder", "feature_dims": None, "layers": 0, "channels": 128, "hidden": 256, "dropout": 0.0}
+    out = {"input": "encoder", "feature_dims": None, "feature_frames": 1, "layers": 0, "channels": 128, "hidden": 256, "dropout": 0.0}
     out.update(conf)
     if out["input"] not in INPUTS:
         raise UserError(f"model_conf.accent_head_conf.input must be one of {list(INPUTS)}, not {out['input']!r}")
@@ -50,7 +52,7 @@ def check_accent_head_conf(conf: Optional[dict]) -> dict:
         isinstance(dims, (list, tuple)) and len(dims) == 2 and all(isinstance(d, int) for d in dims) and 0 <= dims[0] < dims[1]
     ):
         raise UserError(f"model_conf.accent_head_conf.feature_dims must be [start, end] with 0 <= start < end, not {dims!r}")
-    for key in ("layers", "channels", "hidden"):
+    for key in ("layers", "channels", "hidden", "feature_frames"):
         if not isinstance(out[key], int) or out[key] < (0 if key == "layers" else 1):
             raise UserError(f"model_conf.accent_head_conf.{key} must be a{' non-negative' if key == 'layers' else ' positive'} integer, not {out[key]!r}")
     if not isinstance(out["dropout"], (int, float)) or not 0 <= out["dropout"] < 1:
@@ -122,17 +124,20 @@ def pool_to(x: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor, length
     return out
 
 
-def head_input(kind: str, h, h_lens, ctc, feats, feats_lens):
+def head_input(kind: str, h, h_lens, ctc, feats, feats_lens, feature_frames: int = 1):
     """-> (sequence, lengths) the head reads (see the module doc): the normalised features
     (``features``), or the encoder output h (``encoder``) or the CTC head's posteriors over h
-    (``ctc``), with the feature slice, if any, pooled to h's frames and appended."""
+    (``ctc``), with the feature slice, if any, pooled to feature_frames averages per frame of h
+    and appended."""
     if kind == "features":
         return feats, feats_lens
     # CTC posteriors, not log posteriors: values in [0, 1] (log posteriors of -20 and below
     # killed the TDNN's ReLUs in the first updates: the head stayed at chance)
     x = h if kind == "encoder" else ctc.softmax(h)
     if feats is not None:
-        x = torch.cat([x, pool_to(feats, feats_lens, h_lens, h.shape[1])], dim=-1)
+        k = feature_frames
+        pooled = pool_to(feats, feats_lens, h_lens * k, h.shape[1] * k)
+        x = torch.cat([x, pooled.reshape(h.shape[0], h.shape[1], k * feats.shape[2])], dim=-1)
     return x, h_lens
 
 
@@ -153,4 +158,4 @@ def head_input_size(conf: dict, encoder_size: int, feature_size: Optional[int], 
         return feature_size
     if dims[1] > feature_size:
         raise UserError(f"model_conf.accent_head_conf.feature_dims {dims} exceeds the {feature_size} input features")
-    return base + dims[1] - dims[0]
+    return base + (dims[1] - dims[0]) * (conf["feature_frames"] if conf["input"] != "features" else 1)

@@ -162,6 +162,7 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
             self.ctc.requires_grad_(False)
         head_conf = check_accent_head_conf({"hidden": accent_head_hidden, **(accent_head_conf or {})})
         self.accent_head_input, self.accent_head_dims = head_conf["input"], head_conf["feature_dims"]
+        self.accent_head_frames = head_conf["feature_frames"]
         self.accent_head = (
             AccentHead(head_input_size(head_conf, encoder.output_size(), feature_size,
                                        n_ctc if use_ctc else None), len(self.accent_list),
@@ -218,7 +219,7 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
                 feats, lens = self.normalize(feats, lens)
             if self.accent_head_dims is not None:
                 feats = feats[..., self.accent_head_dims[0] : self.accent_head_dims[1]]
-        return self.accent_head(*head_input(self.accent_head_input, h, h_lens, self.ctc, feats, lens))
+        return self.accent_head(*head_input(self.accent_head_input, h, h_lens, self.ctc, feats, lens, self.accent_head_frames))
 
     @torch.no_grad()
     def predict_accent(self, speech: torch.Tensor, speech_lengths: torch.Tensor, utt_id=None,

@@ -50,7 +50,7 @@ accent_id_config=conf/train_accent_id.yaml   # stage 4 step 3: the accent-ID hea
 aid_source_utts=300     # stage 4 step 3: utterances of source_train (at most; spread over its speakers) that join
                         # the accent-ID head's training set as standard Mandarin; 0: none
 aid_model=""            # the accent-ID head stage 5's systems start from (default: step 3's,
-                        # $exp_dir/accent_id/valid.acc_aid.best.pth), e.g. for runs in another --exp_dir
+                        # $exp_dir/accent_id/valid.acc_aid.ave.pth: the average of its best epochs), e.g. for runs in another --exp_dir
 train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mole_topk.yaml conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml conf/finetune_hdmole_topk.yaml conf/finetune_hdmole_oracle.yaml conf/finetune_full_proj.yaml conf/finetune_lora_proj.yaml conf/finetune_hdmole_proj.yaml"
 train_args=""           # extra options for every llm_asr_train run, e.g. "--ngpu 1"
 source_train_args=""    # extra options for stage 4 only, e.g. "--max_epoch 20"
@@ -251,6 +251,7 @@ fi
 
 # common training data options
 feats=$dump_dir/$feats_type
+decode_sets() { [ -n "$test_sets" ] && echo "$test_sets" || (cd "$feats" && ls -d test_* source_test 2>/dev/null | paste -sd' '); }  # stage 6's
 if [ "$feats_type" = raw ]; then speech_file=wav.scp; speech_type=sound; else speech_file=feats.scp; speech_type=kaldi_ark; fi
 . ./local/recipe_train_opts.sh   # train_data_opts, common_model_opts, train_inputs, write_info, write_enc_out, ...
 
@@ -273,7 +274,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     stage_end 4
 fi
 init_model=${pretrained_model:-$source_exp/valid.acc.ave.pth}
-aid_model=${aid_model:-$aid_exp/valid.acc_aid.best.pth}
+aid_model=${aid_model:-$aid_exp/valid.acc_aid.ave.pth}
 
 # ---------------------------------------------------------------- stage 5: multi-accent fine-tuning
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
@@ -287,10 +288,15 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         if [ "$cfg" != "$1" ]; then run_seed=${1##*@}; sys+=_seed$run_seed; fi
         out=$exp_dir/$sys
         merged=$cache_dir/$sys.train_config.yaml
+        $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$merged"
+        # a system with an accent head (use_accent_head) starts from step 3's trained head (and
+        # waits for it if step 3 still trains beside this stage), and takes its shape
+        aid_init=(); aid_input=()
+        if [ "$(model_conf_get "$merged" use_accent_head None)" = True ]; then
+            [ "$(dirname "$aid_model")" != "$aid_exp" ] || wait_for_accent_head
+        fi
         head_from=(); [ -f "$(dirname "$aid_model")/config.yaml" ] && head_from=(--accent_head_from "$(dirname "$aid_model")/config.yaml")
         $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$merged" "${head_from[@]}"
-        # a system with an accent head (use_accent_head) starts from step 3's trained head
-        aid_init=(); aid_input=()
         if [ "$(model_conf_get "$merged" use_accent_head None)" = True ]; then
             [ -f "$aid_model" ] || die "$cfg uses an accent head (model_conf.use_accent_head), which stage 4 step 3 trains: $aid_model does not exist (run stage 4 with --accent_id_config, or set use_accent_head: false)"
             aid_init=("$aid_model:accent_head:accent_head"); aid_input=(--file "accent-ID model=$aid_model")
@@ -331,7 +337,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
         done
         systems=${systems# }
     fi
-    [ -z "$test_sets" ] && test_sets=$(cd "$feats" && ls -d test_* source_test 2>/dev/null | paste -sd' ')
+    test_sets=$(decode_sets)
     stage_start 6 "decoding [$test_sets] with [$systems]"
     # all test sets decoded in one run per system (one model load), then split per set
     union=$exp_dir/decode_inputs

@@ -20,21 +20,27 @@ run_logged() {  # run_logged CMD_VAR LOGFILE COMMAND...: run through cmd.sh; on 
 is_int() { [[ $1 =~ ^[0-9]+$ ]]; }
 
 # run_jobs FUNCTION ARG...: FUNCTION ARG for every ARG, sys_jobs at a time, each in a subshell with
-# its share of the CPU threads; fails (after all have ended) if any failed
+# its share of the CPU threads; fails (after all have ended) if any failed. Background jobs of this
+# shell listed in busy_pids (e.g. stage 4's step 3, still training) hold a slot each until they end,
+# and count as failed jobs if they fail; the list is emptied. (A slot frees when fewer jobs run; the
+# exit status of each job is collected by its pid at the end: wait -n misses a job that ended while
+# this shell ran something else.)
+busy_pids=()
 run_jobs() {
-    local fn=$1 failed=0 running=0 threads jobs=$sys_jobs; shift
-    [ "$#" -lt "$jobs" ] && jobs=$#
+    local fn=$1 failed=0 threads jobs=$sys_jobs pids=("${busy_pids[@]}") p; shift
+    busy_pids=()
+    [ $(( $# + ${#pids[@]} )) -lt "$jobs" ] && jobs=$(( $# + ${#pids[@]} ))
     threads=$(( $(nproc) / (jobs > 0 ? jobs : 1) )); [ "$threads" -ge 1 ] || threads=1
     for arg in "$@"; do
         if [ "$jobs" -gt 1 ]; then
+            while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
             ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; "$fn" "$arg" ) &
-            running=$(( running + 1 ))
-            if [ "$running" -ge "$jobs" ]; then wait -n || failed=1; running=$(( running - 1 )); fi
+            pids+=("$!")
         else
             ( "$fn" "$arg" ) || failed=1
         fi
     done
-    while [ "$running" -gt 0 ]; do wait -n || failed=1; running=$(( running - 1 )); done
+    for p in "${pids[@]}"; do wait "$p" || failed=1; done
     [ "$failed" = 0 ] || die "$fn failed for at least one of: $* (see the ERROR lines above)"
 }
 

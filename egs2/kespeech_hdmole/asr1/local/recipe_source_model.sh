@@ -148,7 +148,40 @@ train_accent_id() {  # step 3
     fi
     last_valid "$aid_exp/train.log"
 }
-source_job() { case $1 in step2) train_source_model ;; step3) train_accent_id ;; esac; }
+# step 2, then (when stage 6 follows) the encoder outputs of stage 6's test sets, on the core step 2
+# frees while step 3 still trains (stage 6 then finds them up to date)
+source_job() {
+    case $1 in
+        step2) train_source_model; [ "$stop_stage" -lt 6 ] || write_enc_out "$enc_model" $(decode_sets) ;;
+        step3) train_accent_id ;;
+    esac
+}
+# When stage 5 follows (and runs jobs side by side), step 3 goes on in the background after step 2
+# has ended: stage 5 counts it as one of its running jobs (busy_pids), starts the systems on the
+# other core meanwhile, and a system that routes with the head waits for it (wait_for_accent_head).
+head_pid=""
+head_finished=$cache_dir/accent_id.finished
+step3_in_background() {
+    local threads=$(( $(nproc) / 2 )); [ "$threads" -ge 1 ] || threads=1
+    rm -f "$head_finished"
+    ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; train_accent_id; touch "$head_finished" ) &
+    head_pid=$!; busy_pids=("$head_pid")
+    ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; source_job step2 ) &
+    if ! wait "$!"; then
+        wait "$head_pid" || true
+        die "step 2 failed (see the ERROR lines above)"
+    fi
+    kill -0 "$head_pid" 2>/dev/null && log "  step 3 goes on beside stage 5's first systems"
+    true
+}
+wait_for_accent_head() {  # a stage-5 system that starts from step 3's head, while step 3 may still train
+    [ -n "$head_pid" ] || return 0
+    [ -f "$head_finished" ] || log "  waiting for step 3 (the accent-ID head) to finish"
+    while [ ! -f "$head_finished" ]; do
+        kill -0 "$head_pid" 2>/dev/null || die "step 3 (the accent-ID head) failed: see $aid_exp/train.log"
+        sleep 2
+    done
+}
 
 run_stage4() {
     compress=$(model_conf_get "$source_config" ctc_compress none) || exit 1
@@ -159,7 +192,11 @@ run_stage4() {
     if [ "$enc_model" != "$source_exp/valid.acc.ave.pth" ] && [ -n "$accent_id_config" ]; then
         write_stage4_enc_out
         log "  steps 2 and 3 side by side (both on the frozen encoder of $enc_model)"
-        run_jobs source_job step2 step3
+        if [ "$stop_stage" -ge 5 ] && [ "$sys_jobs" -ge 2 ] && [ -n "$train_configs" ]; then
+            step3_in_background
+        else
+            run_jobs source_job step2 step3
+        fi
     else
         train_source_model
         write_stage4_enc_out

@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("--pretrained_model", default=None, help="source model (default: <exp_dir>/source/valid.acc.ave.pth)")
     p.add_argument("--llm_dir", default=None, help="the LLM (default: <exp_dir>/llm)")
     p.add_argument("--aid_model", default=None,
-                   help="accent-ID head (default: <exp_dir>/accent_id/valid.acc_aid.best.pth, if it exists)")
+                   help="accent-ID head (default: <exp_dir>/accent_id/valid.acc_aid.ave.pth, if it exists)")
     p.add_argument("--recipe_args", default="", help="more hdmole.sh options, e.g. \"--data_dir D --dump_dir U\"")
     p.add_argument("--report_only", action="store_true", help="only (re)write RESULTS.md")
     a = p.parse_args(argv)
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     if not a.report_only:
         model = Path(a.pretrained_model or exp_dir / "source" / "valid.acc.ave.pth")
         llm = Path(a.llm_dir or exp_dir / "llm")
-        aid = Path(a.aid_model or exp_dir / "accent_id" / "valid.acc_aid.best.pth")
+        aid = Path(a.aid_model or exp_dir / "accent_id" / "valid.acc_aid.ave.pth")
         for path, what in ((model, "source model (--pretrained_model)"), (llm, "LLM dir (--llm_dir)")):
             if not path.exists():
                 p.error(f"the {what} {path} does not exist: run stages 1-4 first")
