@@ -291,6 +291,17 @@ def test_encoder_cache_reuses_outputs_and_changes_nothing(work):
     loss3, _, _ = model(**batch)  # no ids: computed afresh, same result (no dropout in the tiny encoder)
     torch.testing.assert_close(loss1, loss3)
     assert len(calls) == 3
+    # a bound of half the batch's outputs: what no longer fits is computed again, the same loss
+    from espnet_hdmole.asr.utterance_cache import UtteranceCache
+
+    model._enc_cache = UtteranceCache(model._enc_cache.bytes / 2 / 2**20)
+    loss4, _, _ = model(**batch, utt_id=ids)
+    assert model._enc_cache.evictions > 0 and model._enc_cache.bytes <= model._enc_cache.max_bytes
+    assert len(calls) == 4 and 0 < len(model._enc_cache) < len(ids)
+    loss5, _, _ = model(**batch, utt_id=ids)  # part from the cache, the rest encoded again
+    assert len(calls) == 5
+    torch.testing.assert_close(loss1, loss4)
+    torch.testing.assert_close(loss1, loss5)
 
 
 def test_token_dropout_corrupts_teacher_forced_inputs_only_in_training(work, tmp_path):

@@ -1,7 +1,6 @@
 """The whole recipe at --demo_size tiny: every stage produces its outputs, RESULTS.md holds numbers
 for every system, and a re-run of finished stages does no work again."""
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -11,28 +10,13 @@ from pathlib import Path
 
 import pytest
 
-RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "kespeech_hdmole" / "asr1"
+sys.path.insert(0, str(Path(__file__).parent))
+from recipe_common import RECIPE, run, run_fails  # noqa: E402 (the recipe fixture: conftest.py)
+
 SYSTEMS = ["full", "lora", "mole_topk", "mole_dense", "hdmole", "hdmole_nohier", "hdmole_topk",
            "full_proj", "lora_proj", "hdmole_proj"]
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (tools/install.sh installs it as root)")
-
-
-def run(args, tmp):
-    cmd = ["./run.sh", "--demo_size", "tiny", "--data_dir", str(tmp / "data"), "--dump_dir", str(tmp / "dump"),
-           "--exp_dir", str(tmp / "exp")] + args
-    env = dict(os.environ, KESPEECH="")
-    p = subprocess.run(cmd, cwd=RECIPE, env=env, capture_output=True, text=True, timeout=1500)
-    assert p.returncode == 0, f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    return p.stdout + p.stderr
-
-
-@pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("recipe")
-    t0 = time.time()
-    out = run([], tmp)
-    return tmp, out, time.time() - t0
 
 
 def test_every_stage_produces_its_outputs(recipe):
@@ -267,15 +251,6 @@ def test_settings_are_tuned_on_dev_in_their_own_dir_with_the_accent_head_of_step
 
 
 # ---------------------------------------------------------------- nothing stale, nothing silent (issue 10)
-def run_fails(args, tmp):
-    cmd = ["./run.sh", "--demo_size", "tiny", "--data_dir", str(tmp / "data"), "--dump_dir", str(tmp / "dump"),
-           "--exp_dir", str(tmp / "exp")] + args
-    p = subprocess.run(cmd, cwd=RECIPE, env=dict(os.environ, KESPEECH=""), capture_output=True, text=True, timeout=900)
-    assert p.returncode != 0, f"{' '.join(cmd)} should have failed:\n{p.stdout[-2000:]}"
-    assert "Traceback" not in p.stdout + p.stderr
-    return p.stderr
-
-
 def result_rows(exp):
     return [line.split("]")[0][3:] for line in (exp / "RESULTS.md").read_text().splitlines() if line.startswith("| [")]
 

@@ -4,8 +4,9 @@ encoder, run once per utterance where the encoder is frozen.
 Three ways to the encoder output, in ``encode_cached``'s order:
 * the stored outputs of the frozen encoder (``encoder_out`` data key, espnet_hdmole.asr.encoder_store),
   checked once per mode against this model's own encoder, ignored when the encoder trains;
-* the per-utterance cache (``model_conf.cache_encoder_outputs``) when the trainer passes ids and
-  the encoder is frozen;
+* the per-utterance cache (``model_conf.cache_encoder_outputs``, bounded by
+  ``model_conf.encoder_cache_mb``: espnet_hdmole.asr.utterance_cache) when the trainer passes ids
+  and the encoder is frozen;
 * ``encode``.
 The data loader gives float32 (numpy has no bfloat16): the features (after normalisation; not a
 raw waveform) and the stored outputs are cast to the encoder's dtype, e.g. bfloat16 under
@@ -51,13 +52,15 @@ class EncoderSide:
                 return stored[0].to(speech.device, self.encoder_dtype()), stored[1].to(speech.device)
         if not self._may_cache(utt_id):
             return self.encode(speech, speech_lengths)
-        missing = [i for i, u in enumerate(utt_id) if u not in self._enc_cache]
+        got = [self._enc_cache.get(u) for u in utt_id]
+        missing = [i for i, x in enumerate(got) if x is None]
         if missing:
             idx = torch.tensor(missing, device=speech.device)
             h, h_lens = self.encode_frozen(speech[idx], speech_lengths[idx])
             for j, i in enumerate(missing):
-                self._enc_cache[utt_id[i]] = h[j, : h_lens[j]].detach().clone()
-        hs = [self._enc_cache[u].to(speech.device) for u in utt_id]
+                got[i] = h[j, : h_lens[j]].detach().clone()
+                self._enc_cache.put(utt_id[i], got[i])
+        hs = [x.to(speech.device) for x in got]
         h_lens = torch.tensor([x.shape[0] for x in hs], device=speech.device)
         return torch.nn.utils.rnn.pad_sequence(hs, batch_first=True), h_lens
 

@@ -6,7 +6,7 @@
 
 The accent-identification head (HDMoLE's global router, espnet_hdmole.asr.accent_head) maps the
 encoder output or the input features to a posterior over the accent domains (cross-entropy with weight ``aid_weight`` against the
-``accent`` labels when the batch has them). Whenever the model holds HDMoLE layers, the
+``accent`` labels when the batch has them; espnet_hdmole.asr.accent_routing). Whenever the model holds HDMoLE layers, the
 projector and the LLM run inside ``espnet_hdmole.domain_posterior(g)``, with g the head's
 posterior (``global_router: predicted``) or the one-hot labels (``oracle``).
 """
@@ -22,7 +22,8 @@ from espnet2.layers.abs_normalize import AbsNormalize
 from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet2.train.abs_espnet_model import AbsESPnetModel
 
-from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, head_input, head_input_size
+from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, head_input_size
+from espnet_hdmole.asr.accent_routing import AccentRouting
 from espnet_hdmole.asr.ctc_compression import ctc_compress
 from espnet_hdmole.asr.encoder_side import EncoderSide
 from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
@@ -30,16 +31,17 @@ from espnet_hdmole.asr.llm_utils import (
     load_causal_lm, load_tokenizer, noise_token_ids, readable_tokens, unencodable_chars)
 from espnet_hdmole.asr.pinyin_units import PinyinUnits
 from espnet_hdmole.asr.projector import FrameStackProjector
+from espnet_hdmole.asr.utterance_cache import UtteranceCache
 from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.create_hdmole_adapter import (
-    hdmole_aux_loss, hdmole_layers, hdmole_statistics, keep_adapters_fp32, mark_positions)
+    hdmole_aux_loss, hdmole_statistics, keep_adapters_fp32, mark_positions)
 from espnet_hdmole.layers.precision import lora_to_base_dtype, params_to_fp32
-from espnet_hdmole.layers.routing import domain_posterior, oracle_posterior, position_kinds
+from espnet_hdmole.layers.routing import domain_posterior, position_kinds
 
 LLM_DTYPES = (None, "float32", "bfloat16", "float16")
 
 
-class LLMASRModel(EncoderSide, AbsESPnetModel):
+class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
     """Speech encoder -> projector -> causal LLM, trained with the ESPnet trainer.
 
     Args:
@@ -64,6 +66,8 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
             utterance's encoder output (computed once, in eval mode, without gradients) in memory
             by utterance id and reuse it in later epochs (SpecAugment is then not applied). The
             trainer passes the ids.
+        encoder_cache_mb: the bound of that cache, and of the one of its CTC-compressed form, in
+            megabytes each (espnet_hdmole.asr.utterance_cache: least recently used out first).
         ctc_weight: weight of an auxiliary CTC loss on the encoder output. It gives an encoder
             trained from scratch a direct signal; 0 adds no CTC loss (and builds no CTC head unless
             ctc_compress needs one).
@@ -105,6 +109,7 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
         llm_dtype: Optional[str] = None,
         frame_shift: float = 0.01,
         cache_encoder_outputs: bool = False,
+        encoder_cache_mb: float = 4096,
         ctc_weight: float = 0.0,
         ctc_units: str = "llm",
         asr_weight: float = 1.0,
@@ -170,8 +175,8 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
             if use_accent_head else None
         )
         self.cache_encoder_outputs = cache_encoder_outputs
-        self._enc_cache: Dict[str, torch.Tensor] = {}
-        self._cmp_cache: Dict[str, torch.Tensor] = {}  # CTC-compressed encoder outputs
+        self._enc_cache = UtteranceCache(encoder_cache_mb)
+        self._cmp_cache = UtteranceCache(encoder_cache_mb, "CTC-compressed encoder-output cache")
         self._stored_checked, self._stored_ignored = set(), False  # stored encoder outputs: see encode_cached
         self.eos_id = self.tokenizer.eos_token_id
         for name, text in (("prompt_prefix", prompt_prefix), ("prompt", prompt)):
@@ -199,58 +204,6 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
         return torch.tensor(ids, dtype=torch.long)
 
-    def global_router_mode(self) -> Optional[str]:
-        """'predicted' or 'oracle' when HDMoLE layers need a domain posterior, else None."""
-        modes = {m.global_router for _, m in hdmole_layers(self) if m.global_router != "none"}
-        if len(modes) > 1:
-            raise ValueError(f"HDMoLE layers disagree on global_router: {sorted(modes)}")
-        return modes.pop() if modes else None
-
-    def accent_logits(self, speech, speech_lengths, h, h_lens) -> Optional[torch.Tensor]:
-        """The accent head's logits (None without a head), from the encoder output h, the CTC
-        head's posteriors over h, or the normalised input features (accent_head_conf.input); a
-        slice of the features (feature_dims) is appended, pooled to h's frames, to the first two."""
-        if self.accent_head is None:
-            return None
-        feats = lens = None
-        if self.accent_head_input == "features" or self.accent_head_dims is not None:
-            feats, lens = self._extract_feats(speech, speech_lengths)
-            if self.normalize is not None:
-                feats, lens = self.normalize(feats, lens)
-            if self.accent_head_dims is not None:
-                feats = feats[..., self.accent_head_dims[0] : self.accent_head_dims[1]]
-        return self.accent_head(*head_input(self.accent_head_input, h, h_lens, self.ctc, feats, lens, self.accent_head_frames))
-
-    @torch.no_grad()
-    def predict_accent(self, speech: torch.Tensor, speech_lengths: torch.Tensor, utt_id=None,
-                       encoder_out=None, encoder_out_lengths=None) -> Optional[torch.Tensor]:
-        """The accent head's logits for a batch (None without a head); encodes only if the head
-        reads the encoder output or the CTC posteriors, through the encoder-output cache when
-        ``utt_id`` is given, or reads the stored encoder outputs when given."""
-        h = h_lens = None
-        if self.accent_head is not None and self.accent_head_input != "features":
-            h, h_lens = self.encode_cached(speech, speech_lengths, utt_id, (encoder_out, encoder_out_lengths))
-        return self.accent_logits(speech, speech_lengths, h, h_lens)
-
-    def domain_posterior(
-        self, speech, speech_lengths, h: torch.Tensor, h_lens: torch.Tensor, accent: Optional[torch.Tensor]
-    ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """(accent logits or None, the posterior the HDMoLE layers read or None)."""
-        logits = self.accent_logits(speech, speech_lengths, h, h_lens)
-        mode = self.global_router_mode()
-        if mode is None:
-            return logits, None
-        if mode == "oracle":
-            if accent is None:
-                raise UserError("global_router: oracle needs accent labels (an 'accent' data file, e.g. utt2accent)")
-            return logits, oracle_posterior(accent.reshape(-1), len(self.accent_list)).to(speech.device)
-        if logits is None:
-            raise UserError(
-                "global_router: predicted needs the accent head: set model_conf.aid_weight > 0 "
-                "or model_conf.use_accent_head: true"
-            )
-        return logits, torch.softmax(logits, dim=-1)
-
     def compress(self, h: torch.Tensor, h_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Shorten the encoder output along the CTC head's greedy path (see ``ctc_compress``)."""
         return ctc_compress(self.ctc, h, h_lens, self.ctc_compress)
@@ -260,15 +213,16 @@ class LLMASRModel(EncoderSide, AbsESPnetModel):
         is cached by utterance id along with the encoder output's)."""
         if self.ctc_compress != "none":
             cached = self._may_cache(utt_id) and not any(p.requires_grad for p in self.ctc.parameters())
-            if cached and all(u in self._cmp_cache for u in utt_id):
-                xs = [self._cmp_cache[u].to(h.device) for u in utt_id]
+            xs = [self._cmp_cache.get(u) for u in utt_id] if cached else [None]
+            if all(x is not None for x in xs):
+                xs = [x.to(h.device) for x in xs]
                 h, h_lens = torch.nn.utils.rnn.pad_sequence(xs, batch_first=True), torch.tensor(
                     [x.shape[0] for x in xs], device=h.device)
             else:
                 h, h_lens = self.compress(h, h_lens)
                 if cached:
                     for b, u in enumerate(utt_id):
-                        self._cmp_cache[u] = h[b, : h_lens[b]].detach().clone()
+                        self._cmp_cache.put(u, h[b, : h_lens[b]].detach().clone())
         s, s_lens = self.projector(h, h_lens)
         # routing statistics of the projector's HDMoLE layers: its valid positions only
         mark_positions(self.projector, position_kinds(s.shape[1], s_lens))

@@ -17,13 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from espnet_hdmole.errors import UserError
+
 
 def get_parser():
     ap = argparse.ArgumentParser(prog="espnet_hdmole.bin.model_info", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--exp", required=True)
     ap.add_argument("--model", default="valid.acc.ave.pth")
-    ap.add_argument("--data", required=True, help="a dumped set with feats.scp, text, utt2accent")
+    ap.add_argument("--data", required=True,
+                    help="a dumped set with feats.scp (features) or wav.scp (raw audio, e.g. for Whisper), text, utt2accent")
     ap.add_argument("--accents", required=True)
     ap.add_argument("--encoder_out", default=None,
                     help="the set's stored encoder outputs (encoder_out.scp of dump_encoder_outputs): the encoder is skipped")
@@ -55,8 +58,12 @@ def main(argv=None):
 
     accents = [x.strip() for x in Path(a.accents).read_text(encoding="utf-8").splitlines() if x.strip()]
     data = Path(a.data)
+    speech = next(((data / f, kind) for f, kind in (("feats.scp", "kaldi_ark"), ("wav.scp", "sound"))
+                   if (data / f).is_file()), None)
+    if speech is None:
+        raise UserError(f"--data {data} has neither feats.scp nor wav.scp")
     loader = LLMASRTask.build_streaming_iterator(
-        data_path_and_name_and_type=[(str(data / "feats.scp"), "speech", "kaldi_ark"),
+        data_path_and_name_and_type=[(str(speech[0]), "speech", speech[1]),
                                      (str(data / "text"), "text", "text"),
                                      (str(data / "utt2accent"), "accent", "text")]
         + ([(a.encoder_out, "encoder_out", "kaldi_ark")] if a.encoder_out else []),
