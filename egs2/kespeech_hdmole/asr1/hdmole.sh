@@ -294,10 +294,10 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
         aid_init=(); aid_input=()
         if [ "$(model_conf_get "$merged" use_accent_head None)" = True ]; then
             [ "$(dirname "$aid_model")" != "$aid_exp" ] || wait_for_accent_head
-        fi
-        head_from=(); [ -f "$(dirname "$aid_model")/config.yaml" ] && head_from=(--accent_head_from "$(dirname "$aid_model")/config.yaml")
-        $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$merged" "${head_from[@]}"
-        if [ "$(model_conf_get "$merged" use_accent_head None)" = True ]; then
+            if [ -f "$(dirname "$aid_model")/config.yaml" ]; then
+                $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$merged" \
+                    --accent_head_from "$(dirname "$aid_model")/config.yaml"
+            fi
             [ -f "$aid_model" ] || die "$cfg uses an accent head (model_conf.use_accent_head), which stage 4 step 3 trains: $aid_model does not exist (run stage 4 with --accent_id_config, or set use_accent_head: false)"
             aid_init=("$aid_model:accent_head:accent_head"); aid_input=(--file "accent-ID model=$aid_model")
         fi
