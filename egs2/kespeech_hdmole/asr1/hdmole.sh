@@ -257,6 +257,8 @@ if [ "$feats_type" = raw ]; then speech_file=wav.scp; speech_type=sound; else sp
 
 # ---------------------------------------------------------------- stage 4: source model
 . ./local/recipe_source_model.sh   # steps 1, 1b, 2, 3: run_stage4, frozen_encoder_model, ...
+. ./local/recipe_finetune.sh       # stage 5: train_system
+. ./local/recipe_decode.sh         # stage 6: decode_system, decode_in_jobs
 enc_model=$(frozen_encoder_model)  # the frozen encoder every later run shares (its outputs are stored)
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     if [ -n "$pretrained_model" ]; then
@@ -282,46 +284,6 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     [ -f "$init_model" ] || die "the source model $init_model does not exist: run stage 4 or give --pretrained_model"
     need_llm
     write_enc_out "$enc_model" train dev
-    train_system() {  # train_system CONFIG[@SEED]: one stage-5 system (with another seed: <system>_seed<SEED>)
-        local cfg=${1%@*} run_seed=$seed sys out merged head_from aid_init aid_input t0 init_spec compress info
-        sys=$(system_name "$cfg")
-        if [ "$cfg" != "$1" ]; then run_seed=${1##*@}; sys+=_seed$run_seed; fi
-        out=$exp_dir/$sys
-        merged=$cache_dir/$sys.train_config.yaml
-        $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$merged"
-        # a system with an accent head (use_accent_head) starts from step 3's trained head (and
-        # waits for it if step 3 still trains beside this stage), and takes its shape
-        aid_init=(); aid_input=()
-        if [ "$(model_conf_get "$merged" use_accent_head None)" = True ]; then
-            [ "$(dirname "$aid_model")" != "$aid_exp" ] || wait_for_accent_head
-            if [ -f "$(dirname "$aid_model")/config.yaml" ]; then
-                $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$merged" \
-                    --accent_head_from "$(dirname "$aid_model")/config.yaml"
-            fi
-            [ -f "$aid_model" ] || die "$cfg uses an accent head (model_conf.use_accent_head), which stage 4 step 3 trains: $aid_model does not exist (run stage 4 with --accent_id_config, or set use_accent_head: false)"
-            aid_init=("$aid_model:accent_head:accent_head"); aid_input=(--file "accent-ID model=$aid_model")
-        fi
-        if up_to_date "$out" "$sys" keep --file "config=$cfg" --file "source model config=$(dirname "$init_model")/config.yaml" \
-            --file "source model=$init_model" "${aid_input[@]}" \
-            $(train_inputs train dev) --value "options=$train_args" --value "seed=$run_seed"; then
-            return 0
-        fi
-        t0=$(date +%s)
-        log "  $sys: $cfg -> $out (resumes from $out/checkpoint.pth if present)"
-        cp "$merged" "$out/train_config.yaml"
-        # the source model's CTC head is kept only where the system uses it (ctc_compress)
-        init_spec=$init_model:::ctc
-        compress=$(model_conf_get "$out/train_config.yaml" ctc_compress none) || exit 1
-        [ "$compress" = none ] || init_spec=$init_model
-        info_opts  # params.json / routing.json on dev, written by the training process once it has trained
-        run_logged "$train_cmd" "$out/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
-            --config "$out/train_config.yaml" --output_dir "$out" --init_param "$init_spec" "${aid_init[@]}" $(common_model_opts) \
-            $(train_data_opts train dev) $(enc_out_opts train dev) $train_args --seed "$run_seed" \
-            --model_info_args "$(shell_words "${info[@]}")"
-        [ -f "$out/params.json" ] || die "training of $sys wrote no $out/params.json (see $out/train.log)"
-        mark_done "$out"
-        log "  $sys: $(grep -o 'trainable parameters: [^=]*= [0-9.]*%' "$out/train.log" | head -n 1), $(( $(date +%s) - t0 )) s"
-    }
     train_jobs=(); for c in $train_configs; do train_jobs+=("$c"); for k in $train_seeds; do train_jobs+=("$c@$k"); done; done
     run_jobs train_system "${train_jobs[@]}"
     stage_end 5
@@ -376,57 +338,6 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
                    --value "n-gram fusion=${ngram_opts[*]}")
     [ "${#ngram_opts[@]}" -gt 0 ] && decode_inputs+=(--file "n-gram LM=$ngram_lm")
     [ -f "$union/utt2accent" ] && decode_inputs+=(--file "$union/utt2accent")
-    decode_in_jobs() {  # decode_in_jobs DEC COMMAND...: --inference_nj jobs, each a contiguous run of whole
-        # batches of the utterances (so each batch is the one a single job decodes), then merged into DEC
-        local dec=$1 split=$1/split n bs per keys j failed=0 threads pids=() shards=(); shift
-        bs=$(grep -oE -- '--batch_size[= ]+[0-9]+' <<< "$decode_args" | tail -n 1 | grep -oE '[0-9]+$' || true)
-        bs=${bs:-8}  # llm_asr_inference's default
-        n=$(wc -l < "$union/$speech_file")
-        per=$(( ( (n + bs - 1) / bs + inference_nj - 1 ) / inference_nj * bs ))
-        rm -rf "$split"; mkdir -p "$split"
-        awk -v per="$per" -v d="$split" '{ print $1 > (d "/keys." (int((NR - 1) / per) + 1)) }' "$union/$speech_file"
-        threads=$(( ${OMP_NUM_THREADS:-$(nproc)} / inference_nj )); [ "$threads" -ge 1 ] || threads=1
-        for keys in "$split"/keys.*; do
-            j=${keys##*.}
-            ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
-              run_logged "$decode_cmd" "$split/decode.$j.log" "$@" --key_file "$keys" --output_dir "$split/out.$j" ) &
-            pids+=("$!"); shards+=("$split/out.$j")
-        done
-        for j in "${pids[@]}"; do wait "$j" || failed=1; done
-        [ "$failed" = 0 ] || die "a decoding job failed (logs: $split/decode.*.log)"
-        run_logged "$decode_cmd" "$dec/merge.log" $python local/merge_decode_shards.py \
-            --keys "$union/$speech_file" --out_dir "$dec" "${shards[@]}"
-    }
-    decode_system() {  # decode_system SYSTEM: all test sets with one system, then scoring
-        local sys=$1 out dec d s f
-        out=$exp_dir/$sys
-        [ -f "$out/$decode_model" ] || die "$out/$decode_model does not exist: train $sys first (stage 4/5)"
-        dec=$out/decode_union
-        if ! up_to_date "$dec" "$sys decoding" remove --file "model=$out/$decode_model" --model_config "$out/config.yaml" \
-                "${decode_inputs[@]}"; then
-            local infer=($python -m espnet_hdmole.bin.llm_asr_inference \
-                --asr_train_config "$out/config.yaml" --asr_model_file "$out/$decode_model" \
-                --data_path_and_name_and_type "$union/$speech_file,speech,$speech_type" \
-                "${accent_opts[@]}" "${stored_opts[@]}" "${ngram_opts[@]}" --ngpu "$decode_ngpu" $decode_args)
-            if [ "$inference_nj" -le 1 ]; then
-                run_logged "$decode_cmd" "$dec/decode.log" "${infer[@]}" --output_dir "$dec"
-            else
-                decode_in_jobs "$dec" "${infer[@]}"
-            fi
-            mark_done "$dec"
-        fi
-        for s in $test_sets; do
-            d=$out/decode_$s
-            mkdir -p "$d/1best_recog"
-            for f in "$dec"/1best_recog/*; do
-                awk 'NR==FNR {keep[$1]; next} ($1 in keep)' "$feats/$s/text" "$f" > "$d/1best_recog/$(basename "$f")"
-            done
-            cp "$dec/rtf" "$d/rtf"
-            run_logged "$decode_cmd" "$d/score.log" $python local/score_cer.py \
-                --ref "$feats/$s/text" --hyp "$d/1best_recog/text" --out_dir "$d/score_cer" $score_args
-        done
-        log "  $sys: decoded ($(grep '^rtf' "$dec/rtf")) and scored"
-    }
     run_jobs decode_system $systems
     # the tables describe every decoded system of the exp dir, not only those decoded now:
     # source, the default systems in their order, then any others (superseded *.stale-* runs left out)
