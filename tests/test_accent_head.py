@@ -48,6 +48,30 @@ def test_dropout_acts_only_while_the_head_trains():
     torch.testing.assert_close(head.train()(x, lens), expected)
 
 
+def test_crop_takes_a_random_span_of_each_utterance_only_while_the_head_trains():
+    torch.manual_seed(0)
+    head = AccentHead(1, 3, hidden=4, layers=0, crop=0.5)
+    frames = torch.arange(1, 41, dtype=torch.float)[None, :, None]  # 40 distinct frames
+    lens = torch.tensor([40])
+    spans = set()
+    for _ in range(50):
+        out, keep = head._cropped(frames, lens)
+        n = int(keep[0])
+        assert 20 <= n <= 40
+        span = out[0, :n, 0]
+        # a contiguous run of the utterance's frames, from its start on; zeros after it
+        torch.testing.assert_close(span, torch.arange(span[0], span[0] + n, dtype=torch.float))
+        assert float(out[0, n:].abs().sum()) == 0
+        spans.add((int(span[0]), n))
+    assert len(spans) > 10  # random starts and lengths
+    x, both = torch.randn(2, 30, 1), torch.tensor([30, 9])
+    head.train()
+    assert not torch.allclose(head(x, both), head(x, both))  # trains: cropped
+    expected = head.eval()(x, both)
+    head.requires_grad_(False)  # frozen (an HDMoLE system's router): never cropped
+    torch.testing.assert_close(head.train()(x, both), expected)
+
+
 def test_pool_to_averages_each_utterance_to_its_own_length():
     x = torch.arange(2 * 8 * 1, dtype=torch.float).reshape(2, 8, 1)
     out = pool_to(x, torch.tensor([7, 8]), torch.tensor([3, 2]), 4)
@@ -88,7 +112,9 @@ def test_tdnn_head_sees_order_which_a_mean_cannot():
                                        ({"input": "features", "feature_dims": [3, 1]}, "accent_head_conf.feature_dims"),
                                        ({"dropout": 1.0}, "accent_head_conf.dropout"),
                                        ({"layers": -1}, "accent_head_conf.layers"),
-                                       ({"feature_frames": 0}, "accent_head_conf.feature_frames")])
+                                       ({"feature_frames": 0}, "accent_head_conf.feature_frames"),
+                                       ({"crop": 0}, "accent_head_conf.crop must be in"),
+                                       ({"crop": 1.5}, "accent_head_conf.crop must be in")])
 def test_bad_head_settings_name_the_key(conf, key):
     with pytest.raises(UserError, match=key):
         check_accent_head_conf(conf)

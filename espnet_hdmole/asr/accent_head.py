@@ -19,6 +19,10 @@ to the encoder's frames: e.g. the pitch track beside the CTC posteriors, so that
 both the accent's sound changes and its tone contours. ``feature_frames: k`` keeps k averages of
 that slice per encoder frame, side by side (k = 1: one average; the encoder's 60-ms frame then
 keeps only the pitch's mean, k = 6: its 10-ms contour).
+``crop: c`` (0 < c < 1; 1, the default, turns it off) cuts each utterance, while the head trains,
+to a random span of c to 1 times its frames: the head sees other syllables of the same speaker
+from one epoch to the next, a regulariser against learning speakers instead of accents. It never
+applies to a frozen head or in evaluation.
 A head on the features does not depend on the encoder at all, so it can be trained on its own
 before any fine-tuning.
 
@@ -33,7 +37,7 @@ import torch
 from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.precision import autocast_off
 
-KEYS = ("input", "feature_dims", "feature_frames", "layers", "channels", "hidden", "dropout")
+KEYS = ("input", "feature_dims", "feature_frames", "layers", "channels", "hidden", "dropout", "crop")
 INPUTS = ("encoder", "ctc", "features")
 
 
@@ -43,7 +47,8 @@ def check_accent_head_conf(conf: Optional[dict]) -> dict:
     unknown = sorted(set(conf) - set(KEYS))
     if unknown:
         raise UserError(f"model_conf.accent_head_conf has unknown keys {unknown}; known: {list(KEYS)}")
-    out = {"input": "encoder", "feature_dims": None, "feature_frames": 1, "layers": 0, "channels": 128, "hidden": 256, "dropout": 0.0}
+    out = {"input": "encoder", "feature_dims": None, "feature_frames": 1, "layers": 0, "channels": 128, "hidden": 256, "dropout": 0.0,
+           "crop": 1.0}
     out.update(conf)
     if out["input"] not in INPUTS:
         raise UserError(f"model_conf.accent_head_conf.input must be one of {list(INPUTS)}, not {out['input']!r}")
@@ -57,6 +62,8 @@ def check_accent_head_conf(conf: Optional[dict]) -> dict:
             raise UserError(f"model_conf.accent_head_conf.{key} must be a{' non-negative' if key == 'layers' else ' positive'} integer, not {out[key]!r}")
     if not isinstance(out["dropout"], (int, float)) or not 0 <= out["dropout"] < 1:
         raise UserError(f"model_conf.accent_head_conf.dropout must be in [0, 1), not {out['dropout']!r}")
+    if isinstance(out["crop"], bool) or not isinstance(out["crop"], (int, float)) or not 0 < out["crop"] <= 1:
+        raise UserError(f"model_conf.accent_head_conf.crop must be in (0, 1] (1: no cropping), not {out['crop']!r}")
     return out
 
 
@@ -64,9 +71,10 @@ class AccentHead(torch.nn.Module):
     """Sequence (B, T, input_size) and lengths -> logits (B, num_domains)."""
 
     def __init__(self, input_size: int, num_domains: int, hidden: int = 256, layers: int = 0, channels: int = 128,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, crop: float = 1.0):
         super().__init__()
         self.p_drop = dropout  # on the input of every layer, while the head trains (see _drop)
+        self.crop = crop  # the shortest share of an utterance kept while the head trains (see _cropped)
         self.convs = torch.nn.ModuleList()
         self.norms = torch.nn.ModuleList()
         size = input_size
@@ -84,6 +92,8 @@ class AccentHead(torch.nn.Module):
             return self.logits(x.to(self.output.weight.dtype), lengths)
 
     def logits(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.crop < 1 and self._trains():
+            x, lengths = self._cropped(x, lengths)
         if not self.convs:
             mask = self._mask(x, lengths)
             pooled = (x * mask).sum(1) / mask.sum(1).clamp_min(1)
@@ -105,8 +115,21 @@ class AccentHead(torch.nn.Module):
         """Dropout in training mode, but only while the head itself trains: a frozen head (the
         HDMoLE systems' global router, trained in step 3) routes the same way in fine-tuning as
         in decoding, although ESPnet's trainer puts the whole model in training mode."""
-        active = self.training and self.p_drop > 0 and self.output.weight.requires_grad
-        return torch.nn.functional.dropout(x, self.p_drop, training=True) if active else x
+        return torch.nn.functional.dropout(x, self.p_drop, training=True) if self.p_drop > 0 and self._trains() else x
+
+    def _trains(self) -> bool:
+        return self.training and self.output.weight.requires_grad
+
+    def _cropped(self, x: torch.Tensor, lengths: torch.Tensor):
+        """Each utterance cut to a random contiguous span of crop to 1 times its length (at least
+        one frame), moved to the start; zeros past it."""
+        lengths = lengths.to(x.device)
+        keep = torch.ceil(lengths * (self.crop + (1 - self.crop) * torch.rand(lengths.shape, device=x.device)))
+        keep = torch.minimum(keep.long().clamp_min(1), lengths.clamp_min(1))
+        start = ((lengths - keep + 1) * torch.rand(lengths.shape, device=x.device)).long().clamp_max(lengths - keep)
+        index = (start[:, None] + torch.arange(x.shape[1], device=x.device)[None]).clamp_max(x.shape[1] - 1)
+        out = torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[2]))
+        return out * self._mask(out, keep), keep
 
     @staticmethod
     def _mask(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

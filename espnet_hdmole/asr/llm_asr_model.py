@@ -171,7 +171,7 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         self.accent_head = (
             AccentHead(head_input_size(head_conf, encoder.output_size(), feature_size,
                                        n_ctc if use_ctc else None), len(self.accent_list),
-                       head_conf["hidden"], head_conf["layers"], head_conf["channels"], head_conf["dropout"])
+                       head_conf["hidden"], head_conf["layers"], head_conf["channels"], head_conf["dropout"], head_conf["crop"])
             if use_accent_head else None
         )
         self.cache_encoder_outputs = cache_encoder_outputs
