@@ -360,6 +360,31 @@ def test_a_retrained_source_model_is_never_mixed_with_old_adapters(recipe):
                      r"valid.acc.ave.pth changed", out), out[-2000:]
 
 
+def test_step_2_settings_in_the_source_config_redo_step_2_only(recipe, tmp_path):
+    """Steps 1, 1b and 3 compare the settings they train with (the source config's architecture
+    merged with their own YAMLs), so step 2's epochs or batch size in the source config, or the same
+    config from another file, redo step 2 alone."""
+    tmp, _, _ = recipe
+    opts = ["--stage", "4", "--stop_stage", "4", "--source_train_args", "--max_epoch 1"]
+    run(opts, tmp)  # whatever an earlier test left: up to date with these options
+    text = (RECIPE / "conf" / "train_source.yaml").read_text(encoding="utf-8")
+    assert re.search(r"(?m)^batch_size: 16$", text)
+    cfg = tmp_path / "train_source.yaml"
+    cfg.write_text(text.replace("\nbatch_size: 16\n", "\nbatch_size: 15\n"), encoding="utf-8")
+    out = run(opts + ["--source_config", str(cfg)], tmp)
+    for step in ("source_encoder", "source_encoder_tone", "accent_id"):
+        assert f"{step}: done, skipped" in out, out[-3000:]
+    assert f"source: redone, because config {cfg} changed" in out, out[-3000:]
+    # a setting of step 1's own YAML redoes step 1 (and so everything after it)
+    enc = tmp_path / "train_source_encoder.yaml"
+    enc_text = (RECIPE / "conf" / "train_source_encoder.yaml").read_text(encoding="utf-8")
+    assert re.search(r"(?m)^grad_clip: 5.0$", enc_text)
+    enc.write_text(enc_text.replace("\ngrad_clip: 5.0\n", "\ngrad_clip: 4.0\n"), encoding="utf-8")
+    out = run(opts + ["--source_config", str(cfg), "--source_encoder_config", str(enc)], tmp)
+    assert re.search(r"source_encoder: redone, because merged config \S+ changed", out), out[-3000:]
+    assert re.search(r"source_encoder_tone: redone, because .*step-1 encoder", out), out[-3000:]
+
+
 def test_changed_data_redoes_features_with_the_reason(recipe):
     """Case 9: stage 2 refused with 'pass --overwrite true', an option run.sh does not have."""
     tmp, _, _ = recipe
