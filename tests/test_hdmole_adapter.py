@@ -38,7 +38,7 @@ CONF = dict(target_modules=["linear1", "linear2", "q_proj", "v_proj"], num_domai
 def test_registered_in_espnet_table_and_wraps_targets():
     from espnet2.layers.create_adapter import create_adapter, create_adapter_fn_table
 
-    assert create_adapter_fn_table["hdmole"] is espnet_hdmole.create_hdmole_adapter
+    assert create_adapter_fn_table["hdmole"].__wrapped__ is espnet_hdmole.create_hdmole_adapter
     model = Toy()
     x = torch.randn(2, 5, 8)
     before = model(x)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from transformers import (
-    WhisperConfig,
     WhisperFeatureExtractor,
     WhisperForConditionalGeneration,
     WhisperModel,
@@ -14,47 +13,15 @@ from transformers import (
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from espnet_hdmole.asr.whisper_encoder import WhisperLogMel, WhisperSpeechEncoder
+from tiny import MAX_POS, make_whisper_dir, tiny_whisper_config as tiny_config
 
 SR = 16000
-MAX_POS = 100  # -> 200 mel frames -> 32000 samples = 2.0 s
 MAX_SAMPLES = 2 * MAX_POS * 160
-
-
-def tiny_config(**overrides) -> WhisperConfig:
-    kwargs = dict(
-        d_model=32,
-        encoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_layers=1,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        num_mel_bins=80,
-        max_source_positions=MAX_POS,
-        max_target_positions=20,
-        vocab_size=100,
-        # Whisper's default special-token ids (50256...) do not fit a vocabulary of 100.
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        decoder_start_token_id=3,
-        begin_suppress_tokens=None,
-        suppress_tokens=None,
-        # Non-zero dropout: outputs would be random if the encoder were left in train mode.
-        dropout=0.3,
-        attention_dropout=0.3,
-        activation_dropout=0.3,
-    )
-    kwargs.update(overrides)
-    return WhisperConfig(**kwargs)
 
 
 @pytest.fixture(scope="module")
 def whisper_dir(tmp_path_factory):
-    torch.manual_seed(123)
-    path = tmp_path_factory.mktemp("whisper_model")
-    WhisperModel(tiny_config()).save_pretrained(str(path))
-    return str(path)
+    return make_whisper_dir(tmp_path_factory.mktemp("whisper_model"))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from espnet_hdmole.asr.llm_utils import build_char_tokenizer
 
 TRANSCRIPTS = ["你好世界", "早上好", "今天天气很好", "我们学习语音识别", "北京欢迎你", "谢谢大家"]
 ACCENTS = ["Mandarin", "Beijing", "Southwestern"]
+MAX_POS = 100  # the tiny Whisper's positions: 200 mel frames -> 32000 samples = 2.0 s
 
 
 def make_llm_dir(path, chars: str, hidden: int = 32, layers: int = 2, seed: int = 0) -> str:
@@ -24,6 +25,47 @@ def make_llm_dir(path, chars: str, hidden: int = 32, layers: int = 2, seed: int 
                       max_position_embeddings=512, tie_word_embeddings=True,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     Qwen2ForCausalLM(cfg).save_pretrained(str(path))
+    return str(path)
+
+
+def tiny_whisper_config(**overrides):
+    """The config of a tiny Whisper (d_model 32, 2 encoder layers, 2-s window)."""
+    from transformers import WhisperConfig
+
+    kwargs = dict(
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        num_mel_bins=80,
+        max_source_positions=MAX_POS,
+        max_target_positions=20,
+        vocab_size=100,
+        # Whisper's default special-token ids (50256...) do not fit a vocabulary of 100.
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=3,
+        begin_suppress_tokens=None,
+        suppress_tokens=None,
+        # Non-zero dropout: outputs would be random if the encoder were left in train mode.
+        dropout=0.3,
+        attention_dropout=0.3,
+        activation_dropout=0.3,
+    )
+    kwargs.update(overrides)
+    return WhisperConfig(**kwargs)
+
+
+def make_whisper_dir(path, seed: int = 123) -> str:
+    """A tiny, randomly initialised Whisper model saved as a transformers directory."""
+    from transformers import WhisperModel
+
+    torch.manual_seed(seed)
+    WhisperModel(tiny_whisper_config()).save_pretrained(str(path))
     return str(path)
 
 

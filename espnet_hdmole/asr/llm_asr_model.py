@@ -11,7 +11,7 @@ projector and the LLM run inside ``espnet_hdmole.domain_posterior(g)``, with g t
 posterior (``global_router: predicted``) or the one-hot labels (``oracle``).
 """
 from contextlib import nullcontext
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from espnet2.asr.ctc import CTC
@@ -88,6 +88,10 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         token_dropout: in training, the probability that a transcript token fed to the LLM (teacher
             forcing; the targets stay) is replaced by a random token of the vocabulary, so that the
             LLM cannot predict from the text history alone and has to read the speech.
+        adapter_scope: the parts of the model that --adapter (hdmole, lora) may put adapters into;
+            modules elsewhere that match adapter_conf.target_modules are left alone (a Whisper
+            encoder's q_proj/k_proj/v_proj share their names with the LLM's). Add "encoder" to
+            adapt a trainable speech encoder (espnet_hdmole.layers.adapter_scope).
     """
 
     def __init__(
@@ -115,6 +119,7 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         asr_weight: float = 1.0,
         ctc_compress: str = "none",
         token_dropout: float = 0.0,
+        adapter_scope: Sequence[str] = ("projector", "llm"),
     ):
         super().__init__()
         self.frontend = frontend
@@ -185,6 +190,11 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
                 raise UserError(f"model_conf.{name} {text!r} has characters the tokenizer of {llm_dir} cannot encode: {bad!r}")
         self.register_buffer("prefix_ids", self._encode(prompt_prefix), persistent=False)
         self.register_buffer("prompt_ids", self._encode(prompt), persistent=False)
+        parts = [n for n, _ in self.named_children()]
+        if isinstance(adapter_scope, str) or not all(p in parts for p in adapter_scope):
+            raise UserError(f"model_conf.adapter_scope must be a list of the model's parts {parts}, "
+                            f"not {adapter_scope!r}")
+        self.adapter_scope = tuple(adapter_scope)
 
     def restore_dtypes(self) -> None:
         """After a cast of the whole model (ESPnet's --train_dtype, the decoder's --dtype): the

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from espnet_hdmole.errors import UserError
+from espnet_hdmole.layers.adapter_scope import hdmole_matches as _matches
 from espnet_hdmole.layers.hdmole_linear import HDMoLELinear
 
 # the keys of adapter_conf that go to each HDMoLELinear
@@ -18,10 +19,6 @@ LAYER_KEYS = tuple(
     k for k in inspect.signature(HDMoLELinear.__init__).parameters if k not in ("self", "base", "name")
 )
 ADAPTER_KEYS = ("target_modules", "freeze_non_adapter", "keep_trainable") + LAYER_KEYS
-
-
-def _matches(name: str, targets: List[str]) -> bool:
-    return any(name == t or name.endswith("." + t) for t in targets)
 
 
 def create_hdmole_adapter(
