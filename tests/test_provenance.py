@@ -1,6 +1,7 @@
 """Model provenance: an adapter checkpoint loads only onto the base and with the config it was
 trained with (issue 10, cases 1, 2 and 7: a retrained base, a config of another system, one-line
 errors)."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny import ACCENTS, TRANSCRIPTS, make_feats_set, make_llm_dir, train_args  # noqa: E402
 
 from espnet_hdmole.errors import UserError  # noqa: E402
+from espnet_hdmole.tasks import provenance  # noqa: E402
 from espnet_hdmole.tasks.llm_asr import LLMASRTask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,3 +116,22 @@ def test_retrained_base_is_refused_and_training_into_its_dir_too(work):
     with pytest.raises(UserError, match=r"topk holds a run trained from other inputs.*init_param changed"):
         LLMASRTask.main(cmd=train_args(w / "topk", data, llm, epochs=1, iters=3,
                                        extra=["--init_param", str(w / "source" / "valid.acc.ave.pth")] + SYSTEMS["topk"]))
+
+
+def test_a_record_that_names_a_path_setting_among_the_model_settings_still_matches(tmp_path):
+    """Records written before encoder_conf.whisper_dir became a path setting (compared by hash)
+    list it among the model settings; such a model still loads, and its directory still resumes."""
+    conf = {"encoder": "whisper", "encoder_conf": {"whisper_dir": str(tmp_path / "w"), "freeze": True},
+            "model_conf": {"llm_dir": str(tmp_path / "llm")}, "input_size": 1}
+    rec = provenance.record(conf)
+    assert "whisper_dir" not in rec["model"]["encoder_conf"]
+    old = json.loads(json.dumps(rec))
+    old["model"]["encoder_conf"]["whisper_dir"] = "/somewhere/else/whisper-base"
+    (tmp_path / provenance.NAME).write_text(json.dumps(old))
+    (tmp_path / "1epoch.pth").write_bytes(b"")
+    provenance.check(tmp_path / "config.yaml", tmp_path / "1epoch.pth", conf, uses_base=False, uses_llm_dir=False)
+    provenance.write(conf, tmp_path)  # no "holds a run trained from other inputs"
+    # control: another model setting is still a difference
+    with pytest.raises(UserError, match="freeze"):
+        provenance.check(tmp_path / "config.yaml", tmp_path / "1epoch.pth",
+                         {**conf, "encoder_conf": {"whisper_dir": "x", "freeze": False}}, uses_base=False, uses_llm_dir=False)

@@ -60,12 +60,12 @@ def tiny_whisper_config(**overrides):
     return WhisperConfig(**kwargs)
 
 
-def make_whisper_dir(path, seed: int = 123) -> str:
+def make_whisper_dir(path, seed: int = 123, **overrides) -> str:
     """A tiny, randomly initialised Whisper model saved as a transformers directory."""
     from transformers import WhisperModel
 
     torch.manual_seed(seed)
-    WhisperModel(tiny_whisper_config()).save_pretrained(str(path))
+    WhisperModel(tiny_whisper_config(**overrides)).save_pretrained(str(path))
     return str(path)
 
 

@@ -191,7 +191,7 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         self.register_buffer("prefix_ids", self._encode(prompt_prefix), persistent=False)
         self.register_buffer("prompt_ids", self._encode(prompt), persistent=False)
         parts = [n for n, _ in self.named_children()]
-        if isinstance(adapter_scope, str) or not all(p in parts for p in adapter_scope):
+        if not isinstance(adapter_scope, (list, tuple)) or not all(p in parts for p in adapter_scope):
             raise UserError(f"model_conf.adapter_scope must be a list of the model's parts {parts}, "
                             f"not {adapter_scope!r}")
         self.adapter_scope = tuple(adapter_scope)

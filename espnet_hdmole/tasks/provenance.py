@@ -10,7 +10,8 @@ So training writes ``provenance.json`` into its output directory:
      "model": {the settings that define the model: encoder*, frontend*, normalize*, input_size,
                model_conf (less llm_dir), use_adapter, adapter, adapter_conf},
      "files": {"model_conf.llm_dir": sha256 of the LLM's files,
-               "normalize_conf.stats_file": sha256, "init_param": [{"spec": ..., "sha256": ...}]}}
+               "normalize_conf.stats_file": sha256, "encoder_conf.whisper_dir": sha256 of its files
+               (a Whisper encoder), "init_param": [{"spec": ..., "sha256": ...}]}}
 
 and :func:`check` (called by ``LLMASRTask.build_model_from_file``) refuses a config whose model
 settings differ, or a base (init_param checkpoint, LLM directory) whose content changed, with an
@@ -29,7 +30,7 @@ FORMAT = 1
 MODEL_KEYS = ("frontend", "frontend_conf", "normalize", "normalize_conf", "input_size", "encoder", "encoder_conf",
               "model_conf", "use_adapter", "adapter", "adapter_conf")
 # settings that are paths: their content is compared (by hash), not their spelling
-PATH_KEYS = (("model_conf", "llm_dir"), ("normalize_conf", "stats_file"))
+PATH_KEYS = (("model_conf", "llm_dir"), ("normalize_conf", "stats_file"), ("encoder_conf", "whisper_dir"))
 
 
 def _get(conf, key: str):
@@ -49,12 +50,20 @@ def model_settings(conf) -> dict:
     return json.loads(json.dumps(out, sort_keys=True, default=str))  # plain JSON types
 
 
+def _without_paths(settings: dict) -> dict:
+    """Recorded model settings less the path settings (a record may name one that is compared by
+    hash only now, e.g. encoder_conf.whisper_dir)."""
+    return {k: ({x: y for x, y in v.items() if (k, x) not in PATH_KEYS} if isinstance(v, dict) else v)
+            for k, v in settings.items()}
+
+
 def _init_paths(conf) -> List[str]:
     return [str(spec).split(":")[0] for spec in (_get(conf, "init_param") or [])]
 
 
 def base_files(conf) -> Dict[str, object]:
-    """Hashes of the files the model is built on: the LLM, CMVN statistics, init_param checkpoints."""
+    """Hashes of the files the model is built on: the LLM, CMVN statistics, a Whisper model,
+    init_param checkpoints."""
     out: Dict[str, object] = {}
     for key, sub in PATH_KEYS:
         path = (_get(conf, key) or {}).get(sub)
@@ -98,8 +107,10 @@ def write(conf, output_dir) -> dict:
     rec = record(conf)
     old = read(out / NAME)
     has_run = any(out.glob("*.pth"))
-    if old is not None and has_run and (old["model"] != rec["model"] or old["files"] != rec["files"]):
-        why = setting_differences(old["model"], rec["model"]) + [
+    # a file key the old record lacks (recorded by a newer version only) is not a difference
+    files_differ = old is not None and any(old["files"][k] != rec["files"].get(k) for k in old["files"])
+    if old is not None and has_run and (_without_paths(old["model"]) != rec["model"] or files_differ):
+        why = setting_differences(_without_paths(old["model"]), rec["model"]) + [
             f"{k} changed" for k in sorted(set(old["files"]) | set(rec["files"]))
             if old["files"].get(k) != rec["files"].get(k)
         ]
@@ -138,7 +149,7 @@ def check(config_file, model_file, conf, uses_base: bool, uses_llm_dir: bool) ->
                 f"version, or copied without its side files): its base cannot be verified; retrain it"
             )
         return
-    diffs = setting_differences(rec["model"], model_settings(conf))
+    diffs = setting_differences(_without_paths(rec["model"]), model_settings(conf))
     if diffs:
         raise UserError(
             f"{config_file} does not describe the model in {model_file} ({prov_path} records the settings it "

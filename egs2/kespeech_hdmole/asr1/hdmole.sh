@@ -36,6 +36,9 @@ data_args=""            # extra options for stage 1's tool (local/prepare_kespee
                         # for the demo), e.g. "--check_audio false" or "--max_vocab 1000": the options its messages name
 dump_dir=dump           # stage 2 output
 feats_type=fbank_pitch  # fbank_pitch (80 fbank + 3 pitch) | fbank (80-dim) | raw (waveforms, for whisper)
+whisper_dir=""          # a Whisper model dir (config.json + weights; bash tools/install_whisper.sh base -> tools/whisper-base):
+                        # its frozen encoder instead of the conformer of stage 4's steps 1/1b (skipped), adapters in
+                        # the projector and LLM only; sets --feats_type raw and --source_config conf/train_source_whisper.yaml
 exp_dir=exp             # stages 3-6 output
 llm_dir=""              # a transformers causal LM + tokenizer dir; empty: pre-train one (stage 3)
 llm_conf=conf/llm_demo.yaml       # stage 3 settings (local/pretrain_llm.py options, as YAML)
@@ -88,6 +91,7 @@ sys_jobs=2              # stages 5 and 6: systems trained / decoded at the same 
 # ---------------------------------------------------------------- option parsing (ours)
 help_message=$(sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//')   # the header comment
 command_line="$0 $*"
+given=" "   # the settings given on the command line
 default_train_configs=$train_configs   # their order is the order of the results table
 declared=$(sed -n '/^# ---* settings/,/^# ---* option parsing/p' "$0" | grep -oE '^[a-z_]+=' | tr -d '=')
 print_settings() {
@@ -104,6 +108,7 @@ while [ $# -gt 0 ]; do
         *) echo "$0: unexpected argument '$1' (options are --name value; see --help)" >&2; exit 2 ;;
     esac
     name=${name//-/_}
+    given+=" $name "
     if ! grep -qx "$name" <<< "$declared"; then
         echo "$0: unknown option --$name (see --help for the settings)" >&2; exit 2
     fi
@@ -132,6 +137,15 @@ case "$gpu_inference" in true) decode_ngpu=1 ;; false) decode_ngpu=0 ;; *) die "
 case "$verbose" in true|false) ;; *) die "--verbose must be true or false, not '$verbose'" ;; esac
 case "$feats_type" in fbank|fbank_pitch|raw) ;; *) die "--feats_type must be fbank_pitch, fbank or raw, not '$feats_type'" ;; esac
 [ "$verbose" = true ] && export HDMOLE_VERBOSE=1
+if [ -n "$whisper_dir" ]; then  # the source model on a pre-trained, frozen Whisper encoder
+    [ -f "$whisper_dir/config.json" ] || die "--whisper_dir $whisper_dir has no config.json (install Whisper base with: bash tools/install_whisper.sh base)"
+    whisper_dir=$(cd "$whisper_dir" && pwd)
+    case $given in *" feats_type "*) [ "$feats_type" = raw ] || die "--whisper_dir reads waveforms: --feats_type must be raw, not '$feats_type'" ;; esac
+    case $given in *" source_encoder_config "*|*" source_tone_config "*)
+        [ -z "$source_encoder_config$source_tone_config" ] || die "--whisper_dir: the Whisper encoder is pre-trained; leave out --source_encoder_config and --source_tone_config (stage 4's CTC steps)" ;; esac
+    case $given in *" source_config "*) ;; *) source_config=conf/train_source_whisper.yaml ;; esac
+    feats_type=raw; source_encoder_config=""; source_tone_config=""
+fi
 
 . ./path.sh
 . ./cmd.sh
@@ -140,6 +154,9 @@ case "$feats_type" in fbank|fbank_pitch|raw) ;; *) die "--feats_type must be fba
 [ -z "$source_dir" ] && source_dir=${SOURCE_DIR:-}
 case "$demo_size" in tiny|small|default) ;; *) die "--demo_size must be tiny, small or default, not '$demo_size'" ;; esac
 for c in $source_config $train_configs; do [ -f "$c" ] || die "training config '$c' does not exist"; done
+if [ -n "$whisper_dir" ] && [ "$($python -c "import sys, yaml; print((yaml.safe_load(open(sys.argv[1], encoding='utf-8')) or {}).get('encoder'))" "$source_config")" != whisper ]; then
+    die "--whisper_dir needs a source config with 'encoder: whisper', but $source_config has another encoder (e.g. conf/train_source_whisper.yaml)"
+fi
 
 mkdir -p "$exp_dir/logs"   # every stage logs there, also when run alone into a new --exp_dir
 

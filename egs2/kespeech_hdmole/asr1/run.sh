@@ -15,7 +15,6 @@ extra=()
 for a in "$@"; do [ "$a" = tiny ] && extra=(--source_train_args "--max_epoch 2" --train_args "--max_epoch 1"); done
 
 ./hdmole.sh \
-    --source_config conf/train_source.yaml \
     --train_configs "$(echo $train_configs)" \
     --llm_conf conf/llm_demo.yaml \
     --demo_size default \

@@ -21,6 +21,7 @@ common_model_opts() {
     else
         echo --input_size 1
     fi
+    [ -z "$whisper_dir" ] || echo --encoder_conf "whisper_dir=$whisper_dir"
 }
 need_llm() {
     [ -d "$llm_dir_eff" ] || die "the LLM directory $llm_dir_eff does not exist: run stage 3 first, or give --llm_dir DIR"
@@ -28,6 +29,7 @@ need_llm() {
 train_inputs() {  # train_inputs TRAIN_SET VALID_SET: the data, statistics and LLM a training run reads
     echo --data "$feats/$1" --data "$feats/$2" --model_dir "$llm_dir_eff" --file "$data_dir/accents.txt"
     [ "$feats_type" != raw ] && echo --file "$feats/cmvn_stats.npz"
+    [ -z "$whisper_dir" ] || echo --model_dir "$whisper_dir"
     true
 }
 info_opts() {  # info_opts: espnet_hdmole.bin.model_info's options (params.json / routing.json on dev) into the caller's array info
