@@ -23,6 +23,11 @@ setup(
         "jiwer",
         "pyyaml",
         "loralib",
+        # the features of stage 2 and of a packed system's transcribe (espnet_hdmole/asr/speech_features.py)
+        "kaldi-native-fbank",
+        "soundfile",
+        "scipy",
+        "numpy",
     ],
     # opencc: traditional -> simplified in the text normaliser (the recipe's --t2s; tools/install.sh installs it)
     extras_require={"test": ["pytest>=7"], "t2s": ["opencc"]},

@@ -200,7 +200,7 @@ def test_pitch_features_follow_a_glide_and_mark_noise_unvoiced():
     phase = 2 * np.pi * np.cumsum(f0) / FS
     x = sum(np.sin(k * phase) / k for k in range(1, 6)).astype(np.float32)
     n = (len(x) - 400) // 160 + 1
-    p = compute_fbank.pitch_features(x, FS, n)
+    p = compute_fbank.speech_features.pitch_features(x, FS, n)
     assert p.shape == (n, 3)
     inner = slice(10, n - 10)
     assert (p[inner, 0] > 0.8).all()
@@ -209,7 +209,7 @@ def test_pitch_features_follow_a_glide_and_mark_noise_unvoiced():
     assert (p[inner, 2] > 0).mean() > 0.9
     assert abs(p[:, 1].mean()) < 1e-5  # relative to the utterance's mean
     noise = np.random.default_rng(0).standard_normal(FS).astype(np.float32)
-    assert np.median(compute_fbank.pitch_features(noise, FS, n)[:, 0]) < 0.6
+    assert np.median(compute_fbank.speech_features.pitch_features(noise, FS, n)[:, 0]) < 0.6
 
 
 def test_fbank_pitch_writes_83_dims_and_their_cmvn_stats(tmp_path, wavs):

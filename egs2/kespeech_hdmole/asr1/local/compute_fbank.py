@@ -5,7 +5,7 @@
     python local/compute_fbank.py data/train dump/raw/train --feats_type raw
 
 With --feats_type fbank_pitch each frame also gets 3 pitch features (Kaldi's fbank+pitch idea,
-computed here by ``pitch_features``): the voicing strength, the log F0 relative to the
+computed by ``pitch_features`` of espnet_hdmole/asr/speech_features.py): the voicing strength, the log F0 relative to the
 utterance's mean (interpolated through unvoiced frames) and its slope. Mandarin tones, and the
 demo's accents, are pitch contours that 80 mel bands resolve poorly.
 
@@ -39,81 +39,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import code_record  # noqa: E402
 from data_dir import DataDirError, read_table, samples_problem, validate  # noqa: E402
+from package_modules import package_module  # noqa: E402
+
+speech_features = package_module("asr.speech_features")  # the feature math, shared with packed systems
 
 INPUTS = ("wav.scp", "text", "utt2accent")  # the files the features (and .done) depend on
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # sample formats that can hold NaN/inf
 
 
 def fbank_of(path: str, num_mel_bins: int, fs: int, pitch: bool = False) -> np.ndarray:
-    import kaldi_native_fbank as knf
     import soundfile
 
     wav, sr = soundfile.read(path, dtype="float32", always_2d=True)
     problem = samples_problem(wav)
     if problem:
         raise ValueError(problem)
-    wav = wav[:, 0]
-    if sr != fs:
-        from math import gcd
-
-        from scipy.signal import resample_poly
-
-        g = gcd(sr, fs)
-        wav = resample_poly(wav, fs // g, sr // g).astype(np.float32)
-    opts = knf.FbankOptions()
-    opts.frame_opts.dither = 0.0
-    opts.frame_opts.samp_freq = fs
-    opts.mel_opts.num_bins = num_mel_bins
-    f = knf.OnlineFbank(opts)
-    f.accept_waveform(fs, (wav * 32768.0).tolist())
-    f.input_finished()
-    if f.num_frames_ready == 0:
-        raise ValueError("the audio is shorter than one frame")
-    feats = np.stack([f.get_frame(i) for i in range(f.num_frames_ready)]).astype(np.float32)
-    if pitch:
-        feats = np.concatenate([feats, pitch_features(wav, fs, feats.shape[0])], 1)
-    return feats
-
-
-def pitch_features(wav: np.ndarray, fs: int, n_frames: int, fmin: float = 60.0, fmax: float = 400.0) -> np.ndarray:
-    """(n_frames, 3): voicing strength, log F0 minus its voiced mean, and its slope per frame.
-
-    F0 is the lag of the highest normalised autocorrelation (40-ms Hann window centred on each
-    25-ms fbank frame, corrected for the window's own autocorrelation) between 1/fmax and 1/fmin;
-    a lag whose half scores almost as high is halved (octave errors). The voicing strength is that
-    peak; frames under 0.6 count as unvoiced, and their log F0 is interpolated from the voiced ones.
-    """
-    from scipy.signal import medfilt
-
-    from scipy import fft
-
-    shift, win = fs // 100, int(0.04 * fs)
-    lead = (win - int(0.025 * fs)) // 2
-    lo, hi = int(fs / fmax), int(fs / fmin)
-    x = np.concatenate([np.zeros(lead, np.float32), wav.astype(np.float32), np.zeros(win, np.float32)])
-    idx = np.arange(n_frames)[:, None] * shift + np.arange(win)[None]
-    hann = np.hanning(win).astype(np.float32)
-    frames = x[idx]
-    frames = (frames - frames.mean(1, keepdims=True)) * hann
-    nfft = fft.next_fast_len(win + hi + 1)  # long enough that lags up to 1/fmin do not wrap around
-    acf = fft.irfft(np.abs(fft.rfft(frames, nfft)) ** 2, nfft)[:, : hi + 1]
-    wacf = fft.irfft(np.abs(fft.rfft(hann, nfft)) ** 2, nfft)[: hi + 1]
-    acf = acf / np.maximum(acf[:, :1], 1e-10) / np.maximum(wacf / wacf[0], 1e-3)
-    rows = np.arange(n_frames)
-    lag = lo + acf[:, lo:hi].argmax(1)
-    for _ in range(2):
-        half = lag // 2
-        better = (half >= lo) & (acf[rows, half] >= 0.85 * acf[rows, lag])
-        lag = np.where(better, half, lag)
-    peak = np.clip(acf[rows, lag], 0.0, 1.0)
-    voiced = peak >= 0.6
-    logf0 = np.log(fs / lag)
-    if voiced.sum() >= 2:
-        logf0 = np.interp(rows, rows[voiced], medfilt(logf0, 5)[voiced])
-        logf0 = logf0 - logf0[voiced].mean()
-    else:
-        logf0 = np.zeros(n_frames)
-    return np.stack([peak, logf0, np.gradient(logf0) * 10.0], 1).astype(np.float32)
+    return speech_features.fbank_features(wav[:, 0], sr, fs, num_mel_bins, pitch)
 
 
 def run_job(args):
