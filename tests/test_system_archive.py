@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recipe_common import RECIPE  # noqa: E402
+from recipe_common import RECIPE, run  # noqa: E402
 
 DECODE = ["--beam_size", "2", "--max_new_tokens", "24", "--ngram_weight", "0.5"]
 
@@ -27,12 +27,20 @@ def python(args, cwd, check=True):
 
 @pytest.fixture(scope="module")
 def packed(recipe, tmp_path_factory):
+    """hdmole trained and decoded into an exp dir of its own, from the recipe fixture's source
+    model, LLM and accent head as they are now (other tests retrain the fixture's source model,
+    which leaves the fixture's own systems on an old base: packing those is refused), then packed."""
     tmp, _, _ = recipe
-    exp = tmp / "exp"
+    fixture = tmp / "exp"
+    exp = tmp_path_factory.mktemp("archive_exp") / "exp"
+    run(["--stage", "5", "--stop_stage", "6", "--pretrained_model", str(fixture / "source" / "valid.acc.ave.pth"),
+         "--aid_model", str(fixture / "accent_id" / "valid.acc_aid.ave.pth"), "--llm_dir", str(fixture / "llm"),
+         "--ngram_lm", str(fixture / "ngram" / "lm.arpa"), "--exp_dir", str(exp),
+         "--train_configs", "conf/finetune_hdmole.yaml"], tmp)
     out = tmp_path_factory.mktemp("archive") / "hdmole.tar"
     python(["-m", "espnet_hdmole.bin.pack_system", "--exp_dir", str(exp / "hdmole"), "--out", str(out),
-            "--ngram_lm", str(exp / "ngram" / "lm.arpa"), "--results", str(exp / "RESULTS.md")] + DECODE, RECIPE)
-    return tmp, out
+            "--ngram_lm", str(fixture / "ngram" / "lm.arpa"), "--results", str(exp / "RESULTS.md")] + DECODE, RECIPE)
+    return tmp, exp, out
 
 
 def first_test_utterance(tmp):
@@ -41,7 +49,7 @@ def first_test_utterance(tmp):
 
 
 def test_the_archive_holds_the_system_and_its_base(packed):
-    _, out = packed
+    _, _, out = packed
     with tarfile.open(out) as tar:
         names = tar.getnames()
         manifest = json.load(tar.extractfile("manifest.json"))
@@ -55,25 +63,25 @@ def test_the_archive_holds_the_system_and_its_base(packed):
 
 
 def test_it_transcribes_a_wav_without_the_recipe_tree_as_the_decoder_does(packed, tmp_path):
-    tmp, out = packed
+    tmp, exp, out = packed
     uid, wav = first_test_utterance(tmp)
     code = ("import sys; from espnet_hdmole.system_archive import load_system; "
             "s = load_system(sys.argv[1], sys.argv[2]); print(repr(s.transcribe(sys.argv[3])))")
     got = python(["-c", code, str(out), str(tmp_path / "unpacked"), wav], tmp_path).stdout.strip().splitlines()[-1]
     # the recipe's decoder on the same utterance (features of stage 2, the same settings)
-    exp, feats = tmp / "exp", tmp / "dump" / "fbank_pitch" / "test_Beijing"
+    feats, ngram = tmp / "dump" / "fbank_pitch" / "test_Beijing", tmp / "exp" / "ngram" / "lm.arpa"
     (tmp_path / "key").write_text(uid + "\n")
     python(["-m", "espnet_hdmole.bin.llm_asr_inference", "--asr_train_config", str(exp / "hdmole" / "config.yaml"),
             "--asr_model_file", str(exp / "hdmole" / "valid.acc.ave.pth"), "--output_dir", str(tmp_path / "dec"),
             "--data_path_and_name_and_type", f"{feats}/feats.scp,speech,kaldi_ark", "--key_file", str(tmp_path / "key"),
-            "--batch_size", "1", "--ngram_file", str(exp / "ngram" / "lm.arpa")] + DECODE, RECIPE)
+            "--batch_size", "1", "--ngram_file", str(ngram)] + DECODE, RECIPE)
     want = (tmp_path / "dec" / "1best_recog" / "text").read_text().rstrip("\n").split(" ", 1)
     assert want[0] == uid
     assert got == repr(want[1] if len(want) > 1 else "")
 
 
 def test_a_tampered_archive_is_refused(packed, tmp_path):
-    _, out = packed
+    _, _, out = packed
     bad = tmp_path / "bad.tar"
     with tarfile.open(out) as src, tarfile.open(bad, "w") as dst:
         for m in src.getmembers():
@@ -88,9 +96,9 @@ def test_a_tampered_archive_is_refused(packed, tmp_path):
 
 
 def test_by_default_it_packs_the_settings_stage_6_scored_the_system_with(packed, tmp_path):
-    tmp, _ = packed
-    out = tmp_path / "lora.tar"
-    python(["-m", "espnet_hdmole.bin.pack_system", "--exp_dir", str(tmp / "exp" / "lora"), "--out", str(out)], RECIPE)
+    _, exp, _ = packed
+    out = tmp_path / "hdmole_default.tar"
+    python(["-m", "espnet_hdmole.bin.pack_system", "--exp_dir", str(exp / "hdmole"), "--out", str(out)], RECIPE)
     with tarfile.open(out) as tar:
         manifest = json.load(tar.extractfile("manifest.json"))
     # run.sh's decode_args and hdmole.sh's --ngram_weight, with the n-gram LM of stage 3
@@ -99,9 +107,9 @@ def test_by_default_it_packs_the_settings_stage_6_scored_the_system_with(packed,
 
 
 def test_packing_never_overwrites_an_archive(packed):
-    tmp, out = packed
+    _, exp, out = packed
     before = out.read_bytes()
-    p = python(["-m", "espnet_hdmole.bin.pack_system", "--exp_dir", str(tmp / "exp" / "lora"), "--out", str(out)],
+    p = python(["-m", "espnet_hdmole.bin.pack_system", "--exp_dir", str(exp / "hdmole"), "--out", str(out)],
                RECIPE, check=False)
     assert p.returncode == 1 and f"ERROR: {out} exists already" in p.stderr
     assert out.read_bytes() == before
