@@ -39,14 +39,28 @@ from pathlib import Path
 from typing import Dict, Optional, Union
 
 import numpy as np
+import torch
 import yaml
 
 from espnet_hdmole.errors import UserError
+from espnet_hdmole.tasks.provenance import PATH_KEYS
 from espnet_hdmole.utils.fingerprint import file_sha256, files_sha256
 
 FORMAT = 1
 FEATS_OF_INPUT_SIZE = {83: "fbank_pitch", 80: "fbank", 1: "raw"}
 DECODE_DEFAULTS = {"beam_size": 4, "max_new_tokens": 128, "length_penalty": 1.0, "ngram_weight": 0.0}
+# each path setting of a config (provenance.PATH_KEYS), under its name in the archive
+IN_ARCHIVE = {("model_conf", "llm_dir"): "llm", ("normalize_conf", "stats_file"): "cmvn_stats.npz",
+              ("encoder_conf", "whisper_dir"): "whisper"}
+assert set(IN_ARCHIVE) == set(PATH_KEYS)
+
+
+def _path_settings(conf: dict):
+    """(section dict, key, value, name in the archive) of every path setting the config has."""
+    for (section, key), name in IN_ARCHIVE.items():
+        d = conf.get(section) or {}
+        if d.get(key):
+            yield d, key, d[key], name
 
 
 def _resolved(path: str, root: Path) -> Path:
@@ -63,16 +77,17 @@ def scored_settings(exp_dir: Path) -> dict:
     """The decoding settings the recipe's stage 6 scored the system with (the command line at the
     top of its decoding log), as far as they are there: beam_size, max_new_tokens, length_penalty,
     ngram_weight, and the n-gram LM (ngram_file)."""
+    from espnet_hdmole.bin.llm_asr_inference import get_parser
+
     logs = [exp_dir / "decode_union" / "decode.log", exp_dir / "decode_union" / "split" / "decode.1.log"]
     for log in logs:
         if log.is_file():
-            first = log.read_text(encoding="utf-8", errors="replace").splitlines()[0].lstrip("# ")
-            words, out = shlex.split(first), {}
-            for key, kind in (("beam_size", int), ("max_new_tokens", int), ("length_penalty", float),
-                              ("ngram_weight", float), ("ngram_file", str)):
-                if f"--{key}" in words:
-                    out[key] = kind(words[len(words) - 1 - words[::-1].index(f"--{key}") + 1])
-            return out
+            words = shlex.split(log.read_text(encoding="utf-8", errors="replace").splitlines()[0].lstrip("# "))
+            if "espnet_hdmole.bin.llm_asr_inference" not in words:
+                return {}
+            args, _ = get_parser().parse_known_args(words[words.index("espnet_hdmole.bin.llm_asr_inference") + 1:])
+            return {k: getattr(args, k) for k in ("beam_size", "max_new_tokens", "length_penalty", "ngram_weight",
+                                                   "ngram_file")}
     return {}
 
 
@@ -83,12 +98,8 @@ def build_unpacked(directory: Path):
     from espnet_hdmole.tasks.llm_asr import LLMASRTask
 
     conf = yaml.safe_load((directory / "config.yaml").read_text(encoding="utf-8"))
-    mc = conf["model_conf"]
-    mc["llm_dir"] = str(directory / mc["llm_dir"])
-    if (conf.get("normalize_conf") or {}).get("stats_file"):
-        conf["normalize_conf"]["stats_file"] = str(directory / conf["normalize_conf"]["stats_file"])
-    if (conf.get("encoder_conf") or {}).get("whisper_dir"):
-        conf["encoder_conf"]["whisper_dir"] = str(directory / conf["encoder_conf"]["whisper_dir"])
+    for section, key, value, _ in list(_path_settings(conf)):
+        section[key] = str(directory / value)
     conf["init_param"] = [str(directory / s) for s in conf.get("init_param") or []]
     resolved = directory / "config.resolved.yaml"
     resolved.write_text(yaml.safe_dump(conf, allow_unicode=True, sort_keys=False), encoding="utf-8")
@@ -111,20 +122,15 @@ def _results_row(results: Path, system: str) -> str:
 def _stage_base(conf: dict, root: Path, stage: Path) -> dict:
     """Copy what the model is built from into ``stage`` and point ``conf`` at the copies; returns
     where they came from."""
-    mc = conf["model_conf"]
-    sources = {"llm_dir": mc["llm_dir"], "init_param": list(conf.get("init_param") or [])}
-    _copy_dir(_resolved(mc["llm_dir"], root), stage / "llm")
-    mc["llm_dir"] = "llm"
-    stats = (conf.get("normalize_conf") or {}).get("stats_file")
-    if stats:
-        sources["stats_file"] = stats
-        shutil.copy(_resolved(stats, root), stage / "cmvn_stats.npz")
-        conf["normalize_conf"]["stats_file"] = "cmvn_stats.npz"
-    whisper = (conf.get("encoder_conf") or {}).get("whisper_dir")
-    if whisper:
-        sources["whisper_dir"] = whisper
-        _copy_dir(_resolved(whisper, root), stage / "whisper")
-        conf["encoder_conf"]["whisper_dir"] = "whisper"
+    sources = {"init_param": list(conf.get("init_param") or [])}
+    for section, key, value, name in list(_path_settings(conf)):
+        sources[key] = value
+        src = _resolved(value, root)
+        if src.is_dir():
+            _copy_dir(src, stage / name)
+        else:
+            shutil.copy(src, stage / name)
+        section[key] = name
     specs = []
     for i, spec in enumerate(conf.get("init_param") or []):
         path, *keys = str(spec).split(":")
@@ -199,8 +205,6 @@ class PackedSystem:
     """A system loaded from its archive: ``transcribe(wav)``."""
 
     def __init__(self, directory: Path):
-        import torch
-
         self.directory = directory
         manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
         if manifest.get("format") != FORMAT:
@@ -218,7 +222,6 @@ class PackedSystem:
             from espnet_hdmole.lm.ngram_scorer import NgramScorer
 
             self.ngram = NgramScorer(str(directory / "ngram.arpa"), self.model.tokenizer)
-        self._torch = torch
 
     def features(self, wav: np.ndarray, sr: int) -> np.ndarray:
         """The model's input for a mono waveform: fbank (+ pitch) features, or the samples at 16 kHz."""
@@ -236,12 +239,11 @@ class PackedSystem:
         (beam_size, max_new_tokens, length_penalty, ngram_weight)."""
         from espnet_hdmole.asr.llm_utils import one_line
 
-        torch = self._torch
         if isinstance(audio, (str, Path)):
             import soundfile
 
             samples, sr = soundfile.read(str(audio), dtype="float32", always_2d=True)
-            audio = samples[:, 0]
+            audio = samples[:, 0] if samples.shape[1] == 1 else samples  # several channels: refused below
         elif sr is None:
             raise UserError("recognize: give the sampling rate (sr) of the samples")
         audio = np.asarray(audio)

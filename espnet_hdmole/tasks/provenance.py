@@ -39,19 +39,14 @@ def _get(conf, key: str):
 
 def model_settings(conf) -> dict:
     """The settings that define the model (a config dict or argparse Namespace), paths left out."""
-    out = {}
-    for key in MODEL_KEYS:
-        v = _get(conf, key)
-        if isinstance(v, dict):
-            v = {k: x for k, x in v.items() if (key, k) not in PATH_KEYS}
-        out[key] = v
+    out = _without_paths({key: _get(conf, key) for key in MODEL_KEYS})
     if not out.get("use_adapter"):
         out["adapter"] = out["adapter_conf"] = None
     return json.loads(json.dumps(out, sort_keys=True, default=str))  # plain JSON types
 
 
 def _without_paths(settings: dict) -> dict:
-    """Recorded model settings less the path settings (a record may name one that is compared by
+    """Model settings less the path settings (also for a record that names one that is compared by
     hash only now, e.g. encoder_conf.whisper_dir)."""
     return {k: ({x: y for x, y in v.items() if (k, x) not in PATH_KEYS} if isinstance(v, dict) else v)
             for k, v in settings.items()}
