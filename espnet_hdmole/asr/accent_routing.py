@@ -17,9 +17,11 @@ from espnet_hdmole.layers.routing import oracle_posterior
 
 
 class AccentRouting:
-    def global_router_mode(self) -> Optional[str]:
-        """'predicted' or 'oracle' when HDMoLE layers need a domain posterior, else None."""
-        modes = {m.global_router for _, m in hdmole_layers(self) if m.global_router != "none"}
+    def global_router_mode(self, layers=None) -> Optional[str]:
+        """'predicted' or 'oracle' when HDMoLE layers need a domain posterior, else None.
+        ``layers``: ``hdmole_layers(self)`` when the caller has it."""
+        layers = hdmole_layers(self) if layers is None else layers
+        modes = {m.global_router for _, m in layers if m.global_router != "none"}
         if len(modes) > 1:
             raise ValueError(f"HDMoLE layers disagree on global_router: {sorted(modes)}")
         return modes.pop() if modes else None
@@ -51,11 +53,12 @@ class AccentRouting:
         return self.accent_logits(speech, speech_lengths, h, h_lens)
 
     def domain_posterior(
-        self, speech, speech_lengths, h: torch.Tensor, h_lens: torch.Tensor, accent: Optional[torch.Tensor]
+        self, speech, speech_lengths, h: torch.Tensor, h_lens: torch.Tensor, accent: Optional[torch.Tensor],
+        layers=None,
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """(accent logits or None, the posterior the HDMoLE layers read or None)."""
         logits = self.accent_logits(speech, speech_lengths, h, h_lens)
-        mode = self.global_router_mode()
+        mode = self.global_router_mode(layers)
         if mode is None:
             return logits, None
         if mode == "oracle":

@@ -34,11 +34,16 @@ from espnet_hdmole.asr.projector import FrameStackProjector
 from espnet_hdmole.asr.utterance_cache import UtteranceCache
 from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.create_hdmole_adapter import (
-    hdmole_aux_loss, hdmole_statistics, keep_adapters_fp32, mark_positions)
+    hdmole_aux_loss, hdmole_layers, hdmole_statistics, keep_adapters_fp32, mark_positions)
 from espnet_hdmole.layers.precision import lora_to_base_dtype, params_to_fp32
 from espnet_hdmole.layers.routing import domain_posterior, position_kinds
 
 LLM_DTYPES = (None, "float32", "bfloat16", "float16")
+
+
+def _under(layers, prefix: str):
+    """The (name, layer) pairs of ``layers`` inside the submodule ``prefix`` (None stays None)."""
+    return None if layers is None else [(n, m) for n, m in layers if n.startswith(prefix)]
 
 
 class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
@@ -218,7 +223,7 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         """Shorten the encoder output along the CTC head's greedy path (see ``ctc_compress``)."""
         return ctc_compress(self.ctc, h, h_lens, self.ctc_compress)
 
-    def project(self, h: torch.Tensor, h_lens: torch.Tensor, utt_id=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def project(self, h: torch.Tensor, h_lens: torch.Tensor, utt_id=None, layers=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Encoder output -> LLM input embeddings (CTC compression first when enabled; its result
         is cached by utterance id along with the encoder output's)."""
         if self.ctc_compress != "none":
@@ -235,7 +240,7 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
                         self._cmp_cache.put(u, h[b, : h_lens[b]].detach().clone())
         s, s_lens = self.projector(h, h_lens)
         # routing statistics of the projector's HDMoLE layers: its valid positions only
-        mark_positions(self.projector, position_kinds(s.shape[1], s_lens))
+        mark_positions(self.projector, position_kinds(s.shape[1], s_lens), _under(layers, "projector."))
         return s, s_lens
 
     # ------------------------------------------------------------------ LLM side
@@ -261,13 +266,14 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
             h, h_lens = self.encode_cached(speech, speech_lengths, kwargs.get("utt_id"), stored)
         else:  # accent-ID training of a head on the features: the encoder is not needed
             h, h_lens = None, None
-        logits_aid, g = self.domain_posterior(speech, speech_lengths, h, h_lens, accent)
+        layers = hdmole_layers(self)  # once per step: walking the model's modules costs milliseconds
+        logits_aid, g = self.domain_posterior(speech, speech_lengths, h, h_lens, accent, layers)
         stats: Dict[str, torch.Tensor] = {}
         loss = torch.zeros((), device=speech.device)
         if self.asr_weight > 0:
             with domain_posterior(g) if g is not None else nullcontext():
-                s, s_lens = self.project(h, h_lens, kwargs.get("utt_id"))
-                loss_asr, acc = self._llm_loss(s, s_lens, text, text_lengths)
+                s, s_lens = self.project(h, h_lens, kwargs.get("utt_id"), layers)
+                loss_asr, acc = self._llm_loss(s, s_lens, text, text_lengths, layers)
             loss = self.asr_weight * loss_asr
             stats["loss_asr"] = loss_asr.detach()
             stats["acc"] = acc
@@ -291,15 +297,15 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
             stats["acc_aid"] = (logits_aid.argmax(-1) == accent).float().mean()
             if self.aid_weight > 0:
                 loss = loss + self.aid_weight * loss_aid
-        aux = hdmole_aux_loss(self)
+        aux = hdmole_aux_loss(self, layers)
         if aux is not None:
             loss = loss + aux
-        stats.update(hdmole_statistics(self))
+        stats.update(hdmole_statistics(self, layers=layers))
         stats["loss"] = loss.detach()
         loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
         return loss, stats, weight
 
-    def _llm_loss(self, s, s_lens, text, text_lengths):
+    def _llm_loss(self, s, s_lens, text, text_lengths, layers=None):
         ctx = self._context_embeddings(s, s_lens)
         emb = self.llm.get_input_embeddings()
         eos = torch.full((1,), self.eos_id, dtype=torch.long, device=s.device)
@@ -320,7 +326,8 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         mask = (torch.arange(inputs.shape[1], device=s.device)[None] < lens[:, None]).long()
         out = self.llm.base_model(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
         # routing statistics of the LLM's HDMoLE layers: speech and text positions, no padding
-        mark_positions(self.llm, position_kinds(inputs.shape[1], lens, len(self.prefix_ids), s_lens))
+        mark_positions(self.llm, position_kinds(inputs.shape[1], lens, len(self.prefix_ids), s_lens),
+                       _under(layers, "llm."))
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         sel = labels != -100
         logits = self.llm.get_output_embeddings()(hidden[sel]).float()

@@ -13,12 +13,13 @@ import torch
 from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.adapter_scope import hdmole_matches as _matches
 from espnet_hdmole.layers.hdmole_linear import HDMoLELinear
+from espnet_hdmole.layers.shared_input import group_shared_inputs
 
 # the keys of adapter_conf that go to each HDMoLELinear
 LAYER_KEYS = tuple(
     k for k in inspect.signature(HDMoLELinear.__init__).parameters if k not in ("self", "base", "name")
 )
-ADAPTER_KEYS = ("target_modules", "freeze_non_adapter", "keep_trainable") + LAYER_KEYS
+ADAPTER_KEYS = ("target_modules", "freeze_non_adapter", "keep_trainable", "shared_input_groups") + LAYER_KEYS
 
 
 def create_hdmole_adapter(
@@ -26,6 +27,7 @@ def create_hdmole_adapter(
     target_modules: Optional[List[str]] = None,
     freeze_non_adapter: bool = True,
     keep_trainable: Optional[List[str]] = None,
+    shared_input_groups: Optional[List[List[str]]] = None,
     **layer_conf,
 ) -> List[str]:
     """Wrap the targeted linears of ``model`` with HDMoLE layers, in place.
@@ -38,6 +40,10 @@ def create_hdmole_adapter(
             (the wrapped base weights are frozen in any case).
         keep_trainable: name prefixes of parameters left trainable by freeze_non_adapter,
             e.g. ``["accent_head"]`` for the global router.
+        shared_input_groups: names of sibling layers called on the same input, whose routers and
+            experts' A run as one matmul (espnet_hdmole.layers.shared_input); default
+            ``[[q_proj, k_proj, v_proj], [gate_proj, up_proj]]``, ``[]`` for none. The outputs
+            are the same either way.
         **layer_conf: HDMoLELinear settings (num_domains, experts_per_domain, rank, alpha,
             dropout_rate, temperature, global_router, combine, activation, top_k, tau_max,
             threshold_init, mix_init, lb_weight, output_scale, router_init_std).
@@ -73,6 +79,8 @@ def create_hdmole_adapter(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, HDMoLELinear(lin, name=name, **layer_conf))
+    _check_groups(shared_input_groups)
+    group_shared_inputs(model, shared_input_groups)
 
     if freeze_non_adapter:
         keep = tuple(keep_trainable or ())
@@ -81,6 +89,15 @@ def create_hdmole_adapter(
             if n not in adapter_names and not (keep and n.startswith(keep)):
                 p.requires_grad_(False)
     return [n for n, _ in chosen]
+
+
+def _check_groups(groups) -> None:
+    if groups is None:
+        return
+    if not isinstance(groups, (list, tuple)) or not all(
+            isinstance(g, (list, tuple)) and all(isinstance(n, str) for n in g) for g in groups):
+        raise UserError(f"adapter_conf.shared_input_groups must be a list of lists of layer names "
+                        f"(e.g. [[q_proj, k_proj, v_proj], [gate_proj, up_proj]]), got {groups!r}")
 
 
 def hdmole_layers(model: torch.nn.Module) -> List[Tuple[str, HDMoLELinear]]:
@@ -128,20 +145,26 @@ def load_hdmole_state_dict(model: torch.nn.Module, state: Dict[str, torch.Tensor
     model.load_state_dict(state, strict=False)
 
 
-def hdmole_aux_loss(model: torch.nn.Module) -> Optional[torch.Tensor]:
-    """Sum of the load-balancing losses of the last forward (None when none was computed)."""
-    losses = [m._aux_loss for _, m in hdmole_layers(model) if m._aux_loss is not None]
+Layers = List[Tuple[str, HDMoLELinear]]
+
+
+def hdmole_aux_loss(model: torch.nn.Module, layers: Optional[Layers] = None) -> Optional[torch.Tensor]:
+    """Sum of the load-balancing losses of the last forward (None when none was computed).
+    ``layers``: ``hdmole_layers(model)`` when the caller has it (a walk over a large model's
+    modules costs milliseconds; a training step takes it once)."""
+    losses = [m._aux_loss for _, m in (hdmole_layers(model) if layers is None else layers) if m._aux_loss is not None]
     return torch.stack(losses).sum() if losses else None
 
 
-def mark_positions(model: torch.nn.Module, kinds: torch.Tensor) -> int:
-    """Tell every HDMoLE layer of ``model`` whose last input was (batch, T, d) with (batch, T) =
-    kinds.shape what its positions held (routing.PAD / SPEECH / TEXT), so that its statistics
-    leave padding out. Returns the number of layers marked."""
-    return sum(layer.mark_positions(kinds) for _, layer in hdmole_layers(model))
+def mark_positions(model: torch.nn.Module, kinds: torch.Tensor, layers: Optional[Layers] = None) -> int:
+    """Tell every HDMoLE layer of ``model`` (or of ``layers``) whose last input was (batch, T, d)
+    with (batch, T) = kinds.shape what its positions held (routing.PAD / SPEECH / TEXT), so that
+    its statistics leave padding out. Returns the number of layers marked."""
+    return sum(layer.mark_positions(kinds) for _, layer in (hdmole_layers(model) if layers is None else layers))
 
 
-def hdmole_statistics(model: torch.nn.Module, per_layer: bool = False, kind: Optional[int] = None) -> Dict[str, torch.Tensor]:
+def hdmole_statistics(model: torch.nn.Module, per_layer: bool = False, kind: Optional[int] = None,
+                      layers: Optional[Layers] = None) -> Dict[str, torch.Tensor]:
     """Routing statistics of the last forward, for the trainer to log, over the positions that
     hold something (see ``mark_positions``), or only those of ``kind`` (routing.SPEECH, TEXT).
 
@@ -150,24 +173,67 @@ def hdmole_statistics(model: torch.nn.Module, per_layer: bool = False, kind: Opt
     ``hdmole_use_e<i>`` (expert i's mean routing weight, averaged over the layers: the use of each
     expert, logged by the trainer every epoch), and with
     ``per_layer`` the same per layer as ``hdmole_<stat>/<layer name>``; plus ``hdmole_lb``,
-    the load-balancing loss, where it was computed.
+    the load-balancing loss, where it was computed. ``layers``: as for ``hdmole_aux_loss``.
     """
-    out: Dict[str, torch.Tensor] = {}
+    layers = hdmole_layers(model) if layers is None else layers
     acc: Dict[str, List[torch.Tensor]] = {}
-    for name, layer in hdmole_layers(model):
-        for k, v in layer.routing_statistics(kind).items():
-            acc.setdefault(k, []).append(v)
-            if per_layer and k != "use":
-                out[f"hdmole_{k}/{name}"] = v
+    out: Dict[str, torch.Tensor] = {}
+    if per_layer or kind is not None:
+        for name, layer in layers:
+            for k, v in layer.routing_statistics(kind).items():
+                acc.setdefault(k, []).append(v.reshape(1, -1) if k == "use" else v.reshape(1))
+                if per_layer and k != "use":
+                    out[f"hdmole_{k}/{name}"] = v
+    else:  # the trainer's call, every step: layers that saw the same positions, stacked
+        for k, v in _stacked_statistics([m for _, m in layers]).items():
+            acc.setdefault(k, []).extend(v)
     use = acc.pop("use", [])
     for k, vs in acc.items():
-        out[f"hdmole_{k}"] = torch.stack(vs).mean()
-    if use and len({u.shape for u in use}) == 1:  # each expert's mean weight, averaged over the layers
-        for i, u in enumerate(torch.stack(use).mean(0)):
+        out[f"hdmole_{k}"] = torch.cat(vs).mean()
+    if use and len({u.shape[1] for u in use}) == 1:  # each expert's mean weight, averaged over the layers
+        for i, u in enumerate(torch.cat(use).mean(0)):
             out[f"hdmole_use_e{i}"] = u
-    aux = hdmole_aux_loss(model)
+    aux = hdmole_aux_loss(model, layers)
     if aux is not None:
         out["hdmole_lb"] = aux.detach()
+    return out
+
+
+def _stacked_statistics(layers: List[HDMoLELinear]) -> Dict[str, List[torch.Tensor]]:
+    """HDMoLELinear.routing_statistics of every layer, computed over stacks of the layers whose
+    last forward saw the same positions: per statistic, tensors of per-layer values ((L,) or, for
+    'use', (L, N))."""
+    groups: Dict[tuple, List[HDMoLELinear]] = {}
+    for m in layers:
+        last = m._last
+        if last is None:
+            continue
+        kinds = last["kinds"]
+        tau = last.get("tau")
+        key = (tuple(last["lead"]), m.num_experts, "active" in last, None if tau is None else tau.dim(),
+               None if kinds is None else (kinds.data_ptr(), kinds.shape, kinds.device))
+        groups.setdefault(key, []).append(m)
+    out: Dict[str, List[torch.Tensor]] = {}
+    for (_, n, has_active, tau_dim, _), ms in groups.items():
+        sel = ms[0]._positions()
+        if sel is not None and not bool(sel.any()):
+            continue
+
+        def stack(key: str) -> torch.Tensor:
+            v = torch.stack([m._last[key] for m in ms])
+            return v if sel is None else v[:, sel]
+
+        p = stack("p").float()
+        out.setdefault("entropy", []).append(-(p * p.clamp_min(1e-12).log()).sum(-1).mean(-1))
+        out.setdefault("use", []).append(stack("w").float().mean(1))
+        if has_active:
+            out.setdefault("active", []).append(stack("active").float().sum(-1).mean(-1))
+        else:
+            out.setdefault("active", []).append(torch.full((len(ms),), float(n), device=p.device))
+        if tau_dim == 0:
+            out.setdefault("tau", []).append(torch.stack([m._last["tau"] for m in ms]).float())
+        elif tau_dim is not None:
+            out.setdefault("tau", []).append(stack("tau").float().flatten(1).mean(1))
     return out
 
 

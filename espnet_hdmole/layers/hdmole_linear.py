@@ -23,7 +23,9 @@ belongs to domain dom(i) = i // experts_per_domain):
 
 tau_max defaults to 1/N, so max_i p_i >= 1/N > tau and at least one expert is always active.
 The experts run batched: A stacked to (N*r, d_in) and B to (d_out, N*r) give two matmuls for
-all experts, whatever N is.
+all experts, whatever N is; the router shares A's matmul (without dropout), and layers that read
+the same input (q/k/v, gate/up) can run their routers and A's together
+(espnet_hdmole.layers.shared_input).
 
 The layer subclasses ``torch.nn.Linear`` and shares the wrapped layer's ``weight`` and ``bias``
 parameters (frozen), so state-dict keys of the base model are unchanged and a checkpoint of the
@@ -43,16 +45,8 @@ import torch.nn.functional as F
 from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.precision import at_least_fp32, autocast_off, params_to_fp32
 
-from espnet_hdmole.layers.routing import (
-    ACTIVATIONS,
-    PAD,
-    COMBINES,
-    GLOBAL_ROUTERS,
-    combine_routers,
-    current_domain_posterior,
-    threshold_weights,
-    topk_weights,
-)
+from espnet_hdmole.layers.routing import ACTIVATIONS, PAD, COMBINES, GLOBAL_ROUTERS, current_domain_posterior
+from espnet_hdmole.layers.shared_input import stacked_mixtures, stacked_routing
 
 
 OUTPUT_SCALES = ("expert", "lora")
@@ -188,6 +182,7 @@ class HDMoLELinear(torch.nn.Linear):
 
         self._last: Optional[Dict[str, torch.Tensor]] = None
         self._aux_loss: Optional[torch.Tensor] = None
+        self._shared_input_group = None  # set by shared_input.group_shared_inputs
 
     def reset_adapter_parameters(self, threshold_init: float = 0.0):
         """Kaiming-uniform A (as nn.Linear), zero B, router weights N(0, router_init_std^2), theta = threshold_init."""
@@ -242,62 +237,26 @@ class HDMoLELinear(torch.nn.Linear):
         return g.to(dtype).view(view).expand(*lead, self.num_domains).reshape(-1, self.num_domains)
 
     def route(self, xt: torch.Tensor, lead: torch.Size):
-        """Routing weights for flattened tokens xt (T, d_in): returns (w, p, active, tau)."""
-        local = torch.softmax(self.router(xt) / self.temperature, dim=-1)
-        g_tok = self._token_posterior(lead, local.dtype) if self.combine != "none" else None
-        p = combine_routers(
-            local, g_tok, self.combine, self.experts_per_domain, getattr(self, "mix_logit", None)
-        )
-        tau = None
-        if self.activation == "threshold":
-            tau = self.tau_max * torch.sigmoid(self.threshold)
-            w, active = threshold_weights(p, tau)
-        elif self.activation == "token_threshold":
-            tau = self.tau_max * torch.sigmoid(self.threshold_proj(xt))
-            w, active = threshold_weights(p, tau)
-        elif self.activation == "topk":
-            w, active = topk_weights(p, self.top_k)
-        else:
-            w, active = p, None
-        return w, p, local, active, tau
+        """Routing weights for flattened tokens xt (T, d_in): returns (w, p, local, active, tau)."""
+        w, p, local, active, tau = stacked_routing([self], self.router(xt).unsqueeze(1), xt, lead)
+        if tau is not None:
+            tau = tau[0, 0] if tau.dim() == 2 else tau[:, 0]
+        return w[:, 0], p[:, 0], local[:, 0], None if active is None else active[:, 0], tau
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
         lead = x.shape[:-1]
         with autocast_off(x.device.type):  # routing and experts in the adapter's dtype (float32)
-            delta = self.mixture(x.reshape(-1, self.in_features).to(self.lora_A.dtype), lead)
+            if self._shared_input_group is not None:  # computed with its siblings on the same input
+                delta = self._shared_input_group.delta(self, x, lead)
+            else:
+                delta = self.mixture(x.reshape(-1, self.in_features).to(self.lora_A.dtype), lead)
         return y + delta.view(*lead, self.out_features).to(y.dtype)
 
     def mixture(self, xt: torch.Tensor, lead: torch.Size) -> torch.Tensor:
         """c * sum_i w_i E_i(x) for the flattened tokens xt (T, d_in), in xt's dtype; records the
         routing of this forward for the statistics and the load-balancing loss."""
-        t, n, r = xt.shape[0], self.num_experts, self.rank
-        w, p, local, active, tau = self.route(xt, lead)
-        scale = self.scaling * self.experts_in_use(active) if self.output_scale == "lora" else self.scaling
-
-        # all experts at once: (T, d_in) x (d_in, N*r) -> scale by routing -> x (N*r, d_out)
-        z = F.linear(self.lora_dropout(xt), self.lora_A.reshape(n * r, self.in_features))
-        z = (z.view(t, n, r) * (w * scale).unsqueeze(-1).to(z.dtype)).view(t, n * r)
-        b_all = self.lora_B.permute(1, 0, 2).reshape(self.out_features, n * r)
-        delta = F.linear(z, b_all)
-
-        self._last = {"p": p.detach(), "w": w.detach(), "lead": lead, "kinds": None}
-        if active is not None:
-            self._last["active"] = active
-        if tau is not None:
-            self._last["tau"] = tau.detach()
-        if self.training and self.lb_weight > 0:
-            self._aux_loss = self.lb_weight * self.load_balancing_loss(local, w if active is None else active)
-        else:
-            self._aux_loss = None
-        return delta
-
-    def experts_in_use(self, active: Optional[torch.Tensor]):
-        """How many experts a token's weights spread over: N (dense), or the count of its active
-        experts, (T, 1) (top-k, thresholds); a constant for the gradient."""
-        if active is None:
-            return float(self.num_experts)
-        return active.sum(dim=-1, keepdim=True).to(self.lora_A.dtype)
+        return stacked_mixtures([self], xt, lead)[0]
 
     def load_balancing_loss(self, local: torch.Tensor, dispatch: torch.Tensor) -> torch.Tensor:
         """Switch-style loss N * sum_i f_i P_i: f_i the share of token dispatch to expert i

@@ -1,0 +1,111 @@
+"""Layers that read the same input (q/k/v, gate/up) routed together: the same outputs, gradients and
+routing statistics as each layer alone, and a member called on another input still right."""
+import pytest
+import torch
+
+import espnet_hdmole
+from espnet_hdmole import HDMoLELinear, domain_posterior
+from espnet_hdmole.layers.shared_input import SharedInputGroup
+
+
+def tiny_qwen2(seed=0):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+CONF = dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            num_domains=3, experts_per_domain=2, rank=2, alpha=4)
+
+
+def adapted(groups, seed=0, **conf):
+    model = tiny_qwen2(seed)
+    espnet_hdmole.create_hdmole_adapter(model, shared_input_groups=groups, **dict(CONF, **conf))
+    torch.manual_seed(1)
+    for _, layer in espnet_hdmole.hdmole_layers(model):  # every expert and router does something
+        with torch.no_grad():
+            layer.lora_B.normal_(std=0.3)
+            layer.router.weight.normal_(std=1.0)
+            layer.router.bias.normal_(std=0.5)
+            if hasattr(layer, "threshold_proj"):
+                layer.threshold_proj.weight.normal_(std=0.5)
+    return model
+
+
+def run(model, ids, g):
+    model.zero_grad()
+    with domain_posterior(g):
+        logits = model(input_ids=ids, attention_mask=(ids > 0).long()).logits
+    # the last 2 positions of utterance 0 are padding (statistics leave them out)
+    espnet_hdmole.mark_positions(model, torch.tensor([[1] * 5 + [0] * 2, [1] * 7]))
+    logits.pow(2).mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    stats = espnet_hdmole.hdmole_statistics(model, per_layer=True)
+    return logits.detach(), grads, stats
+
+
+@pytest.mark.parametrize("conf", [dict(activation="threshold"), dict(activation="token_threshold"),
+                                  dict(activation="topk", top_k=2, output_scale="lora"),
+                                  dict(combine="mix", activation="dense")], ids=lambda c: c["activation"])
+def test_grouped_equals_alone(conf):
+    grouped, alone = adapted(None, **conf), adapted([], **conf)
+    groups = {id(m._shared_input_group) for _, m in espnet_hdmole.hdmole_layers(grouped)
+              if m._shared_input_group is not None}
+    assert len(groups) == 4  # q/k/v and gate/up in each of the 2 blocks
+    assert all(m._shared_input_group is None for _, m in espnet_hdmole.hdmole_layers(alone))
+    for model in (grouped, alone):
+        for _, m in espnet_hdmole.hdmole_layers(model):
+            m.train()
+            m.lb_weight = 0.1
+    ids = torch.randint(0, 50, (2, 7))
+    g = torch.softmax(torch.randn(2, 3), -1)
+    y1, g1, s1 = run(grouped, ids, g)
+    y2, g2, s2 = run(alone, ids, g)
+    torch.testing.assert_close(y1, y2, atol=1e-5, rtol=1e-5)
+    assert g1.keys() == g2.keys() and any("router" in k for k in g1) and any("threshold" in k for k in g1) == (
+        conf["activation"] in ("threshold", "token_threshold"))
+    for k in g1:
+        torch.testing.assert_close(g1[k], g2[k], atol=1e-5, rtol=1e-4, msg=k)
+    assert s1.keys() == s2.keys() and "hdmole_lb" in s1
+    for k in s1:
+        torch.testing.assert_close(s1[k], s2[k], atol=1e-6, rtol=1e-5, msg=k)
+    # the trainer's statistics (stacked over the layers) are the per-layer ones averaged
+    fast = espnet_hdmole.hdmole_statistics(grouped)
+    assert set(fast) == {k for k in s1 if "/" not in k} and "hdmole_use_e5" in fast
+    for k in fast:
+        torch.testing.assert_close(fast[k], s1[k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_member_called_on_another_input_computes_alone():
+    base = [torch.nn.Linear(8, 6) for _ in range(2)]
+    a, b = (HDMoLELinear(lin, num_domains=2, experts_per_domain=1, rank=2, name=f"m{i}") for i, lin in enumerate(base))
+    for m in (a, b):
+        with torch.no_grad():
+            m.lora_B.normal_()
+            m.router.weight.normal_()
+    x1, x2 = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    g = torch.softmax(torch.randn(2, 2), -1)
+    with domain_posterior(g):
+        want_a, want_b2, want_b1 = a(x1), b(x2), b(x1)
+        group = SharedInputGroup([a, b])
+        a._shared_input_group = b._shared_input_group = group
+        got_a = a(x1)  # computes a and b on x1
+        got_b2 = b(x2)  # another input: not the kept result
+        got_a2 = a(x1)
+        x1.mul_(2)  # modified in place after a's call: b recomputes
+        got_b1 = b(x1)
+    torch.testing.assert_close(got_a, want_a)
+    torch.testing.assert_close(got_a2, want_a)
+    torch.testing.assert_close(got_b2, want_b2)
+    b._shared_input_group = None
+    with domain_posterior(g):
+        torch.testing.assert_close(got_b1, b(x1))
+    assert not torch.allclose(got_b1, want_b1)  # not the result kept from before the change
+
+
+def test_bad_groups_are_refused():
+    with pytest.raises(espnet_hdmole.errors.UserError, match="shared_input_groups"):
+        espnet_hdmole.create_hdmole_adapter(tiny_qwen2(), shared_input_groups="q_proj", **CONF)
