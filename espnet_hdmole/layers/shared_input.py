@@ -79,16 +79,16 @@ def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size) -> Li
     for j, m in enumerate(layers):
         b_all = m.lora_B.permute(1, 0, 2).reshape(m.out_features, n * r)
         deltas.append(F.linear(z[:, j].reshape(t, n * r), b_all))
-        m._last = {"p": p[:, j].detach(), "w": w[:, j].detach(), "lead": lead, "kinds": None}
+        last = {"p": p[:, j].detach(), "w": w[:, j].detach(), "lead": lead, "kinds": None}
         if active is not None:
-            m._last["active"] = active[:, j]
+            last["active"] = active[:, j]
         if tau is not None:
-            m._last["tau"] = (tau[j, 0] if tau.dim() == 2 else tau[:, j]).detach()
+            last["tau"] = (tau[j, 0] if tau.dim() == 2 else tau[:, j]).detach()
+        aux = None
         if m.training and m.lb_weight > 0:
-            dispatch = w[:, j] if active is None else active[:, j]
-            m._aux_loss = m.lb_weight * m.load_balancing_loss(local[:, j], dispatch)
-        else:
-            m._aux_loss = None
+            aux = m.lb_weight * m.load_balancing_loss(local[:, j], w[:, j] if active is None else active[:, j])
+        # plain attributes: set directly (nn.Module.__setattr__ costs ~10 us a call)
+        m.__dict__.update(_last=last, _aux_loss=aux)
     return deltas
 
 
