@@ -152,3 +152,28 @@ def test_train_ngram_lm_script(tmp_path, tok_dir):
                        capture_output=True, text=True)
     assert r.returncode == 1 and "nope" in r.stderr and "does not exist" in r.stderr
     assert not (tmp_path / "x.arpa").exists()
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_compiled_tables_kept_beside_the_arpa_give_the_same_scores(tmp_path, tok_dir, order):
+    from espnet_hdmole.lm.ngram_scorer import compiled_path
+
+    tok = load_tokenizer(tok_dir)
+    arpa = make_arpa(tmp_path / "lm.arpa", SENTENCES, order)
+    fresh = NgramScorer(arpa, tok, compiled_cache=False)
+    assert not compiled_path(arpa).exists()
+    first = NgramScorer(arpa, tok)  # compiles and keeps the tables
+    assert compiled_path(arpa).is_file()
+    kept = NgramScorer(arpa, tok)  # loads them
+    assert kept.order == fresh.order and kept.floor == fresh.floor and kept.backoff == fresh.backoff
+    ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    histories = [ids(h) for h in ["", "早", "早上", "今天天气", "天气很", "世界", "很很很"]]
+    want = fresh(histories, fresh.size + 3)
+    assert torch.equal(first(histories, fresh.size + 3), want) and torch.equal(kept(histories, fresh.size + 3), want)
+    # another ARPA file in the same place, or another tokenizer: the kept tables are not used
+    make_arpa(arpa, SENTENCES[:3], order)
+    assert torch.equal(NgramScorer(arpa, tok)(histories, fresh.size), NgramScorer(arpa, tok, compiled_cache=False)(histories, fresh.size))
+    assert not torch.equal(NgramScorer(arpa, tok)(histories, fresh.size), want[:, :fresh.size])
+    other = load_tokenizer(make_llm_dir(tmp_path / "llm2", "大" + "".join(SENTENCES) + "世界"))
+    got, fresh_other = NgramScorer(arpa, other), NgramScorer(arpa, other, compiled_cache=False)
+    assert got.size == fresh_other.size and torch.equal(got(histories, got.size), fresh_other(histories, got.size))
