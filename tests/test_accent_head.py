@@ -228,3 +228,18 @@ def test_trained_head_is_loaded_and_stays_frozen_in_an_hdmole_system(work, tmp_p
     model, _ = LLMASRTask.build_model_from_file(sysdir / "config.yaml", sysdir / "valid.acc.best.pth")
     for k, v in head.items():
         torch.testing.assert_close(model.state_dict()[k], v)
+    # a frozen head's logits are kept per utterance id (computed once, then read), not while it trains
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.train()
+    model.cache_encoder_outputs = True
+    speech, lens = torch.randn(2, 40, 20), torch.tensor([40, 31])
+    h, h_lens = model.encode(speech, lens)
+    calls, real = [], model.accent_logits
+    model.accent_logits = lambda *a: calls.append(1) or real(*a)
+    first = model.cached_accent_logits(speech, lens, h, h_lens, ["u1", "u2"])
+    again = model.cached_accent_logits(speech, lens, h, h_lens, ["u1", "u2"])
+    assert len(calls) == 1 and torch.equal(first, again) and torch.equal(first, real(speech, lens, h, h_lens))
+    model.accent_head.output.weight.requires_grad_(True)  # a head that trains is run every time
+    model.cached_accent_logits(speech, lens, h, h_lens, ["u1", "u2"])
+    assert len(calls) == 2

@@ -3,8 +3,9 @@ espnet_hdmole.asr.accent_head) and the domain posterior the HDMoLE layers read, 
 (``global_router: predicted``) or the one-hot accent labels (``oracle``).
 
 The mixin reads the model's ``accent_head``, ``accent_head_input``, ``accent_head_dims``,
-``accent_head_frames``, ``accent_list``, ``ctc`` and ``normalize``, and the encoder side's
-``_extract_feats`` and ``encode_cached`` (espnet_hdmole.asr.encoder_side).
+``accent_head_frames``, ``accent_list``, ``ctc``, ``normalize`` and ``_aid_cache`` (the frozen
+head's logits per utterance), and the encoder side's ``_extract_feats``, ``_may_cache`` and
+``encode_cached`` (espnet_hdmole.asr.encoder_side).
 """
 from typing import Optional, Tuple
 
@@ -41,6 +42,20 @@ class AccentRouting:
                 feats = feats[..., self.accent_head_dims[0] : self.accent_head_dims[1]]
         return self.accent_head(*head_input(self.accent_head_input, h, h_lens, self.ctc, feats, lens, self.accent_head_frames))
 
+    def cached_accent_logits(self, speech, speech_lengths, h, h_lens, utt_id=None) -> Optional[torch.Tensor]:
+        """``accent_logits``, kept per utterance id while the head, the CTC head and the encoder
+        are frozen and the encoder-output cache is enabled."""
+        if self.accent_head is None or not self._may_cache(utt_id) or any(
+                p.requires_grad for m in (self.accent_head, self.ctc) if m is not None for p in m.parameters()):
+            return self.accent_logits(speech, speech_lengths, h, h_lens)
+        got = [self._aid_cache.get(u) for u in utt_id]
+        if all(x is not None for x in got):
+            return torch.stack(got).to(speech.device)
+        logits = self.accent_logits(speech, speech_lengths, h, h_lens)
+        for u, x in zip(utt_id, logits.detach()):
+            self._aid_cache.put(u, x.clone())
+        return logits
+
     @torch.no_grad()
     def predict_accent(self, speech: torch.Tensor, speech_lengths: torch.Tensor, utt_id=None,
                        encoder_out=None, encoder_out_lengths=None) -> Optional[torch.Tensor]:
@@ -54,10 +69,13 @@ class AccentRouting:
 
     def domain_posterior(
         self, speech, speech_lengths, h: torch.Tensor, h_lens: torch.Tensor, accent: Optional[torch.Tensor],
-        layers=None,
+        layers=None, utt_id=None,
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """(accent logits or None, the posterior the HDMoLE layers read or None)."""
-        logits = self.accent_logits(speech, speech_lengths, h, h_lens)
+        """(accent logits or None, the posterior the HDMoLE layers read or None). With ``utt_id``
+        and a frozen head on a frozen encoder (the systems that route with step 3's head), each
+        utterance's logits are computed once and kept: the head then gives the same output in
+        every epoch (no crop or dropout while it does not train)."""
+        logits = self.cached_accent_logits(speech, speech_lengths, h, h_lens, utt_id)
         mode = self.global_router_mode(layers)
         if mode is None:
             return logits, None

@@ -187,6 +187,7 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         self.cache_encoder_outputs = cache_encoder_outputs
         self._enc_cache = UtteranceCache(encoder_cache_mb)
         self._cmp_cache = UtteranceCache(encoder_cache_mb, "CTC-compressed encoder-output cache")
+        self._aid_cache = UtteranceCache(encoder_cache_mb, "accent-head output cache")  # frozen head only
         self._stored_checked, self._stored_ignored = set(), False  # stored encoder outputs: see encode_cached
         self.eos_id = self.tokenizer.eos_token_id
         for name, text in (("prompt_prefix", prompt_prefix), ("prompt", prompt)):
@@ -267,7 +268,7 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         else:  # accent-ID training of a head on the features: the encoder is not needed
             h, h_lens = None, None
         layers = hdmole_layers(self)  # once per step: walking the model's modules costs milliseconds
-        logits_aid, g = self.domain_posterior(speech, speech_lengths, h, h_lens, accent, layers)
+        logits_aid, g = self.domain_posterior(speech, speech_lengths, h, h_lens, accent, layers, kwargs.get("utt_id"))
         stats: Dict[str, torch.Tensor] = {}
         loss = torch.zeros((), device=speech.device)
         if self.asr_weight > 0:
