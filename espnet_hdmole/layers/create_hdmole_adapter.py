@@ -12,7 +12,7 @@ import torch
 
 from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.adapter_scope import hdmole_matches as _matches
-from espnet_hdmole.layers.hdmole_linear import HDMoLELinear
+from espnet_hdmole.layers.hdmole_linear import HDMoLELinear, stacked_routing_statistics
 from espnet_hdmole.layers.shared_input import group_shared_inputs
 
 # the keys of adapter_conf that go to each HDMoLELinear
@@ -176,17 +176,14 @@ def hdmole_statistics(model: torch.nn.Module, per_layer: bool = False, kind: Opt
     the load-balancing loss, where it was computed. ``layers``: as for ``hdmole_aux_loss``.
     """
     layers = hdmole_layers(model) if layers is None else layers
+    names = {id(m): n for n, m in layers}
     acc: Dict[str, List[torch.Tensor]] = {}
     out: Dict[str, torch.Tensor] = {}
-    if per_layer or kind is not None:
-        for name, layer in layers:
-            for k, v in layer.routing_statistics(kind).items():
-                acc.setdefault(k, []).append(v.reshape(1, -1) if k == "use" else v.reshape(1))
-                if per_layer and k != "use":
-                    out[f"hdmole_{k}/{name}"] = v
-    else:  # the trainer's call, every step: layers that saw the same positions, stacked
-        for k, v in _stacked_statistics([m for _, m in layers]).items():
-            acc.setdefault(k, []).extend(v)
+    for ms, stats in stacked_routing_statistics([m for _, m in layers], kind):
+        for k, v in stats.items():
+            acc.setdefault(k, []).append(v)
+            if per_layer and k != "use":
+                out.update({f"hdmole_{k}/{names[id(m)]}": x for m, x in zip(ms, v)})
     use = acc.pop("use", [])
     for k, vs in acc.items():
         out[f"hdmole_{k}"] = torch.cat(vs).mean()
@@ -196,44 +193,6 @@ def hdmole_statistics(model: torch.nn.Module, per_layer: bool = False, kind: Opt
     aux = hdmole_aux_loss(model, layers)
     if aux is not None:
         out["hdmole_lb"] = aux.detach()
-    return out
-
-
-def _stacked_statistics(layers: List[HDMoLELinear]) -> Dict[str, List[torch.Tensor]]:
-    """HDMoLELinear.routing_statistics of every layer, computed over stacks of the layers whose
-    last forward saw the same positions: per statistic, tensors of per-layer values ((L,) or, for
-    'use', (L, N))."""
-    groups: Dict[tuple, List[HDMoLELinear]] = {}
-    for m in layers:
-        last = m._last
-        if last is None:
-            continue
-        kinds = last["kinds"]
-        tau = last.get("tau")
-        key = (tuple(last["lead"]), m.num_experts, "active" in last, None if tau is None else tau.dim(),
-               None if kinds is None else (kinds.data_ptr(), kinds.shape, kinds.device))
-        groups.setdefault(key, []).append(m)
-    out: Dict[str, List[torch.Tensor]] = {}
-    for (_, n, has_active, tau_dim, _), ms in groups.items():
-        sel = ms[0]._positions()
-        if sel is not None and not bool(sel.any()):
-            continue
-
-        def stack(key: str) -> torch.Tensor:
-            v = torch.stack([m._last[key] for m in ms])
-            return v if sel is None else v[:, sel]
-
-        p = stack("p").float()
-        out.setdefault("entropy", []).append(-(p * p.clamp_min(1e-12).log()).sum(-1).mean(-1))
-        out.setdefault("use", []).append(stack("w").float().mean(1))
-        if has_active:
-            out.setdefault("active", []).append(stack("active").float().sum(-1).mean(-1))
-        else:
-            out.setdefault("active", []).append(torch.full((len(ms),), float(n), device=p.device))
-        if tau_dim == 0:
-            out.setdefault("tau", []).append(torch.stack([m._last["tau"] for m in ms]).float())
-        elif tau_dim is not None:
-            out.setdefault("tau", []).append(stack("tau").float().flatten(1).mean(1))
     return out
 
 

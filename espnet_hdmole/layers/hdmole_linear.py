@@ -37,7 +37,7 @@ experts' path run in their dtype with autocast off, from x cast up; the sum over
 cast to the base output's dtype before it is added.
 """
 import math
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -288,25 +288,8 @@ class HDMoLELinear(torch.nn.Linear):
         there is one), mean router entropy and ``use``, each expert's mean weight (N,), over the positions marked as
         holding something (``mark_positions``; all positions if none were marked), or over the
         positions of ``kind`` (empty dict if there are none)."""
-        if self._last is None:
-            return {}
-        sel = self._positions(kind)
-        if sel is not None and not bool(sel.any()):
-            return {}
-
-        def take(v: torch.Tensor) -> torch.Tensor:
-            return v if sel is None or v.dim() == 0 else v[sel]
-
-        p = take(self._last["p"].float())
-        stats = {"entropy": -(p * p.clamp_min(1e-12).log()).sum(-1).mean(),
-                 "use": take(self._last["w"].float()).mean(0)}  # (N,): each expert's mean weight
-        if "active" in self._last:
-            stats["active"] = take(self._last["active"]).float().sum(-1).mean()
-        else:
-            stats["active"] = torch.tensor(float(self.num_experts))
-        if "tau" in self._last:
-            stats["tau"] = take(self._last["tau"].float()).mean()
-        return stats
+        got = stacked_routing_statistics([self], kind)
+        return {k: v[0] for k, v in got[0][1].items()} if got else {}
 
     def utterance_routing_weights(self, kind: Optional[int] = None) -> Optional[torch.Tensor]:
         """(batch, N): mean routing weight per utterance and expert in the last forward, over its
@@ -321,3 +304,41 @@ class HDMoLELinear(torch.nn.Linear):
             return w.mean(dim=1)
         m = sel.view(lead[0], -1, 1).to(w.dtype)
         return (w * m).sum(dim=1) / m.sum(dim=1)  # 0 / 0 = NaN where an utterance has none
+
+
+def stacked_routing_statistics(layers: List[HDMoLELinear], kind: Optional[int] = None
+                               ) -> List[Tuple[List[HDMoLELinear], Dict[str, torch.Tensor]]]:
+    """``routing_statistics`` of many layers, computed over stacks of the layers whose last forward
+    saw the same positions (the trainer asks for them every step): a list of (those layers,
+    {statistic: per-layer values, (L,), or (L, N) for 'use'}); layers without a last forward, or
+    without positions of ``kind``, are left out."""
+    groups: Dict[tuple, List[HDMoLELinear]] = {}
+    for m in layers:
+        last = m._last
+        if last is None:
+            continue
+        kinds, tau = last["kinds"], last.get("tau")
+        key = (tuple(last["lead"]), m.num_experts, "active" in last, None if tau is None else tau.dim(),
+               None if kinds is None else (kinds.data_ptr(), kinds.shape, kinds.device))
+        groups.setdefault(key, []).append(m)
+    out = []
+    for (_, n, has_active, tau_dim, _), ms in groups.items():
+        sel = ms[0]._positions(kind)
+        if sel is not None and not bool(sel.any()):
+            continue
+
+        def stack(key: str) -> torch.Tensor:
+            v = torch.stack([m._last[key] for m in ms])
+            return v if sel is None else v[:, sel]
+
+        p = stack("p").float()
+        stats = {"entropy": -(p * p.clamp_min(1e-12).log()).sum(-1).mean(-1),
+                 "use": stack("w").float().mean(1),  # (L, N): each expert's mean weight
+                 "active": stack("active").float().sum(-1).mean(-1) if has_active
+                 else torch.full((len(ms),), float(n), device=p.device)}
+        if tau_dim == 0:
+            stats["tau"] = torch.stack([m._last["tau"] for m in ms]).float()
+        elif tau_dim is not None:
+            stats["tau"] = stack("tau").float().flatten(1).mean(1)
+        out.append((ms, stats))
+    return out

@@ -26,7 +26,7 @@ from espnet_hdmole.layers.routing import combine_routers, threshold_weights, top
 
 DEFAULT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # settings that must agree for layers to be routed together
-_SHARED = ("in_features", "num_experts", "num_domains", "experts_per_domain", "rank", "temperature",
+_SHARED = ("in_features", "num_experts", "num_domains", "experts_per_domain", "rank", "scaling", "temperature",
            "global_router", "combine", "activation", "top_k", "tau_max", "output_scale")
 
 

@@ -95,8 +95,6 @@ def compiled_path(path: Union[str, Path]) -> Path:
 def _content_key(path: Union[str, Path], vocab: Dict[str, int]) -> str:
     """sha256 over the ARPA file's bytes, the tokenizer's vocabulary (with the ids given to </s> and
     <s>) and the compiled format's version."""
-    if not Path(path).is_file():
-        raise UserFileError(f"n-gram LM file '{path}' does not exist")
     h = hashlib.sha256(f"compiled v{COMPILED_VERSION}\n".encode())
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -118,7 +116,7 @@ class NgramScorer:
         self.path, self.size = str(path), max(vocab.values()) + 1
         self._cache: "OrderedDict[Tuple[int, ...], np.ndarray]" = OrderedDict()
         self.cache_size = cache_size
-        key = _content_key(path, vocab) if compiled_cache else None
+        key = _content_key(path, vocab) if compiled_cache and Path(path).is_file() else None  # (read_arpa says what is missing)
         if key is not None and self._load_compiled(key):
             return
         self._compile(read_arpa(path), vocab)
