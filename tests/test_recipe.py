@@ -210,12 +210,32 @@ def test_sharded_decoding_gives_the_hypotheses_of_one_job(recipe):
              "--decode_args", "--beam_size 2 --batch_size 4 --max_new_tokens 48", "--inference_nj", nj], tmp)
         outs[nj] = other / "lora" / "decode_union"
     assert len(list((outs["3"] / "split").glob("decode.*.log"))) == 3
+    union = [line.split()[0] for line in (tmp / "exp_nj3" / "decode_inputs" / "feats.scp").read_text().splitlines()]
+    first_job = (outs["3"] / "split" / "keys.1").read_text().split()
+    assert first_job == [k for i, k in enumerate(union) if (i // 4) % 3 == 0]  # batches 1, 4, 7, ... of 4
     names = sorted(p.name for p in (outs["1"] / "1best_recog").iterdir())
     assert "text" in names and names == sorted(p.name for p in (outs["3"] / "1best_recog").iterdir())
     for name in names:
         assert (outs["3"] / "1best_recog" / name).read_bytes() == (outs["1"] / "1best_recog" / name).read_bytes(), name
     rtf = dict(line.split() for line in (outs["3"] / "rtf").read_text().splitlines())
     assert rtf["jobs"] == "3" and rtf["utterances"] == str(len((outs["1"] / "1best_recog" / "text").read_text().splitlines()))
+
+
+def test_decoding_reads_the_test_sets_longest_utterance_first(recipe):
+    """Stage 6's union of the test sets lists the utterances longest first, and every table of it
+    (features, accents, encoder outputs) in that one order."""
+    tmp, _, _ = recipe
+    union = tmp / "exp" / "decode_inputs"
+    feats = tmp / "dump" / "fbank_pitch"
+    length = {}
+    for shape in feats.glob("*/speech_shape"):
+        if shape.parent.name.startswith("test_") or shape.parent.name == "source_test":
+            length.update((k, int(v.split(",")[0])) for k, v in (line.split() for line in shape.read_text().splitlines()))
+    keys = (union / "keys").read_text().split()
+    assert sorted(keys) == sorted(length) and len(set(length.values())) > 1
+    assert keys == sorted(keys, key=lambda k: (-length[k], k))
+    for table in ("feats.scp", "utt2accent", "encoder_out.scp"):
+        assert [line.split()[0] for line in (union / table).read_text().splitlines()] == keys, table
 
 
 def test_stage_4_with_a_pretrained_model_and_no_source_set_trains_the_head_on_train(recipe):

@@ -318,15 +318,16 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     fi
     test_sets=$(decode_sets)
     stage_start 6 "decoding [$test_sets] with [$systems]"
-    # all test sets decoded in one run per system (one model load), then split per set
+    # all test sets decoded in one run per system (one model load), then split per set; the union
+    # lists the utterances longest first (decode_order), so a batch holds utterances of similar lengths
     union=$exp_dir/decode_inputs
     mkdir -p "$union"
-    for s in $test_sets; do cat "$feats/$s/$speech_file"; done | sort -u -k1,1 > "$union/$speech_file.tmp"
-    mv "$union/$speech_file.tmp" "$union/$speech_file"
+    for s in $test_sets; do cat "$feats/$s/speech_shape"; done | decode_order "$union/keys"
+    for s in $test_sets; do cat "$feats/$s/$speech_file"; done | in_decode_order "$union/keys" "$union/$speech_file"
     # accent labels, read only by systems whose routing uses them (global_router: oracle)
     accent_opts=()
     if (for s in $test_sets; do [ -f "$feats/$s/utt2accent" ] || exit 1; done); then
-        for s in $test_sets; do cat "$feats/$s/utt2accent"; done | sort -u -k1,1 > "$union/utt2accent"
+        for s in $test_sets; do cat "$feats/$s/utt2accent"; done | in_decode_order "$union/keys" "$union/utt2accent"
         accent_opts=(--data_path_and_name_and_type "$union/utt2accent,accent,text")
     else
         rm -f "$union/utt2accent"
@@ -336,7 +337,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     [ -f "$enc_model" ] && write_enc_out "$enc_model" $test_sets
     stored_opts=()
     if uses_enc_out && (for s in $test_sets; do [ -n "$(enc_out_scp "$s")" ] || exit 1; done); then
-        for s in $test_sets; do cat "$(enc_out_scp "$s")"; done | sort -u -k1,1 > "$union/encoder_out.scp"
+        for s in $test_sets; do cat "$(enc_out_scp "$s")"; done | in_decode_order "$union/keys" "$union/encoder_out.scp"
         stored_opts=(--data_path_and_name_and_type "$union/encoder_out.scp,encoder_out,kaldi_ark")
     else
         rm -f "$union/encoder_out.scp"
