@@ -41,7 +41,7 @@ Columns:
   utts/s         batch / step
   max RSS (MB)   peak resident memory of the system's process (build, training and decoding)
   RTF greedy / RTF beamK   decoding time / audio duration for --decode_utts utterances in
-                 batches of --decode_batch (the recipe decodes 16 at a time), model.recognize with
+                 batches of --decode_batch (the demo's run.sh decodes 64 at a time), model.recognize with
                  the KV cache, encoder included, at most text_len + 1 new tokens per utterance
                  (a trained model stops after its ~14 tokens). Decoding runs before training, with
                  the adapters at their initialisation (B = 0), so all systems decode the same tokens.
@@ -90,7 +90,7 @@ PRESETS = {
     # egs2/kespeech_hdmole/asr1 stage 5: train_source.yaml + llm_demo.yaml, batch_size 16
     "demo": dict(enc_dim=144, enc_heads=4, enc_units=576, enc_blocks=4, input_layer="conv2d6",
                  proj_hidden=256, llm_hidden=256, llm_layers=4, vocab=3000, batch=16, frames=350, text_len=14,
-                 decode_utts=16, decode_batch=16),
+                 decode_utts=64, decode_batch=64),  # run.sh decodes 64 utterances a batch
     # the demo with an LLM of Qwen2-0.5B's width (hidden 896, intermediate 4864, 14 heads / 2 KV
     # heads), 4 layers: where the LLM's weights, not per-layer overheads, dominate the step
     "wide": dict(enc_dim=144, enc_heads=4, enc_units=576, enc_blocks=4, input_layer="conv2d6",

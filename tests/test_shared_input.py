@@ -111,3 +111,30 @@ def test_member_called_on_another_input_computes_alone():
 def test_bad_groups_are_refused():
     with pytest.raises(espnet_hdmole.errors.UserError, match="shared_input_groups"):
         espnet_hdmole.create_hdmole_adapter(tiny_qwen2(), shared_input_groups="q_proj", **CONF)
+
+
+def test_weights_kept_without_autograd_follow_every_change_of_the_parameters():
+    """Without autograd (validation, decoding) the packed weights are kept between calls; an
+    in-place change of a parameter (an optimiser step) or a loaded state dict is seen at once."""
+    model, other = adapted(None), adapted(None, seed=3)
+    ids = torch.tensor([[3, 4, 5, 6, 7, 0, 0], [8, 9, 10, 11, 12, 13, 14]])
+    g = torch.softmax(torch.randn(2, 3), -1)
+
+    def logits(m, grad=False):
+        with torch.set_grad_enabled(grad), domain_posterior(g):
+            return m(input_ids=ids, attention_mask=(ids > 0).long()).logits.detach()
+
+    first = logits(model)
+    layer = model.model.layers[0].self_attn.k_proj
+    assert layer._shared_input_group is not None and model.model.layers[0].self_attn.q_proj.__dict__["_packed_kept"]
+    torch.testing.assert_close(logits(model), first)
+    with torch.no_grad():
+        layer.lora_B.add_(0.5)  # in place, as an optimiser step
+    changed = logits(model)
+    assert not torch.allclose(changed, first)
+    torch.testing.assert_close(changed, logits(model, grad=True))  # built anew while autograd records
+    with torch.no_grad():
+        layer.threshold.fill_(2.0)
+    torch.testing.assert_close(logits(model), logits(model, grad=True))
+    model.load_state_dict(other.state_dict())
+    torch.testing.assert_close(logits(model), logits(other, grad=True))

@@ -80,8 +80,9 @@ def main(argv=None):
     n_utts = 0
     confusion = np.zeros((len(model.accent_list), len(model.accent_list)), dtype=np.int64)  # true x predicted
     model.eval()
+    # without an accent head or HDMoLE layers there is nothing to measure on the set
     with torch.no_grad():
-        for ids, batch in loader:
+        for ids, batch in (loader if layers or model.accent_head is not None else ()):
             model(**batch, utt_id=ids)  # the encoder output is cached by id: predict_accent reuses it
             lab = batch["accent"].reshape(-1).numpy()
             b = len(lab)

@@ -213,7 +213,9 @@ class HDMoLELinear(torch.nn.Linear):
         )
 
     # ---- routing ----
-    def _token_posterior(self, lead: torch.Size, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    def _utterance_posterior(self, lead: torch.Size, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """The domain posterior (batch, num_domains) in ``dtype``, checked against this layer and
+        the input's leading dims ``lead`` (batch first); None without a global router."""
         if self.global_router == "none":
             return None
         g = current_domain_posterior()
@@ -233,8 +235,7 @@ class HDMoLELinear(torch.nn.Linear):
                 f"HDMoLE layer '{self.name}': input batch {tuple(lead)[:1]} does not match the "
                 f"domain posterior's batch {g.shape[0]} (the first input dimension must be the batch)"
             )
-        view = (g.shape[0],) + (1,) * (len(lead) - 1) + (self.num_domains,)
-        return g.to(dtype).view(view).expand(*lead, self.num_domains).reshape(-1, self.num_domains)
+        return g.to(dtype)
 
     def route(self, xt: torch.Tensor, lead: torch.Size):
         """Routing weights for flattened tokens xt (T, d_in): returns (w, p, local, active, tau)."""

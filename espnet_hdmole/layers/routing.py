@@ -62,7 +62,7 @@ def oracle_posterior(labels: torch.Tensor, num_domains: int) -> torch.Tensor:
 
 def expand_to_experts(g: torch.Tensor, experts_per_domain: int) -> torch.Tensor:
     """(..., D) domain weights -> (..., D * E) weights, each expert taking its domain's value."""
-    return g.repeat_interleave(experts_per_domain, dim=-1)
+    return g if experts_per_domain == 1 else g.repeat_interleave(experts_per_domain, dim=-1)
 
 
 def combine_routers(
@@ -76,8 +76,9 @@ def combine_routers(
     """Hierarchical combination of the local router probabilities with the domain posterior.
 
     Args:
-        local: (T, N) softmax of the local router.
-        g_tok: (T, D) domain posterior of each token's utterance (None when combine is 'none').
+        local: (T, N) softmax of the local router (or any (..., N) layout).
+        g_tok: (T, D) domain posterior of each token's utterance, or any shape that broadcasts
+            against ``local`` once expanded to the experts (None when combine is 'none').
         combine: 'product': p_i ~ g_dom(i) * l_i, renormalised;
             'mix': p = (1 - s) l + s expand(g) / E, s = sigmoid(mix_logit)
             (divided by E so that p stays on the simplex);

@@ -17,7 +17,7 @@ members and keeps the others' results; a member then called on that same tensor 
 not modified in place since, in the same grad mode) takes its result, and a member called on any
 other input computes alone. A wrong grouping can thus only cost time, never change an output.
 """
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,20 +30,56 @@ _SHARED = ("in_features", "num_experts", "num_domains", "experts_per_domain", "r
            "global_router", "combine", "activation", "top_k", "tau_max", "output_scale")
 
 
-def stacked_routing(layers: Sequence, logits: torch.Tensor, xt: torch.Tensor, lead: torch.Size):
+def _packed(layers: Sequence) -> Dict[str, torch.Tensor]:
+    """The group's parameters in the layout the mixture reads: ``in`` the routers' and the A's
+    weights as one (G*N + G*N*r, d_in) matrix, ``bias`` the routers' biases (G, N), ``B`` each
+    layer's B as (d_out, N*r), ``theta`` the thresholds (G, 1) and ``mix`` the mix logits (G, 1)
+    where the layers have them. Built anew while autograd records (training); otherwise
+    (validation, decoding) kept on the first layer and built again only when one of the
+    parameters changes (another version, storage or dtype: an optimiser step, a loaded state)."""
+    first = layers[0]
+    params = [p for m in layers for p in (m.router.weight, m.router.bias, m.lora_A, m.lora_B,
+                                         getattr(m, "threshold", None), getattr(m, "mix_logit", None))
+              if p is not None]
+    keep = not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
+    if keep:
+        key = (torch.is_inference_mode_enabled(),) + tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        kept = first.__dict__.get("_packed_kept", {}).get(tuple(map(id, layers)))
+        if kept is not None and kept[0] == key:
+            return kept[1]
+    n, r, d = first.num_experts, first.rank, first.in_features
+    packed = {
+        "in": torch.cat([m.router.weight for m in layers] + [m.lora_A.reshape(n * r, d) for m in layers]),
+        "bias": torch.stack([m.router.bias for m in layers]),
+        "B": [m.lora_B.permute(1, 0, 2).reshape(m.out_features, n * r) for m in layers],
+    }
+    if first.activation == "threshold":
+        packed["theta"] = torch.stack([m.threshold for m in layers]).unsqueeze(-1)
+    if first.combine == "mix":
+        packed["mix"] = torch.stack([m.mix_logit for m in layers]).unsqueeze(-1)
+    if keep:
+        first.__dict__.setdefault("_packed_kept", {})[tuple(map(id, layers))] = (key, packed)
+    return packed
+
+
+def stacked_routing(layers: Sequence, logits: torch.Tensor, xt: torch.Tensor, lead: torch.Size,
+                    packed: Optional[Dict[str, torch.Tensor]] = None):
     """Routing of G layers from their router logits (T, G, N): returns (w, p, local, active, tau),
     each (T, G, N) (active: None for dense; tau: (G, 1) for 'threshold', (T, G, 1) for
-    'token_threshold', else None)."""
+    'token_threshold', else None). ``packed``: ``_packed(layers)`` when the caller has it."""
     first = layers[0]
+    packed = _packed(layers) if packed is None else packed
     local = torch.softmax(logits if first.temperature == 1.0 else logits / first.temperature, dim=-1)
-    g_tok = None
-    if first.combine != "none":
-        g_tok = first._token_posterior(lead, local.dtype).unsqueeze(1)  # (T, 1, D)
-    mix = torch.stack([m.mix_logit for m in layers]).unsqueeze(-1) if first.combine == "mix" else None
-    p = combine_routers(local, g_tok, first.combine, first.experts_per_domain, mix)
+    if first.combine == "none":
+        p = local
+    else:  # the utterance's posterior broadcast over its tokens: (B, 1, 1, D) against (B, T/B, G, N)
+        g = first._utterance_posterior(lead, local.dtype)
+        (t, grp, n), b = local.shape, g.shape[0]
+        p = combine_routers(local.view(b, t // max(b, 1), grp, n), g[:, None, None], first.combine,
+                            first.experts_per_domain, packed.get("mix")).view(t, grp, n)
     tau, active = None, None
     if first.activation == "threshold":
-        tau = first.tau_max * torch.sigmoid(torch.stack([m.threshold for m in layers])).unsqueeze(-1)
+        tau = first.tau_max * torch.sigmoid(packed["theta"])
         w, active = threshold_weights(p, tau)
     elif first.activation == "token_threshold":
         theta = torch.stack([m.threshold_proj(xt) for m in layers], dim=1)  # (T, G, 1)
@@ -61,15 +97,15 @@ def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size) -> Li
     each layer's routing (``_last``) and load-balancing loss as ``HDMoLELinear.mixture`` does."""
     first = layers[0]
     g, t, n, r, d = len(layers), xt.shape[0], first.num_experts, first.rank, first.in_features
+    packed = _packed(layers)
     if isinstance(first.lora_dropout, torch.nn.Identity):  # routers and A's in one matmul
-        out = F.linear(xt, torch.cat([m.router.weight for m in layers]
-                                     + [m.lora_A.reshape(n * r, d) for m in layers]))
-        logits = out[:, :g * n].unflatten(1, (g, n)) + torch.stack([m.router.bias for m in layers])
+        out = F.linear(xt, packed["in"])
+        logits = out[:, :g * n].unflatten(1, (g, n)) + packed["bias"]
         z = out[:, g * n:].unflatten(1, (g, n, r))
     else:  # (groups of one only: each layer draws its own dropout)
         logits = first.router(xt).unsqueeze(1)
         z = F.linear(first.lora_dropout(xt), first.lora_A.reshape(n * r, d)).view(t, 1, n, r)
-    w, p, local, active, tau = stacked_routing(layers, logits, xt, lead)
+    w, p, local, active, tau = stacked_routing(layers, logits, xt, lead, packed)
     scale = first.scaling
     if first.output_scale == "lora":
         scale = scale * (float(n) if active is None else active.sum(dim=-1, keepdim=True).to(xt.dtype))
@@ -77,8 +113,7 @@ def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size) -> Li
 
     deltas = []
     for j, m in enumerate(layers):
-        b_all = m.lora_B.permute(1, 0, 2).reshape(m.out_features, n * r)
-        deltas.append(F.linear(z[:, j].reshape(t, n * r), b_all))
+        deltas.append(F.linear(z[:, j].reshape(t, n * r), packed["B"][j]))
         last = {"p": p[:, j].detach(), "w": w[:, j].detach(), "lead": lead, "kinds": None}
         if active is not None:
             last["active"] = active[:, j]
