@@ -72,7 +72,7 @@ ngram_weight=0.5        # stage 6: weight of the n-gram LM's log-probabilities i
                         # 35.4 / 30.0 / 30.2 / 32.8
 decode_args="--beam_size 4 --batch_size 16"   # options for llm_asr_inference
 inference_nj=1          # stage 6: decoding jobs per system through $decode_cmd (cmd.sh: parallel processes here,
-                        # one srun each on Slurm), each a contiguous run of whole batches, merged: the same
+                        # one srun each on Slurm), job j taking whole batches j, j+N, ..., merged: the same
                         # hypotheses as one job (local/merge_decode_shards.py)
 gpu_inference=false     # stage 6: decode on a GPU (--ngpu 1 per job; ask the scheduler for one in decode_cmd)
 score_args=""           # options for local/score_cer.py, e.g. "--t2s true" to score traditional characters
