@@ -45,7 +45,9 @@ Columns:
                  the KV cache, encoder included, at most text_len + 1 new tokens per utterance
                  (a trained model stops after its ~14 tokens). Decoding runs before training, with
                  the adapters at their initialisation (B = 0), so all systems decode the same tokens.
-The two target lines compare the hdmole step time with lora (target <= 1.3) and full_ft (< 1).
+The target lines compare hdmole with lora (step time <= 1.2x, 1.1x at the wide preset; decoding
+RTF <= 1.2x) and with full_ft (step time <= 1x). --repeats K runs every system K times, in turn,
+and reports the medians of the timings (the speed targets are judged on the median of 3 runs).
 --json also has, per system: first_pass_step_s (median step of the untimed pass, encoder
 included), step_s_all, tokens_per_utt_beamK, cached_utts, build_s and the adapter_conf used.
 Timings need idle cores: with another job on the machine, 2 threads can be many times slower
@@ -297,8 +299,24 @@ def table(head, rows):
         print("| " + " | ".join(r) + " |")
 
 
+def median_rows(runs):
+    """One row per system from --repeats runs (a list of {system: result}): the median of every
+    timing (``*_s``) and RTF; ``step_s_runs`` keeps each run's step time."""
+    rows = []
+    for name in runs[0]:
+        got = [run[name] for run in runs]
+        row = dict(got[0], repeats=len(got), step_s_runs=[g.get("step_s") for g in got])
+        for k, v in got[0].items():
+            if isinstance(v, float) and (k.endswith("_s") or k.startswith("rtf_")):
+                row[k] = statistics.median(g[k] for g in got)
+        rows.append(row)
+    return rows
+
+
 def main_systems(a, cfg):
-    rows = [run_in_subprocess(cfg, s, system_spec(s)) for s in a.systems]
+    # the systems in turn, --repeats times over (so a drift of the machine's speed reaches them all)
+    rows = median_rows([{s: run_in_subprocess(cfg, s, system_spec(s)) for s in a.systems}
+                        for _ in range(a.repeats)])
     beams = [f"rtf_beam{b}" for b in a.beams]
     head = ["system", "trainable", "% of full FT", "step (s)", "utts/s", "max RSS (MB)"] + [
         "RTF greedy" if b == 1 else f"RTF beam{b}" for b in a.beams]
@@ -310,10 +328,15 @@ def main_systems(a, cfg):
                      + [fmt(r[b], ".4f") for b in beams])
     table(head, cells)
     by = {r["system"]: r for r in rows}
+    of = f" (median of {a.repeats} runs)" if a.repeats > 1 else ""
+    step_limit = 1.1 if a.preset == "wide" else 1.2  # the targets of the speed issue
     if "hdmole" in by and "lora" in by and "step_s" in by["hdmole"]:
-        print(f"hdmole/lora step time: {by['hdmole']['step_s'] / by['lora']['step_s']:.2f} (target <= 1.3)")
+        print(f"hdmole/lora step time{of}: {by['hdmole']['step_s'] / by['lora']['step_s']:.2f} (target <= {step_limit})")
+        for b in beams:
+            print(f"hdmole/lora {'RTF greedy' if b == 'rtf_beam1' else b.replace('rtf_', 'RTF ')}{of}: "
+                  f"{by['hdmole'][b] / by['lora'][b]:.2f} (target <= 1.2)")
     if "hdmole" in by and "full_ft" in by and "step_s" in by["hdmole"]:
-        print(f"hdmole/full_ft step time: {by['hdmole']['step_s'] / by['full_ft']['step_s']:.2f} (target < 1)")
+        print(f"hdmole/full_ft step time{of}: {by['hdmole']['step_s'] / by['full_ft']['step_s']:.2f} (target <= 1)")
     return rows
 
 
@@ -352,6 +375,8 @@ def main():
     ap.add_argument("--decode_batch", type=int, default=None, help="utterances per decoding batch (default: the preset's)")
     ap.add_argument("--beams", type=int, nargs="+", default=[1, 4], help="beam sizes decoded (1: greedy)")
     ap.add_argument("--sweep", action="store_true", help="the D / E sweep of hdmole against lora instead")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of every system (in turn); the table gives the medians of their timings")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=str, default=None, help="also write the configuration and all results here")
     a = ap.parse_args()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,15 +29,18 @@ def test_synthetic_ctc_path_is_blank_initial_final_final():
 def test_bench_tiny_reports_every_system(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_llm_asr.py"), "--preset", "tiny", "--steps", "2",
-           "--pool", "2", "--beams", "1", "--threads", "1", "--systems", "lora", "hdmole", "--json", str(out)]
+           "--pool", "2", "--beams", "1", "--threads", "1", "--systems", "lora", "hdmole", "--repeats", "2",
+           "--json", str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "| hdmole |" in p.stdout and "hdmole/lora step time:" in p.stdout
+    assert "| hdmole |" in p.stdout and "hdmole/lora step time (median of 2 runs):" in p.stdout
+    assert "hdmole/lora RTF greedy (median of 2 runs):" in p.stdout
     res = json.loads(out.read_text())
     rows = {r["system"]: r for r in res["rows"]}
     assert set(rows) == {"lora", "hdmole"}
     for r in rows.values():
         assert r["step_s"] > 0 and r["rtf_beam1"] > 0 and r["max_rss_mb"] > 0 and r["trainable"] > 0
+        assert r["repeats"] == 2 and r["step_s"] == pytest.approx(sum(r["step_s_runs"]) / 2)  # the median of 2
         # the untimed pass filled the encoder cache with every utterance of the pool
         assert r["cached_utts"] == res["config"]["pool"] * res["config"]["batch"]
     assert rows["hdmole"]["adapter_conf"]["num_domains"] == 9
