@@ -92,11 +92,14 @@ def test_the_frozen_encoder_runs_once_per_set_and_every_run_reads_its_outputs(re
         assert "stored outputs ('encoder_out') are ignored" not in log, s
     for s in ["source"] + SYSTEMS:
         assert "encoder_timed 0" in (tmp / "exp" / s / "decode_union" / "rtf").read_text(), s
-    assert out.count("the frozen encoder's outputs of") == 2  # train+dev in stage 4, the test sets in stage 6
-    # they are written from step 1b's encoder, before steps 2 and 3, which then train side by side
+    assert out.count("the frozen encoder's outputs of") == 2  # train+dev, then the test sets, in stage 4
+    # they are written from step 1b's encoder by step 3's job, while step 2 trains beside it: train
+    # and dev before the head trains, the test sets after it
     written = "the frozen encoder's outputs of [train dev source_train_aid]"
-    assert out.index(written) < out.index("steps 2 and 3 side by side")
-    assert out.index("step 1b: the CTC over toned units") < out.index(written)
+    tests = "the frozen encoder's outputs of [source_test test_"
+    assert out.index("step 1b: the CTC over toned units") < out.index("steps 2 and 3 side by side") < out.index(written)
+    assert out.index(written) < out.index("step 3: the accent-ID head") < out.index(tests) < out.index("stage 6:")
+    assert out.index("step 2: the LLM-based ASR model") < out.index("step 3: the accent-ID head")
 
 
 def test_the_accent_head_also_trains_on_source_utterances(recipe):

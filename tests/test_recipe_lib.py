@@ -49,3 +49,30 @@ def test_run_jobs_fails_when_the_busy_job_failed_even_before_it_started(tmp_path
     out, events = _run_jobs('job head:0:0 & busy_pids=("$!"); sleep 0.5; run_jobs job a:0.3:0 b:0.3:0; echo ok', tmp_path)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
     assert events.index("start b") < events.index("end a")  # the finished head holds no slot: both at once
+
+
+SOURCE_MODEL = LIB.parent / "recipe_source_model.sh"
+
+
+def _stage4(script: str, tmp_path: Path):
+    """Runs SCRIPT after recipe_lib.sh and recipe_source_model.sh, with write_stage4_enc_out
+    replaced by WRITE (a shell command) and exp_dir/cache_dir under tmp_path."""
+    prelude = f'''set -euo pipefail; . "{LIB}"; verbose=false; exp_dir={tmp_path}/exp; cache_dir={tmp_path}/cache
+mkdir -p "$exp_dir" "$cache_dir"; . "{SOURCE_MODEL}"
+write_stage4_enc_out() {{ eval "$WRITE"; }}
+'''
+    return subprocess.run(["bash", "-c", prelude + script], capture_output=True, text=True, timeout=60)
+
+
+def test_step_2_waits_for_the_encoder_outputs_step_3_writes_and_never_forever(tmp_path):
+    """Side by side, step 3's job writes the encoder outputs of train and dev, and step 2 waits
+    for them after training: until they are written, and no longer once their writing failed."""
+    out = _stage4('WRITE="sleep 1; echo written >> $exp_dir/events"; stage4_enc_out_for_step3 & '
+                  'sleep 0.2; wait_for_stage4_enc_out; echo waited >> "$exp_dir/events"; wait', tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "exp" / "events").read_text().split() == ["written", "waited"]
+    assert "step 2 waits for step 3's job" in out.stdout + out.stderr
+    out = _stage4('WRITE="sleep 0.5; die cannot encode"; stage4_enc_out_for_step3 & '
+                  'wait_for_stage4_enc_out; echo waited', tmp_path / "failing")
+    assert out.returncode != 0 and "waited" not in out.stdout
+    assert "could not write the encoder outputs of train and dev" in out.stderr

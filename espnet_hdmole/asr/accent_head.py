@@ -35,6 +35,7 @@ from typing import List, Optional
 import torch
 
 from espnet_hdmole.errors import UserError
+from espnet_hdmole.layers.cpu_dropout import dropout
 from espnet_hdmole.layers.precision import autocast_off
 
 KEYS = ("input", "feature_dims", "feature_frames", "layers", "channels", "hidden", "dropout", "crop")
@@ -115,7 +116,7 @@ class AccentHead(torch.nn.Module):
         """Dropout in training mode, but only while the head itself trains: a frozen head (the
         HDMoLE systems' global router, trained in step 3) routes the same way in fine-tuning as
         in decoding, although ESPnet's trainer puts the whole model in training mode."""
-        return torch.nn.functional.dropout(x, self.p_drop, training=True) if self.p_drop > 0 and self._trains() else x
+        return dropout(x, self.p_drop, training=True) if self.p_drop > 0 and self._trains() else x
 
     def _trains(self) -> bool:
         return self.training and self.output.weight.requires_grad

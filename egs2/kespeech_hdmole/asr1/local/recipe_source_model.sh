@@ -5,9 +5,12 @@
 #   step 1b  the CTC continued over toned units, from step 1         -> $exp_dir/source_encoder_tone
 #   step 2   the LLM-based ASR model on that frozen encoder          -> $exp_dir/source
 #   step 3   the accent-ID head alone, on the accent training set (+ some source utterances) -> $exp_dir/accent_id
-# When step 2 keeps the encoder of step 1/1b frozen (freeze_param: [encoder]), the encoder's
-# outputs of train and dev are written right after step 1b, and steps 2 and 3 (which need only
-# that encoder) train side by side, one CPU share each; otherwise step 3 waits for step 2.
+# When step 2 keeps the encoder of step 1/1b frozen (freeze_param: [encoder]), steps 2 and 3 (which
+# need only that encoder) train side by side, one CPU share each, with --sys_jobs 2 or more: step
+# 3's job first writes the encoder's outputs of train and dev (step 3 trains on them; step 2 reads
+# dev's only for its model_info, and waits for them after training), and, when stage 6 follows,
+# those of the test sets after step 3. One job at a time, the outputs of train and dev come first.
+# When step 2 trains the encoder, step 3 waits for it.
 
 source_exp=$exp_dir/source
 aid_exp=$exp_dir/accent_id
@@ -101,6 +104,7 @@ train_source_model() {  # step 2
         run_logged "$train_cmd" "$source_exp/train.log" $python $train_launcher -m espnet_hdmole.bin.llm_asr_train \
             --config "$source_config" --output_dir "$source_exp" $(common_model_opts) "${init[@]}" \
             $(train_data_opts source_train source_dev) $train_args $source_train_args
+        [ "$enc_out_by_step3" != true ] || wait_for_stage4_enc_out
         write_enc_out "$enc_model" train dev   # (model_info reads dev's)
         write_info "$source_exp"
         mark_done "$source_exp"
@@ -140,6 +144,34 @@ write_stage4_enc_out() {
     make_aid_train_set
 }
 
+# Steps 2 and 3 side by side: step 3's job writes the frozen encoder's outputs of train and dev
+# (write_stage4_enc_out) before it trains; step 2 waits for them after it has trained.
+enc_out_by_step3=false
+stage4_enc_out_finished=$cache_dir/stage4_enc_out.finished
+stage4_enc_out_for_step3() {
+    if ( write_stage4_enc_out ); then
+        touch "$stage4_enc_out_finished"
+    else
+        touch "$stage4_enc_out_finished.failed"; return 1
+    fi
+}
+wait_for_stage4_enc_out() {
+    [ -f "$stage4_enc_out_finished" ] || log "  step 2 waits for step 3's job to write the encoder outputs of train and dev"
+    while [ ! -f "$stage4_enc_out_finished" ]; do
+        [ ! -f "$stage4_enc_out_finished.failed" ] || die "step 3's job could not write the encoder outputs of train and dev (see $exp_dir/logs/encoder_out.log)"
+        sleep 2
+    done
+}
+# step 3's job: (side by side) the encoder outputs of train and dev first, then the head, then
+# (when stage 6 follows) the test sets' encoder outputs; the head's marker file (when given) is
+# touched as soon as the head is trained
+step3_job() {
+    if [ "$enc_out_by_step3" = true ]; then stage4_enc_out_for_step3 || exit 1; fi
+    train_accent_id
+    [ -z "${1:-}" ] || touch "$1"
+    [ "$stop_stage" -lt 6 ] || write_enc_out "$enc_model" $(decode_sets)
+}
+
 train_accent_id() {  # step 3
     local base cfg=$accent_id_config merged
     base=$(source_model_config)
@@ -162,12 +194,10 @@ train_accent_id() {  # step 3
     fi
     last_valid "$aid_exp/train.log"
 }
-# step 2, then (when stage 6 follows) the encoder outputs of stage 6's test sets, on the core step 2
-# frees while step 3 still trains (stage 6 then finds them up to date)
 source_job() {
     case $1 in
-        step2) train_source_model; [ "$stop_stage" -lt 6 ] || write_enc_out "$enc_model" $(decode_sets) ;;
-        step3) train_accent_id ;;
+        step2) train_source_model ;;
+        step3) step3_job ;;
     esac
 }
 # When stage 5 follows (and runs jobs side by side), step 3 goes on in the background after step 2
@@ -178,7 +208,7 @@ head_finished=$cache_dir/accent_id.finished
 step3_in_background() {
     local threads=$(( $(nproc) / 2 )); [ "$threads" -ge 1 ] || threads=1
     rm -f "$head_finished"
-    ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; train_accent_id; touch "$head_finished" ) &
+    ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; step3_job "$head_finished" ) &
     head_pid=$!; busy_pids=("$head_pid")
     ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; source_job step2 ) &
     if ! wait "$!"; then
@@ -204,8 +234,13 @@ run_stage4() {
     fi
     [ -n "$source_encoder_config" ] && train_encoder_steps
     if [ "$enc_model" != "$source_exp/valid.acc.ave.pth" ] && [ -n "$accent_id_config" ]; then
-        write_stage4_enc_out
-        log "  steps 2 and 3 side by side (both on the frozen encoder of $enc_model)"
+        if [ "$sys_jobs" -ge 2 ]; then
+            enc_out_by_step3=true
+            rm -f "$stage4_enc_out_finished" "$stage4_enc_out_finished.failed"
+            log "  steps 2 and 3 side by side (both on the frozen encoder of $enc_model; step 3's job first writes its outputs of train and dev)"
+        else
+            write_stage4_enc_out
+        fi
         if [ "$stop_stage" -ge 5 ] && [ "$sys_jobs" -ge 2 ] && [ -n "$train_configs" ]; then
             step3_in_background
         else
