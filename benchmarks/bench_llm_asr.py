@@ -243,9 +243,15 @@ def run_system(cfg, name, spec, q):
                 res[f"rtf_beam{beam}"] = (time.perf_counter() - t0) / audio_s
                 res[f"tokens_per_utt_beam{beam}"] = n_tok / (len(dec) * cfg["decode_batch"])
             if cfg["steps"] > 0:
+                from espnet2.tasks.abs_task import optim_classes
+
+                from espnet_hdmole.tasks.llm_asr import fused_on_cpu
+
                 pool = make_batches(cfg, cfg["pool"], cfg["batch"], n_dom, vocab, seed=1, prefix="tr")
                 params = [p for p in model.parameters() if p.requires_grad]
-                opt = torch.optim.Adam(params, lr=spec.get("optim_conf", {}).get("lr", 1e-3))
+                # the recipe's optimiser: its optim and optim_conf, with the task's fused update on the CPU
+                optim = spec.get("optim", "adam")
+                opt = optim_classes[optim](params, **fused_on_cpu(optim, spec.get("optim_conf"), params))
                 grad_clip = spec.get("grad_clip", 5.0)
                 model.train()
 

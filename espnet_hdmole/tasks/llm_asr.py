@@ -117,7 +117,7 @@ def _read_kaldi_file(path: str, what: str) -> Table:
                       require_rows=True, error=UserError)
 
 
-def _fused_on_cpu(optim: str, optim_conf: Optional[dict], params: List[torch.nn.Parameter]) -> dict:
+def fused_on_cpu(optim: str, optim_conf: Optional[dict], params: List[torch.nn.Parameter]) -> dict:
     """``optim_conf`` with ``fused: true`` added for Adam and AdamW when every parameter is on the
     CPU and the config chooses no implementation (fused, foreach, differentiable): the same update
     in one kernel instead of several per tensor (~4x faster on the demo's encoder)."""
@@ -238,7 +238,7 @@ class LLMASRTask(TrainDtypeMixin, AbsTask):
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise UserError("no trainable parameters: check --freeze_param and the adapter settings")
-        args.optim_conf = _fused_on_cpu(args.optim, args.optim_conf, params)
+        args.optim_conf = fused_on_cpu(args.optim, args.optim_conf, params)
         conf = routing_optim.check_routing_optim_conf(getattr(args, "routing_optim_conf", None))
         if conf == routing_optim.DEFAULTS:
             return super().build_optimizers(args, model)

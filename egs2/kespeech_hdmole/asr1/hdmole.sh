@@ -301,61 +301,23 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
     [ -f "$init_model" ] || die "the source model $init_model does not exist: run stage 4 or give --pretrained_model"
     need_llm
     write_enc_out "$enc_model" train dev
-    train_jobs=(); for c in $train_configs; do train_jobs+=("$c"); for k in $train_seeds; do train_jobs+=("$c@$k"); done; done
-    run_jobs train_system "${train_jobs[@]}"
+    jobs5=(); for c in $train_configs; do jobs5+=("$c"); for k in $train_seeds; do jobs5+=("$c@$k"); done; done
+    if decode_in_stage5; then  # stage 6's decodings in the slots the last systems leave free
+        rm -f "$cache_dir"/stage5_trained.*
+        [ -n "$head_pid" ] || { rm -f "$stage5_inputs_done"*; stage5_write_decode_inputs || exit 1; }
+        for s in $(stage6_systems); do jobs5+=("decode@$s"); done
+    fi
+    run_jobs stage5_job "${jobs5[@]}"
     stage_end 5
 fi
 
 # ---------------------------------------------------------------- stage 6: decoding and scoring
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
-    if [ -z "$systems" ]; then
-        # the source model is decoded when it was trained here (not with --pretrained_model elsewhere)
-        if [ -z "$pretrained_model" ] || [ -f "$source_exp/$decode_model" ]; then systems=source; fi
-        for c in $train_configs; do
-            systems+=" $(system_name "$c")"; for k in $train_seeds; do systems+=" $(system_name "$c")_seed$k"; done
-        done
-        systems=${systems# }
-    fi
+    [ -n "$systems" ] || systems=$(stage6_systems)
     test_sets=$(decode_sets)
     stage_start 6 "decoding [$test_sets] with [$systems]"
-    # all test sets decoded in one run per system (one model load), then split per set; the union
-    # lists the utterances longest first (decode_order), so a batch holds utterances of similar lengths
-    union=$exp_dir/decode_inputs
-    mkdir -p "$union"
-    for s in $test_sets; do cat "$feats/$s/speech_shape"; done | decode_order "$union/keys"
-    for s in $test_sets; do cat "$feats/$s/$speech_file"; done | in_decode_order "$union/keys" "$union/$speech_file"
-    # accent labels, read only by systems whose routing uses them (global_router: oracle)
-    accent_opts=()
-    if (for s in $test_sets; do [ -f "$feats/$s/utt2accent" ] || exit 1; done); then
-        for s in $test_sets; do cat "$feats/$s/utt2accent"; done | in_decode_order "$union/keys" "$union/utt2accent"
-        accent_opts=(--data_path_and_name_and_type "$union/utt2accent,accent,text")
-    else
-        rm -f "$union/utt2accent"
-    fi
-    # the source encoder's outputs of the test sets, read by every system whose encoder it is
-    # (the RTF then leaves the encoder out: its rtf file says so)
-    [ -f "$enc_model" ] && write_enc_out "$enc_model" $test_sets
-    stored_opts=()
-    if uses_enc_out && (for s in $test_sets; do [ -n "$(enc_out_scp "$s")" ] || exit 1; done); then
-        for s in $test_sets; do cat "$(enc_out_scp "$s")"; done | in_decode_order "$union/keys" "$union/encoder_out.scp"
-        stored_opts=(--data_path_and_name_and_type "$union/encoder_out.scp,encoder_out,kaldi_ark")
-    else
-        rm -f "$union/encoder_out.scp"
-    fi
-    ngram_opts=()
-    if fusion; then
-        if [ -n "$ngram_lm" ]; then
-            [ -f "$ngram_lm" ] || die "--ngram_lm $ngram_lm does not exist"
-        else
-            ngram_lm=$ngram_own
-            [ -f "$(dirname "$ngram_lm")/.done" ] || die "$ngram_lm is missing: run stage 3 (it makes the n-gram LM), give --ngram_lm, or --ngram_weight 0"
-        fi
-        ngram_opts=(--ngram_file "$ngram_lm" --ngram_weight "$ngram_weight")
-    fi
-    decode_inputs=(--file "$union/$speech_file" --value "options=$decode_args" --value "encoder outputs stored=${#stored_opts[@]}"
-                   --value "n-gram fusion=${ngram_opts[*]}")
-    [ "${#ngram_opts[@]}" -gt 0 ] && decode_inputs+=(--file "n-gram LM=$ngram_lm")
-    [ -f "$union/utt2accent" ] && decode_inputs+=(--file "$union/utt2accent")
+    write_decode_inputs
+    decode_opts
     run_jobs decode_system $systems
     # the tables describe every decoded system of the exp dir, not only those decoded now:
     # source, the default systems in their order, then any others (superseded *.stale-* runs left out)

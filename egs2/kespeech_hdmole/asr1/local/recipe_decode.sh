@@ -1,8 +1,11 @@
-# Stage 6 of hdmole.sh: decoding and scoring of one system. hdmole.sh sources this file; the
-# functions read the settings stage 6 makes before it calls them (the union of the test sets in
-# $union, accent_opts, stored_opts, ngram_opts, decode_inputs), and stage 6 runs decode_system
-# for every system through run_jobs, sys_jobs at a time.
+# Stage 6 of hdmole.sh: decoding and scoring of one system. hdmole.sh sources this file; stage 6
+# writes the decoding inputs every system shares (write_decode_inputs), sets the options that read
+# them (decode_opts), and runs decode_system for every system through run_jobs, sys_jobs at a time.
+# With stage 6 to follow, stage 5 also decodes, in its tail (stage5_decode_job below).
 #
+#   stage6_systems             the systems stage 6 decodes by default: source (when trained here), then those of --train_configs
+#   write_decode_inputs        the union of the test sets in $union: keys, features, accents, stored encoder outputs
+#   decode_opts                accent_opts, stored_opts, ngram_opts, and decode_inputs (what a decoding's done-marker records)
 #   decode_order KEYS          the union's utterance ids, longest first, from speech_shape lines on stdin
 #   in_decode_order KEYS OUT   a Kaldi table (id value) on stdin, written to OUT in the order of KEYS
 #   decode_system SYSTEM       all test sets in one run (--inference_nj jobs), then split and scored per set
@@ -24,6 +27,86 @@ in_decode_order() {  # in_decode_order KEYS OUT: the table on stdin, one line pe
         { print line[$1] }
         END { exit bad }' - "$1" > "$2.tmp" || { rm -f "$2.tmp"; die "cannot write $2 in the order of $1"; }
     mv "$2.tmp" "$2"
+}
+
+stage6_systems() {
+    local c k out=""
+    # the source model is decoded when it was trained here (not with --pretrained_model elsewhere)
+    if [ -z "$pretrained_model" ] || [ -f "$source_exp/$decode_model" ]; then out=source; fi
+    for c in $train_configs; do
+        out+=" $(system_name "$c")"; for k in $train_seeds; do out+=" $(system_name "$c")_seed$k"; done
+    done
+    echo "${out# }"
+}
+# All test sets are decoded in one run per system (one model load), then split per set; the union
+# lists the utterances longest first (decode_order), so a batch holds utterances of similar lengths.
+union=$exp_dir/decode_inputs
+write_decode_inputs() {  # (test_sets set)
+    local s
+    mkdir -p "$union"
+    for s in $test_sets; do cat "$feats/$s/speech_shape"; done | decode_order "$union/keys"
+    for s in $test_sets; do cat "$feats/$s/$speech_file"; done | in_decode_order "$union/keys" "$union/$speech_file"
+    # accent labels, read only by systems whose routing uses them (global_router: oracle)
+    if (for s in $test_sets; do [ -f "$feats/$s/utt2accent" ] || exit 1; done); then
+        for s in $test_sets; do cat "$feats/$s/utt2accent"; done | in_decode_order "$union/keys" "$union/utt2accent"
+    else
+        rm -f "$union/utt2accent"
+    fi
+    # the source encoder's outputs of the test sets, read by every system whose encoder it is
+    # (the RTF then leaves the encoder out: its rtf file says so)
+    if [ -f "$enc_model" ]; then write_enc_out "$enc_model" $test_sets; fi
+    if uses_enc_out && (for s in $test_sets; do [ -n "$(enc_out_scp "$s")" ] || exit 1; done); then
+        for s in $test_sets; do cat "$(enc_out_scp "$s")"; done | in_decode_order "$union/keys" "$union/encoder_out.scp"
+    else
+        rm -f "$union/encoder_out.scp"
+    fi
+    if fusion; then
+        if [ -n "$ngram_lm" ]; then
+            [ -f "$ngram_lm" ] || die "--ngram_lm $ngram_lm does not exist"
+        else
+            [ -f "$(dirname "$ngram_own")/.done" ] || die "$ngram_own is missing: run stage 3 (it makes the n-gram LM), give --ngram_lm, or --ngram_weight 0"
+        fi
+    fi
+}
+decode_opts() {  # (after write_decode_inputs)
+    local lm=${ngram_lm:-$ngram_own}
+    accent_opts=(); stored_opts=(); ngram_opts=()
+    [ ! -f "$union/utt2accent" ] || accent_opts=(--data_path_and_name_and_type "$union/utt2accent,accent,text")
+    [ ! -f "$union/encoder_out.scp" ] || stored_opts=(--data_path_and_name_and_type "$union/encoder_out.scp,encoder_out,kaldi_ark")
+    if fusion; then ngram_opts=(--ngram_file "$lm" --ngram_weight "$ngram_weight"); fi
+    decode_inputs=(--file "$union/$speech_file" --value "options=$decode_args" --value "encoder outputs stored=${#stored_opts[@]}"
+                   --value "n-gram fusion=${ngram_opts[*]}")
+    if [ "${#ngram_opts[@]}" -gt 0 ]; then decode_inputs+=(--file "n-gram LM=$lm"); fi
+    if [ -f "$union/utt2accent" ]; then decode_inputs+=(--file "$union/utt2accent"); fi
+}
+
+# Decoding in stage 5's tail (stage 6 to follow, --sys_jobs 2 or more, the default --systems):
+# stage 5's job list ends with one decoding per system of stage6_systems, so the slots its last
+# systems leave free decode the source model and the systems already trained; stage 6 then finds
+# them up to date. A decoding job waits for the decoding inputs (written by step 3's job when it
+# still runs beside stage 5, else before stage 5's jobs) and for its system's training; when
+# either failed, it ends without decoding.
+decode_in_stage5() { [ "$stop_stage" -ge 6 ] && [ "$sys_jobs" -ge 2 ] && [ -z "$systems" ]; }
+stage5_inputs_done=$cache_dir/stage5_decode_inputs.finished
+stage5_write_decode_inputs() {  # writes the decoding inputs for stage 5's tail, then its marker
+    test_sets=$(decode_sets)
+    if ( write_decode_inputs ); then touch "$stage5_inputs_done"; else touch "$stage5_inputs_done.failed"; return 1; fi
+}
+stage5_trained() { echo "$cache_dir/stage5_trained.$1"; }   # stage5_trained SYSTEM: its marker (+ .failed)
+wait_for_file() {  # wait_for_file FILE: until FILE or FILE.failed exists; fails in the latter case
+    while [ ! -f "$1" ]; do
+        [ ! -f "$1.failed" ] || return 1
+        sleep 2
+    done
+}
+stage5_decode_job() {  # stage5_decode_job SYSTEM
+    wait_for_file "$stage5_inputs_done" || die "stage 5 cannot decode $1: the decoding inputs could not be written (see the ERROR lines above)"
+    if [ "$1" != source ]; then
+        wait_for_file "$(stage5_trained "$1")" || die "stage 5 does not decode $1: its training failed"
+    fi
+    test_sets=$(decode_sets)
+    decode_opts
+    decode_system "$1"
 }
 
 decode_in_jobs() {  # decode_in_jobs DEC COMMAND...: --inference_nj jobs, job j taking batches j, j+nj, ...

@@ -3,11 +3,26 @@
 # for every system (and extra seed) through run_jobs, sys_jobs at a time.
 #
 #   train_system CONFIG[@SEED]  -> $exp_dir/<system>[_seed<SEED>], skipped when up to date
+#   stage5_job JOB              a training job (CONFIG[@SEED]; a marker says when it has ended), or
+#                               decode@SYSTEM (local/recipe_decode.sh: decodings in stage 5's tail)
+
+job_system() {  # job_system CONFIG[@SEED]: the system's name, <system>[_seed<SEED>]
+    local cfg=${1%@*}
+    if [ "$cfg" != "$1" ]; then echo "$(system_name "$cfg")_seed${1##*@}"; else system_name "$cfg"; fi
+}
+stage5_job() {
+    local done
+    case $1 in
+        decode@*) stage5_decode_job "${1#decode@}" ;;
+        *) done=$(stage5_trained "$(job_system "$1")")
+           if ( train_system "$1" ); then touch "$done"; else touch "$done.failed"; exit 1; fi ;;
+    esac
+}
 
 train_system() {  # train_system CONFIG[@SEED]: one stage-5 system (with another seed: <system>_seed<SEED>)
     local cfg=${1%@*} run_seed=$seed sys out merged head_from aid_init aid_input t0 init_spec compress info
-    sys=$(system_name "$cfg")
-    if [ "$cfg" != "$1" ]; then run_seed=${1##*@}; sys+=_seed$run_seed; fi
+    sys=$(job_system "$1")
+    if [ "$cfg" != "$1" ]; then run_seed=${1##*@}; fi
     out=$exp_dir/$sys
     merged=$cache_dir/$sys.train_config.yaml
     $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$merged"

@@ -163,13 +163,16 @@ wait_for_stage4_enc_out() {
     done
 }
 # step 3's job: (side by side) the encoder outputs of train and dev first, then the head, then
-# (when stage 6 follows) the test sets' encoder outputs; the head's marker file (when given) is
-# touched as soon as the head is trained
-step3_job() {
+# (when stage 6 follows) the test sets' encoder outputs, and, beside stage 5 (HEAD_MARKER given,
+# touched as soon as the head is trained), all the decoding inputs of stage 5's tail
+step3_job() {  # step3_job [HEAD_MARKER]
     if [ "$enc_out_by_step3" = true ]; then stage4_enc_out_for_step3 || exit 1; fi
     train_accent_id
     [ -z "${1:-}" ] || touch "$1"
-    [ "$stop_stage" -lt 6 ] || write_enc_out "$enc_model" $(decode_sets)
+    if [ "$stop_stage" -ge 6 ]; then
+        if [ -n "${1:-}" ] && decode_in_stage5; then stage5_write_decode_inputs || exit 1
+        else write_enc_out "$enc_model" $(decode_sets); fi
+    fi
 }
 
 train_accent_id() {  # step 3
@@ -207,8 +210,10 @@ head_pid=""
 head_finished=$cache_dir/accent_id.finished
 step3_in_background() {
     local threads=$(( $(nproc) / 2 )); [ "$threads" -ge 1 ] || threads=1
-    rm -f "$head_finished"
-    ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; step3_job "$head_finished" ) &
+    rm -f "$head_finished" "$stage5_inputs_done"*
+    # (a failure before the decoding inputs are written ends stage 5's decoding jobs too)
+    ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
+      ( step3_job "$head_finished" ) || { touch "$stage5_inputs_done.failed"; exit 1; } ) &
     head_pid=$!; busy_pids=("$head_pid")
     ( export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads; source_job step2 ) &
     if ! wait "$!"; then
