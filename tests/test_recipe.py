@@ -170,6 +170,21 @@ def test_hdmole_routes_with_the_frozen_accent_head_of_step_3(recipe):
     assert "## Accent ID (the global router)" in (exp / "RESULTS.md").read_text()
 
 
+def test_stage_5_decodes_each_system_once_trained_and_stage_6_finds_it_done(recipe):
+    """With stage 6 to follow, stage 5's job list ends with the decodings: the source model and
+    every system are decoded in stage 5, each after its training has ended, and stage 6 only
+    scores them and writes the reports."""
+    _, out, _ = recipe
+    s5, s6 = out.index("stage 5:"), out.index("stage 6:")
+    decoded = re.findall(r"  (\S+): decoded \(rtf", out[s5:s6])
+    assert sorted(decoded) == sorted(["source"] + SYSTEMS)  # each once
+    for s in ["source"] + SYSTEMS:
+        at = out.index(f"  {s}: decoded (rtf", s5)
+        assert f"{s} decoding: done, skipped" in out[s6:], s
+        if s != "source":
+            assert out.index(f"  {s}: trainable parameters") < at, s
+
+
 def test_rerun_does_no_work_again(recipe):
     tmp, _, first = recipe
     t0 = time.time()

@@ -76,3 +76,28 @@ def test_step_2_waits_for_the_encoder_outputs_step_3_writes_and_never_forever(tm
                   'wait_for_stage4_enc_out; echo waited', tmp_path / "failing")
     assert out.returncode != 0 and "waited" not in out.stdout
     assert "could not write the encoder outputs of train and dev" in out.stderr
+
+
+def test_a_decoding_in_stage_5_waits_for_its_system_and_ends_when_its_training_failed(tmp_path):
+    """Stage 5's decoding jobs (local/recipe_decode.sh): a system is decoded once its training has
+    ended, and not at all (without waiting forever) when its training or the decoding inputs failed."""
+    decode = LIB.parent / "recipe_decode.sh"
+    prelude = f'''set -euo pipefail; . "{LIB}"; verbose=false; exp_dir={tmp_path}/exp; cache_dir={tmp_path}/cache
+mkdir -p "$exp_dir" "$cache_dir"; . "{decode}"
+decode_sets() {{ echo test_a; }}; decode_opts() {{ :; }}
+decode_system() {{ echo "decoded $1" >> "$exp_dir/events"; }}
+'''
+
+    def run_bash(script):
+        return subprocess.run(["bash", "-c", prelude + script], capture_output=True, text=True, timeout=60)
+
+    out = run_bash('touch "$stage5_inputs_done"; stage5_decode_job lora & sleep 1; echo trained >> "$exp_dir/events"; '
+                   'touch "$(stage5_trained lora)"; wait "$!"; stage5_decode_job source')
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "exp" / "events").read_text().splitlines() == ["trained", "decoded lora", "decoded source"]
+    out = run_bash('rm -f "$exp_dir/events"; touch "$stage5_inputs_done"; (sleep 0.5; touch "$(stage5_trained full).failed") & '
+                   'stage5_decode_job full')
+    assert out.returncode != 0 and "stage 5 does not decode full: its training failed" in out.stderr
+    out = run_bash('rm -f "$stage5_inputs_done"; touch "$stage5_inputs_done.failed"; stage5_decode_job source')
+    assert out.returncode != 0 and "the decoding inputs could not be written" in out.stderr
+    assert not (tmp_path / "exp" / "events").exists()
