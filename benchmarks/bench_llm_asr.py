@@ -13,7 +13,7 @@ character tokenizer. Systems:
   full_ft    finetune_full.yaml: projector + LLM trained, encoder frozen
   lora       finetune_lora.yaml: ESPnet's lora (rank 18, alpha 36) on the projector and LLM linears
   hdmole     finetune_hdmole.yaml: 9 domains x 1 expert of rank 2 (alpha 4), predicted global
-             router (accent head, aid_weight 0.5), dynamic threshold, on the same linears
+             router (the accent head, frozen: aid_weight 0), dynamic threshold, on the same linears
   mole_topk  finetune_mole_topk.yaml: 9 experts of rank 2, static top-2, no global router (optional)
 The presets only change sizes: `demo` is the recipe's (encoder 144 x 4 blocks, linear_units 576,
 conv2d6; projector hidden 256; LLM 4 layers x 256; ~3000 characters; batches of 16
