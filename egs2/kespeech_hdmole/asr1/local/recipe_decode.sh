@@ -90,19 +90,13 @@ decode_in_stage5() { [ "$stop_stage" -ge 6 ] && [ "$sys_jobs" -ge 2 ] && [ -z "$
 stage5_inputs_done=$cache_dir/stage5_decode_inputs.finished
 stage5_write_decode_inputs() {  # writes the decoding inputs for stage 5's tail, then its marker
     test_sets=$(decode_sets)
-    if ( write_decode_inputs ); then touch "$stage5_inputs_done"; else touch "$stage5_inputs_done.failed"; return 1; fi
+    run_marked "$stage5_inputs_done" write_decode_inputs
 }
-stage5_trained() { echo "$cache_dir/stage5_trained.$1"; }   # stage5_trained SYSTEM: its marker (+ .failed)
-wait_for_file() {  # wait_for_file FILE: until FILE or FILE.failed exists; fails in the latter case
-    while [ ! -f "$1" ]; do
-        [ ! -f "$1.failed" ] || return 1
-        sleep 2
-    done
-}
+stage5_trained() { echo "$cache_dir/stage5_trained.$1"; }   # stage5_trained SYSTEM: its marker (run_marked)
 stage5_decode_job() {  # stage5_decode_job SYSTEM
-    wait_for_file "$stage5_inputs_done" || die "stage 5 cannot decode $1: the decoding inputs could not be written (see the ERROR lines above)"
+    wait_for_marker "$stage5_inputs_done" || die "stage 5 cannot decode $1: the decoding inputs could not be written (see the ERROR lines above)"
     if [ "$1" != source ]; then
-        wait_for_file "$(stage5_trained "$1")" || die "stage 5 does not decode $1: its training failed"
+        wait_for_marker "$(stage5_trained "$1")" || die "stage 5 does not decode $1: its training failed"
     fi
     test_sets=$(decode_sets)
     decode_opts

@@ -11,11 +11,9 @@ job_system() {  # job_system CONFIG[@SEED]: the system's name, <system>[_seed<SE
     if [ "$cfg" != "$1" ]; then echo "$(system_name "$cfg")_seed${1##*@}"; else system_name "$cfg"; fi
 }
 stage5_job() {
-    local done
     case $1 in
         decode@*) stage5_decode_job "${1#decode@}" ;;
-        *) done=$(stage5_trained "$(job_system "$1")")
-           if ( train_system "$1" ); then touch "$done"; else touch "$done.failed"; exit 1; fi ;;
+        *) run_marked "$(stage5_trained "$(job_system "$1")")" train_system "$1" || exit 1 ;;
     esac
 }
 

@@ -44,6 +44,21 @@ run_jobs() {
     [ "$failed" = 0 ] || die "$fn failed for at least one of: $* (see the ERROR lines above)"
 }
 
+# Markers between jobs that run side by side (a job waits for another's output):
+#   run_marked MARKER COMMAND...  runs COMMAND in a subshell, then touches MARKER, or MARKER.failed
+#                                 (and fails) when it failed
+#   wait_for_marker MARKER        waits until MARKER or MARKER.failed exists; fails in the latter case
+run_marked() {
+    local marker=$1; shift
+    if ( "$@" ); then touch "$marker"; else touch "$marker.failed"; return 1; fi
+}
+wait_for_marker() {
+    while [ ! -f "$1" ]; do
+        [ ! -f "$1.failed" ] || return 1
+        sleep 2
+    done
+}
+
 # model_conf.<key> of a training YAML, or a default when the key is absent
 model_conf_get() {
     $python -c "import sys, yaml; mc = (yaml.safe_load(open(sys.argv[1], encoding='utf-8')) or {}).get('model_conf') or {}; print(mc.get(sys.argv[2], sys.argv[3]))" "$1" "$2" "$3" \

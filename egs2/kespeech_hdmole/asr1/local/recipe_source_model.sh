@@ -148,19 +148,11 @@ write_stage4_enc_out() {
 # (write_stage4_enc_out) before it trains; step 2 waits for them after it has trained.
 enc_out_by_step3=false
 stage4_enc_out_finished=$cache_dir/stage4_enc_out.finished
-stage4_enc_out_for_step3() {
-    if ( write_stage4_enc_out ); then
-        touch "$stage4_enc_out_finished"
-    else
-        touch "$stage4_enc_out_finished.failed"; return 1
-    fi
-}
+stage4_enc_out_for_step3() { run_marked "$stage4_enc_out_finished" write_stage4_enc_out; }
 wait_for_stage4_enc_out() {
     [ -f "$stage4_enc_out_finished" ] || log "  step 2 waits for step 3's job to write the encoder outputs of train and dev"
-    while [ ! -f "$stage4_enc_out_finished" ]; do
-        [ ! -f "$stage4_enc_out_finished.failed" ] || die "step 3's job could not write the encoder outputs of train and dev (see $exp_dir/logs/encoder_out.log)"
-        sleep 2
-    done
+    wait_for_marker "$stage4_enc_out_finished" \
+        || die "step 3's job could not write the encoder outputs of train and dev (see $exp_dir/logs/encoder_out.log)"
 }
 # step 3's job: (side by side) the encoder outputs of train and dev first, then the head, then
 # (when stage 6 follows) the test sets' encoder outputs, and, beside stage 5 (HEAD_MARKER given,
