@@ -47,7 +47,8 @@ from espnet_hdmole.layers.cpu_dropout import CPUDropout
 from espnet_hdmole.layers.precision import at_least_fp32, autocast_off, params_to_fp32
 
 from espnet_hdmole.layers.routing import ACTIVATIONS, PAD, COMBINES, GLOBAL_ROUTERS, current_domain_posterior
-from espnet_hdmole.layers.shared_input import stacked_mixtures, stacked_routing
+from espnet_hdmole.layers.group_mixture import group_routing
+from espnet_hdmole.layers.shared_input import stacked_mixtures
 
 
 OUTPUT_SCALES = ("expert", "lora")
@@ -239,11 +240,20 @@ class HDMoLELinear(torch.nn.Linear):
         return g.to(dtype)
 
     def route(self, xt: torch.Tensor, lead: torch.Size):
-        """Routing weights for flattened tokens xt (T, d_in): returns (w, p, local, active, tau)."""
-        w, p, local, active, tau = stacked_routing([self], self.router(xt).unsqueeze(1), xt, lead)
+        """Routing weights for flattened tokens xt (T, d_in), through autograd: returns
+        (w, p, local, active, tau)."""
+        theta = None  # group_routing's layout: (layers, experts, tokens)
+        if self.activation == "threshold":
+            theta = self.threshold.view(1, 1, 1)
+        elif self.activation == "token_threshold":
+            theta = self.threshold_proj(xt).t().unsqueeze(0)
+        mix = self.mix_logit.view(1, 1, 1, 1) if self.combine == "mix" else None
+        rt = group_routing(self, self.router(xt).t().unsqueeze(0), self._utterance_posterior(lead, xt.dtype),
+                           theta, mix, need_local=True)
+        tau, active = rt["tau"], rt["active"]
         if tau is not None:
-            tau = tau[0, 0] if tau.dim() == 2 else tau[:, 0]
-        return w[:, 0], p[:, 0], local[:, 0], None if active is None else active[:, 0], tau
+            tau = tau.view(()) if self.activation == "threshold" else tau[0].t()
+        return rt["w"][0].t(), rt["p"][0].t(), rt["local"][0].t(), None if active is None else active[0].t(), tau
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight, self.bias)
@@ -253,7 +263,7 @@ class HDMoLELinear(torch.nn.Linear):
                 delta = self._shared_input_group.delta(self, x, lead)
             else:
                 delta = self.mixture(x.reshape(-1, self.in_features).to(self.lora_A.dtype), lead)
-        return y + delta.view(*lead, self.out_features).to(y.dtype)
+        return y.add_(delta.view(*lead, self.out_features).to(y.dtype))  # y is F.linear's own: added in place
 
     def mixture(self, xt: torch.Tensor, lead: torch.Size) -> torch.Tensor:
         """c * sum_i w_i E_i(x) for the flattened tokens xt (T, d_in), in xt's dtype; records the
@@ -313,34 +323,48 @@ def stacked_routing_statistics(layers: List[HDMoLELinear], kind: Optional[int] =
     """``routing_statistics`` of many layers, computed over stacks of the layers whose last forward
     saw the same positions (the trainer asks for them every step): a list of (those layers,
     {statistic: per-layer values, (L,), or (L, N) for 'use'}); layers without a last forward, or
-    without positions of ``kind``, are left out."""
+    without positions of ``kind``, are left out. The stacks are read straight from the groups'
+    routing (experts first, tokens last), not layer by layer."""
     groups: Dict[tuple, List[HDMoLELinear]] = {}
     for m in layers:
         last = m._last
         if last is None:
             continue
-        kinds, tau = last["kinds"], last.get("tau")
-        key = (tuple(last["lead"]), m.num_experts, "active" in last, None if tau is None else tau.dim(),
+        kinds = last["kinds"]
+        key = (tuple(last["lead"]), m.num_experts, "active" in last, last.tau_layout(),
                None if kinds is None else (kinds.data_ptr(), kinds.shape, kinds.device))
         groups.setdefault(key, []).append(m)
     out = []
-    for (_, n, has_active, tau_dim, _), ms in groups.items():
+    for (_, n, has_active, tau_layout, _), ms in groups.items():
         sel = ms[0]._positions(kind)
         if sel is not None and not bool(sel.any()):
             continue
+        slots = [m._last.group_slot() for m in ms]  # (the group's routing, the layer's row in it)
+        parts, start, rows = {}, 0, []
+        for routing, j in slots:
+            if id(routing) not in parts:
+                parts[id(routing)] = (start, routing)
+                start += routing["p"].shape[0]
+            rows.append(parts[id(routing)][0] + j)
+        reorder = rows != list(range(start))
+
+        # the mean over the positions counted, as one matrix-vector product over the tokens
+        p0 = slots[0][0]["p"]
+        over = torch.full(p0.shape[-1:], 1.0 / p0.shape[-1], device=p0.device) if sel is None else sel.float() / sel.sum()
 
         def stack(key: str) -> torch.Tensor:
-            v = torch.stack([m._last[key] for m in ms])
-            return v if sel is None else v[:, sel]
+            v = [routing[key] for _, routing in parts.values()]
+            v = v[0] if len(v) == 1 else torch.cat(v)
+            return v[rows] if reorder else v
 
         p = stack("p").float()
-        stats = {"entropy": -(p * p.clamp_min(1e-12).log()).sum(-1).mean(-1),
-                 "use": stack("w").float().mean(1),  # (L, N): each expert's mean weight
-                 "active": stack("active").float().sum(-1).mean(-1) if has_active
+        stats = {"entropy": -(p * p.clamp_min(1e-12).log()).sum(1) @ over,
+                 "use": stack("w").float() @ over,  # (L, N): each expert's mean weight
+                 "active": stack("active").sum(1, dtype=torch.float32) @ over if has_active
                  else torch.full((len(ms),), float(n), device=p.device)}
-        if tau_dim == 0:
-            stats["tau"] = torch.stack([m._last["tau"] for m in ms]).float()
-        elif tau_dim is not None:
-            stats["tau"] = stack("tau").float().flatten(1).mean(1)
+        if tau_layout == "layer":
+            stats["tau"] = stack("tau").float()
+        elif tau_layout == "token":
+            stats["tau"] = stack("tau").float().flatten(1) @ over
         out.append((ms, stats))
     return out

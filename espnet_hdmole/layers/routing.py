@@ -1,8 +1,10 @@
 """Routing pieces of HDMoLE: the utterance-level domain posterior, hierarchical combination
 and expert activation rules.
 
-Every function here works on probabilities laid out as (tokens, N) where N is the number of
-experts; expert ``i`` belongs to domain ``i // experts_per_domain``.
+The functions here work on probabilities with the N experts along one dimension (``dim``, the
+last by default); expert ``i`` belongs to domain ``i // experts_per_domain``. Each rule has its
+vector-Jacobian product beside it, for the hand-written backward of
+espnet_hdmole.layers.group_mixture.
 """
 import contextlib
 import contextvars
@@ -66,55 +68,96 @@ def expand_to_experts(g: torch.Tensor, experts_per_domain: int) -> torch.Tensor:
 
 
 def combine_routers(
-    local: torch.Tensor,
-    g_tok: Optional[torch.Tensor],
+    logits: torch.Tensor,
+    ge: Optional[torch.Tensor],
     combine: str,
     experts_per_domain: int,
-    mix_logit: Optional[torch.Tensor] = None,
-    eps: float = 1e-9,
-) -> torch.Tensor:
-    """Hierarchical combination of the local router probabilities with the domain posterior.
+    mix_share: Optional[torch.Tensor] = None,
+    dim: int = -1,
+    need_local: bool = False,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Hierarchical combination of the local router with the domain posterior.
 
     Args:
-        local: (T, N) softmax of the local router (or any (..., N) layout).
-        g_tok: (T, D) domain posterior of each token's utterance, or any shape that broadcasts
-            against ``local`` once expanded to the experts (None when combine is 'none').
-        combine: 'product': p_i ~ g_dom(i) * l_i, renormalised;
-            'mix': p = (1 - s) l + s expand(g) / E, s = sigmoid(mix_logit)
-            (divided by E so that p stays on the simplex);
+        logits: the local router's logits (temperature applied), the experts along ``dim``.
+        ge: the domain posterior of each token's utterance expanded to the experts
+            (:func:`expand_to_experts`), in any shape that broadcasts against ``logits``
+            (None when combine is 'none').
+        combine: 'product': p_i ~ g_dom(i) * l_i, renormalised, with l = softmax(logits);
+            computed as softmax(logits + log ge) (one softmax; -inf where g is 0);
+            'mix': p = (1 - s) l + s ge / E (divided by E so that p stays on the simplex);
             'none': p = l.
+        mix_share: s = sigmoid(mix logit), broadcasting against ``logits`` ('mix' only).
+        need_local: also compute l for 'product' (the load-balancing loss reads it).
+
+    Returns (p, l): l is None for 'product' unless ``need_local``, and ``p`` itself for 'none'.
     """
-    if combine == "none":
-        return local
-    ge = expand_to_experts(g_tok, experts_per_domain)
     if combine == "product":
-        p = local * ge
-        return p / p.sum(dim=-1, keepdim=True).clamp_min(eps)
+        p = torch.softmax(logits + ge.log(), dim=dim)
+        return p, torch.softmax(logits, dim=dim) if need_local else None
+    local = torch.softmax(logits, dim=dim)
+    if combine == "none":
+        return local, local
     if combine == "mix":
-        s = torch.sigmoid(mix_logit)
-        return (1.0 - s) * local + s * ge / experts_per_domain
+        return (1.0 - mix_share) * local + mix_share * ge / experts_per_domain, local
+    raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+
+
+def combine_backward(dp: torch.Tensor, p: torch.Tensor, local: Optional[torch.Tensor], ge: Optional[torch.Tensor],
+                     combine: str, experts_per_domain: int, mix_share: Optional[torch.Tensor] = None,
+                     dim: int = -1, need_ge: bool = False, need_share: bool = False):
+    """The vector-Jacobian product of :func:`combine_routers`: (dlogits, dge, dshare) for the
+    gradient ``dp`` of its p. dge and dshare come unreduced (in dp's shape; the caller sums them to
+    the shapes of ge and s) and only where asked for (else None); for 'product', dge needs
+    ``local``, the softmax of the logits."""
+    if combine == "none":
+        return torch._softmax_backward_data(dp, p, dim, p.dtype), None, None
+    if combine == "product":  # p = softmax(logits + log ge)
+        dlogits = torch._softmax_backward_data(dp, p, dim, p.dtype)
+        dge = None
+        if need_ge:  # p = q / sum(q), q = l * ge: dge = l / sum(q) * (dp - sum(dp * p))
+            norm = (local * ge).sum(dim=dim, keepdim=True)
+            dge = local / norm * (dp - (dp * p).sum(dim=dim, keepdim=True))
+        return dlogits, dge, None
+    if combine == "mix":
+        dge = dp * (mix_share / experts_per_domain) if need_ge else None
+        dshare = dp * (ge / experts_per_domain - local) if need_share else None
+        return torch._softmax_backward_data(dp * (1.0 - mix_share), local, dim, local.dtype), dge, dshare
     raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
 
 
 def threshold_weights(
-    p: torch.Tensor, tau: torch.Tensor, eps: float = 1e-9
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    p: torch.Tensor, tau: torch.Tensor, eps: float = 1e-9, dim: int = -1
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dynamic-threshold activation.
 
     Experts with p_i >= tau are active; their weights are (p_i - tau), renormalised, so the
-    gradient reaches tau. ``tau`` is a scalar or a (T, 1) tensor. Returns (weights, active mask).
+    gradient reaches tau. ``tau`` is a scalar or a tensor that broadcasts against p, whose experts
+    lie along ``dim``. Returns (weights, active mask, normaliser sum_i (p_i - tau) over the active).
     """
     active = p >= tau
-    w = (p - tau) * active
-    return w / w.sum(dim=-1, keepdim=True).clamp_min(eps), active
+    u = (p - tau).clamp_min(0.0)
+    norm = u.sum(dim=dim, keepdim=True).clamp_min(eps)
+    return u / norm, active, norm
 
 
-def topk_weights(p: torch.Tensor, k: int, eps: float = 1e-9) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Static top-k activation: the k most probable experts, their probabilities renormalised."""
-    vals, idx = p.topk(k, dim=-1)
-    w = torch.zeros_like(p).scatter(-1, idx, vals / vals.sum(dim=-1, keepdim=True).clamp_min(eps))
-    active = torch.zeros_like(p, dtype=torch.bool).scatter(-1, idx, True)
-    return w, active
+def topk_weights(p: torch.Tensor, k: int, eps: float = 1e-9, dim: int = -1
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Static top-k activation: the k most probable experts, their probabilities renormalised.
+    Returns (weights, active mask, normaliser)."""
+    active = torch.zeros_like(p, dtype=torch.bool).scatter_(dim, p.topk(k, dim=dim).indices, True)
+    u = torch.where(active, p, 0.0)
+    norm = u.sum(dim=dim, keepdim=True).clamp_min(eps)
+    return u / norm, active, norm
+
+
+def normalised_weights_backward(dw: torch.Tensor, w: torch.Tensor, active: torch.Tensor,
+                                norm: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """The vector-Jacobian product of :func:`threshold_weights` and :func:`topk_weights` with
+    respect to p: w = u / sum(u), u = (p - tau) on the active experts (tau = 0 for top-k; the
+    choice of experts is piecewise constant). The gradient of tau is minus its sum over the
+    experts."""
+    return torch.where(active, (dw - (dw * w).sum(dim=dim, keepdim=True)) / norm, 0.0)
 
 
 def position_kinds(total: int, lengths: torch.Tensor, speech_start=0, speech_lengths=None) -> torch.Tensor:

@@ -20,9 +20,8 @@ other input computes alone. A wrong grouping can thus only cost time, never chan
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from espnet_hdmole.layers.routing import combine_routers, threshold_weights, topk_weights
+from espnet_hdmole.layers.group_mixture import GroupMixture, LastRouting, layer_parameters
 
 DEFAULT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # settings that must agree for layers to be routed together
@@ -30,100 +29,26 @@ _SHARED = ("in_features", "num_experts", "num_domains", "experts_per_domain", "r
            "global_router", "combine", "activation", "top_k", "tau_max", "output_scale")
 
 
-def _packed(layers: Sequence) -> Dict[str, torch.Tensor]:
-    """The group's parameters in the layout the mixture reads: ``in`` the routers' and the A's
-    weights as one (G*N + G*N*r, d_in) matrix, ``bias`` the routers' biases (G, N), ``B`` each
-    layer's B as (d_out, N*r), ``theta`` the thresholds (G, 1) and ``mix`` the mix logits (G, 1)
-    where the layers have them. Built anew while autograd records (training); otherwise
-    (validation, decoding) kept on the first layer and built again only when one of the
-    parameters changes (another version, storage or dtype: an optimiser step, a loaded state)."""
-    first = layers[0]
-    params = [p for m in layers for p in (m.router.weight, m.router.bias, m.lora_A, m.lora_B,
-                                         getattr(m, "threshold", None), getattr(m, "mix_logit", None))
-              if p is not None]
-    keep = not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
-    if keep:
-        key = (torch.is_inference_mode_enabled(),) + tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
-        kept = first.__dict__.get("_packed_kept", {}).get(tuple(map(id, layers)))
-        if kept is not None and kept[0] == key:
-            return kept[1]
-    n, r, d = first.num_experts, first.rank, first.in_features
-    packed = {
-        "in": torch.cat([m.router.weight for m in layers] + [m.lora_A.reshape(n * r, d) for m in layers]),
-        "bias": torch.stack([m.router.bias for m in layers]),
-        "B": [m.lora_B.permute(1, 0, 2).reshape(m.out_features, n * r) for m in layers],
-    }
-    if first.activation == "threshold":
-        packed["theta"] = torch.stack([m.threshold for m in layers]).unsqueeze(-1)
-    if first.combine == "mix":
-        packed["mix"] = torch.stack([m.mix_logit for m in layers]).unsqueeze(-1)
-    if keep:
-        first.__dict__.setdefault("_packed_kept", {})[tuple(map(id, layers))] = (key, packed)
-    return packed
-
-
-def stacked_routing(layers: Sequence, logits: torch.Tensor, xt: torch.Tensor, lead: torch.Size,
-                    packed: Optional[Dict[str, torch.Tensor]] = None):
-    """Routing of G layers from their router logits (T, G, N): returns (w, p, local, active, tau),
-    each (T, G, N) (active: None for dense; tau: (G, 1) for 'threshold', (T, G, 1) for
-    'token_threshold', else None). ``packed``: ``_packed(layers)`` when the caller has it."""
-    first = layers[0]
-    packed = _packed(layers) if packed is None else packed
-    local = torch.softmax(logits if first.temperature == 1.0 else logits / first.temperature, dim=-1)
-    if first.combine == "none":
-        p = local
-    else:  # the utterance's posterior broadcast over its tokens: (B, 1, 1, D) against (B, T/B, G, N)
-        g = first._utterance_posterior(lead, local.dtype)
-        (t, grp, n), b = local.shape, g.shape[0]
-        p = combine_routers(local.view(b, t // max(b, 1), grp, n), g[:, None, None], first.combine,
-                            first.experts_per_domain, packed.get("mix")).view(t, grp, n)
-    tau, active = None, None
-    if first.activation == "threshold":
-        tau = first.tau_max * torch.sigmoid(packed["theta"])
-        w, active = threshold_weights(p, tau)
-    elif first.activation == "token_threshold":
-        theta = torch.stack([m.threshold_proj(xt) for m in layers], dim=1)  # (T, G, 1)
-        tau = first.tau_max * torch.sigmoid(theta)
-        w, active = threshold_weights(p, tau)
-    elif first.activation == "topk":
-        w, active = topk_weights(p, first.top_k)
-    else:
-        w = p
-    return w, p, local, active, tau
-
-
 def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size) -> List[torch.Tensor]:
-    """Each layer's ``c * sum_i w_i E_i(x)`` for the same flattened tokens xt (T, d_in); records
-    each layer's routing (``_last``) and load-balancing loss as ``HDMoLELinear.mixture`` does."""
+    """Each layer's ``c * sum_i w_i E_i(x)`` for the same flattened tokens xt (T, d_in), as one
+    autograd node (espnet_hdmole.layers.group_mixture); records each layer's routing (``_last``)
+    and load-balancing loss as ``HDMoLELinear.mixture`` does."""
     first = layers[0]
-    g, t, n, r, d = len(layers), xt.shape[0], first.num_experts, first.rank, first.in_features
-    packed = _packed(layers)
-    if isinstance(first.lora_dropout, torch.nn.Identity):  # routers and A's in one matmul
-        out = F.linear(xt, packed["in"])
-        logits = out[:, :g * n].unflatten(1, (g, n)) + packed["bias"]
-        z = out[:, g * n:].unflatten(1, (g, n, r))
-    else:  # (groups of one only: each layer draws its own dropout)
-        logits = first.router(xt).unsqueeze(1)
-        z = F.linear(first.lora_dropout(xt), first.lora_A.reshape(n * r, d)).view(t, 1, n, r)
-    w, p, local, active, tau = stacked_routing(layers, logits, xt, lead, packed)
-    scale = first.scaling
-    if first.output_scale == "lora":
-        scale = scale * (float(n) if active is None else active.sum(dim=-1, keepdim=True).to(xt.dtype))
-    z = z * (w * scale).unsqueeze(-1).to(z.dtype)  # (T, G, N, r): each expert's input, weighted
-
-    deltas = []
+    g = first._utterance_posterior(lead, xt.dtype)
+    x_experts = None if isinstance(first.lora_dropout, torch.nn.Identity) else first.lora_dropout(xt)  # (groups of one)
+    token_theta = (torch.stack([m.threshold_proj(xt) for m in layers]).transpose(1, 2)  # (G, 1, T)
+                   if first.activation == "token_threshold" else None)
+    params = [p for m in layers for p in layer_parameters(m)]
+    keep = not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
+    need_local = any(m.training and m.lb_weight > 0 for m in layers)
+    *deltas, local, routing = GroupMixture.apply(layers, keep, xt, x_experts, g, token_theta, need_local, *params)
     for j, m in enumerate(layers):
-        deltas.append(F.linear(z[:, j].reshape(t, n * r), packed["B"][j]))
-        last = {"p": p[:, j].detach(), "w": w[:, j].detach(), "lead": lead, "kinds": None}
-        if active is not None:
-            last["active"] = active[:, j]
-        if tau is not None:
-            last["tau"] = (tau[j, 0] if tau.dim() == 2 else tau[:, j]).detach()
         aux = None
         if m.training and m.lb_weight > 0:
-            aux = m.lb_weight * m.load_balancing_loss(local[:, j], w[:, j] if active is None else active[:, j])
+            dispatch = routing["w" if "active" not in routing else "active"][j].t()
+            aux = m.lb_weight * m.load_balancing_loss(local[j].t(), dispatch)
         # plain attributes: set directly (nn.Module.__setattr__ costs ~10 us a call)
-        m.__dict__.update(_last=last, _aux_loss=aux)
+        m.__dict__.update(_last=LastRouting(routing, j, lead), _aux_loss=aux)
     return deltas
 
 
