@@ -103,3 +103,28 @@ def test_group_of_two_passes_gradcheck_in_float64(conf):
         return (*deltas, local)
 
     assert torch.autograd.gradcheck(mixture, (x, g, tok, *params), eps=1e-6, atol=1e-5, fast_mode=True)
+
+
+def test_packing_is_checked_once_inside_parameters_fixed(monkeypatch):
+    """Without autograd the packed weights are kept and checked against the parameters at every
+    call; inside ``parameters_fixed`` (a decoding) only at a group's first call."""
+    import espnet_hdmole.layers.group_mixture as gm
+
+    layer = make_layer(num_domains=3, experts_per_domain=2, rank=2).eval()
+    x, g = torch.randn(2, 4, 12), torch.softmax(torch.randn(2, 3), -1)
+    reads = []
+    real = gm.layer_parameters
+    monkeypatch.setattr(gm, "layer_parameters", lambda m: reads.append(m) or real(m))
+    with torch.no_grad(), domain_posterior(g):
+        want = layer(x)
+        before = len(reads)
+        layer(x)
+        assert len(reads) == before + 1  # checked at each call (the packing kept)
+        with gm.parameters_fixed():
+            got = [layer(x) for _ in range(3)]
+        assert len(reads) == before + 2  # once in the block
+        for y in got:
+            torch.testing.assert_close(y, want)
+        layer.lora_B.data.add_(1.0)  # (in place, without a new version: .data)
+        layer.lora_B.add_(0.0)  # a new version: the next call outside the block repacks
+        assert not torch.allclose(layer(x), want)

@@ -12,6 +12,7 @@ from typing import Optional, Tuple
 import torch
 
 from espnet_hdmole.asr.accent_head import head_input
+from espnet_hdmole.asr.encoder_side import any_trainable
 from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.create_hdmole_adapter import hdmole_layers
 from espnet_hdmole.layers.routing import oracle_posterior
@@ -45,8 +46,7 @@ class AccentRouting:
     def cached_accent_logits(self, speech, speech_lengths, h, h_lens, utt_id=None) -> Optional[torch.Tensor]:
         """``accent_logits``, kept per utterance id while the head, the CTC head and the encoder
         are frozen and the encoder-output cache is enabled."""
-        if self.accent_head is None or not self._may_cache(utt_id) or any(
-                p.requires_grad for m in (self.accent_head, self.ctc) if m is not None for p in m.parameters()):
+        if self.accent_head is None or not self._may_cache(utt_id) or any_trainable(self.accent_head, self.ctc):
             return self.accent_logits(speech, speech_lengths, h, h_lens)
         got = [self._aid_cache.get(u) for u in utt_id]
         if all(x is not None for x in got):

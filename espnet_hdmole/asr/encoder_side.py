@@ -23,14 +23,27 @@ from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
 from espnet_hdmole.asr.encoder_store import check_stored_outputs
 
 
+def any_trainable(*modules) -> bool:
+    """Whether any parameter of the given modules (None ones skipped) requires a gradient. A
+    direct walk over the modules' own parameter dicts: ``Module.parameters()`` builds every
+    parameter's dotted name, which costs about a millisecond over an encoder, and the training
+    step asks several times."""
+    stack = [m for m in modules if m is not None]
+    while stack:
+        m = stack.pop()
+        if any(p is not None and p.requires_grad for p in m._parameters.values()):
+            return True
+        stack.extend(c for c in m._modules.values() if c is not None)
+    return False
+
+
 class EncoderSide:
     def encoder_dtype(self) -> torch.dtype:
         """The dtype of the encoder's (first floating-point) parameters."""
         return next((p.dtype for p in self.encoder.parameters() if p.is_floating_point()), torch.float32)
 
     def encoder_is_frozen(self) -> bool:
-        parts = [m for m in (self.frontend, self.normalize, self.encoder) if m is not None]
-        return not any(p.requires_grad for m in parts for p in m.parameters())
+        return not any_trainable(self.frontend, self.normalize, self.encoder)
 
     def _may_cache(self, utt_id) -> bool:
         """Per-utterance caching is enabled, the trainer passed the ids and the encoder is frozen."""

@@ -25,7 +25,7 @@ from espnet2.train.abs_espnet_model import AbsESPnetModel
 from espnet_hdmole.asr.accent_head import AccentHead, check_accent_head_conf, head_input_size
 from espnet_hdmole.asr.accent_routing import AccentRouting
 from espnet_hdmole.asr.ctc_compression import ctc_compress
-from espnet_hdmole.asr.encoder_side import EncoderSide
+from espnet_hdmole.asr.encoder_side import EncoderSide, any_trainable
 from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
 from espnet_hdmole.asr.llm_utils import (
     load_causal_lm, load_tokenizer, noise_token_ids, readable_tokens, unencodable_chars)
@@ -35,6 +35,7 @@ from espnet_hdmole.asr.utterance_cache import UtteranceCache
 from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.create_hdmole_adapter import (
     hdmole_aux_loss, hdmole_layers, hdmole_statistics, keep_adapters_fp32, mark_positions)
+from espnet_hdmole.layers.group_mixture import parameters_fixed
 from espnet_hdmole.layers.precision import lora_to_base_dtype, params_to_fp32
 from espnet_hdmole.layers.routing import domain_posterior, position_kinds
 
@@ -228,7 +229,7 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         """Encoder output -> LLM input embeddings (CTC compression first when enabled; its result
         is cached by utterance id along with the encoder output's)."""
         if self.ctc_compress != "none":
-            cached = self._may_cache(utt_id) and not any(p.requires_grad for p in self.ctc.parameters())
+            cached = self._may_cache(utt_id) and not any_trainable(self.ctc)
             xs = [self._cmp_cache.get(u) for u in utt_id] if cached else [None]
             if all(x is not None for x in xs):
                 xs = [x.to(h.device) for x in xs]
@@ -363,11 +364,12 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         with domain_posterior(g) if g is not None else nullcontext():
             s, s_lens = self.project(h, h_lens)
         ctx = self._context_embeddings(s, s_lens)
-        if beam_size <= 1:
-            hyps = greedy_search(self.llm, ctx, self.eos_id, max_new_tokens, g, ngram, ngram_weight)
-        else:
-            hyps = beam_search(self.llm, ctx, self.eos_id, max_new_tokens, beam_size, length_penalty, g,
-                               ngram, ngram_weight)
+        with parameters_fixed():  # the HDMoLE layers check their packed weights once, not at every token
+            if beam_size <= 1:
+                hyps = greedy_search(self.llm, ctx, self.eos_id, max_new_tokens, g, ngram, ngram_weight)
+            else:
+                hyps = beam_search(self.llm, ctx, self.eos_id, max_new_tokens, beam_size, length_penalty, g,
+                                   ngram, ngram_weight)
         out = []
         for b, (ids, score) in enumerate(hyps):
             r = {"token_ids": ids, "text": self.tokenizer.decode(ids, skip_special_tokens=True), "score": score,

@@ -3,13 +3,18 @@
 For G layers (a ``SharedInputGroup`` of espnet_hdmole.layers.shared_input, or one layer alone),
 from the flattened tokens x (T, d_in):
 
-    [logits | z] = x [routers ; A's]^T             one matmul for every router and expert A
-    w            = routing(logits + b, g, theta)    softmax, combine, activation: ``group_routing``
-    delta_j      = (z_j * c w_j) B_j^T              per layer; c = alpha / r (times the experts in
-                                                    use for output_scale 'lora')
+    [logits | z] = x [routers ; c A's]^T            one matmul for every router and expert A
+    w            = routing(logits + b, g, tau)      softmax, combine, activation: ``group_routing``
+    delta_j      = (z_j * m w_j) B_j^T              per layer; c = alpha / r, m = 1 (or the experts
+                                                    in use, for output_scale 'lora')
+
+Everything is laid out experts first, tokens last, (G, N, T): every sum over the experts then runs
+along contiguous tokens (over a last dimension of 9, PyTorch's CPU softmax and sums are ~10x
+slower).
 
 ``group_routing`` is the routing's one implementation: plain tensor operations, so that autograd
-can run through it (``HDMoLELinear.route``). ``GroupMixture`` runs it, with the matmuls, without
+can run through it (``HDMoLELinear.route``). ``mixture_forward`` runs it with the matmuls; where
+nothing needs a gradient (validation, decoding) that is all. ``GroupMixture`` runs it without
 recording, and its backward is written out from the vector-Jacobian products of
 espnet_hdmole.layers.routing: where autograd would record some forty small operations per group
 (each costing microseconds of dispatch on tensors of a few thousand elements), a group is one
@@ -18,67 +23,98 @@ the matmuls, set the time of a training step (benchmarks/bench_llm_asr.py). The 
 checked against autograd through the same forward (tests/test_group_mixture.py); it is not
 itself differentiable (no double backward).
 """
-from typing import Any, Dict, Optional, Sequence
+import contextlib
+import contextvars
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import torch
 
-from espnet_hdmole.layers.routing import (combine_backward, combine_routers, expand_to_experts,
+from espnet_hdmole.layers.routing import (combine_backward, combine_routers, expert_posterior,
                                           normalised_weights_backward, threshold_weights, topk_weights)
 
 
 def layer_parameters(layer) -> list:
     """The adapter parameters ``GroupMixture`` reads, in the order its backward returns their
-    gradients: router weight and bias, A, B, then the threshold and the mix logit where present."""
-    return [p for p in (layer.router.weight, layer.router.bias, layer.lora_A, layer.lora_B,
-                        getattr(layer, "threshold", None), getattr(layer, "mix_logit", None)) if p is not None]
+    gradients: router weight and bias, A, B, then the threshold and the mix logit where present.
+    (Read from the modules' parameter dicts: ``Module.__getattr__`` costs a microsecond a name.)"""
+    own, router = layer._parameters, layer._modules["router"]._parameters
+    return [p for p in (router["weight"], router["bias"], own["lora_A"], own["lora_B"],
+                        own.get("threshold"), own.get("mix_logit")) if p is not None]
 
 
-def packed_weights(layers: Sequence, keep: bool) -> Dict[str, torch.Tensor]:
-    """The group's parameters in the layout the mixture reads: ``in`` the routers' and the A's
-    weights as one (G*N + G*N*r, d_in) matrix, ``bias`` the routers' biases (G, N, 1), ``B`` each
-    layer's B times alpha / r, as (d_out, N*r), ``theta`` the thresholds (G, 1, 1) and ``mix``
-    the mix logits (G, 1, 1, 1) where the layers have them. With ``keep`` (no autograd:
-    validation, decoding) they are kept on the first layer and built again only when one of the
-    parameters changes (another version, storage or dtype: an optimiser step, a loaded state);
-    otherwise built anew."""
-    first = layers[0]
+# ids of the groups whose kept packing was checked inside the innermost ``parameters_fixed`` block
+_CHECKED: contextvars.ContextVar[Optional[set]] = contextvars.ContextVar("hdmole_packing_checked", default=None)
+
+
+@contextlib.contextmanager
+def parameters_fixed() -> Iterator[None]:
+    """A block in which no adapter parameter changes (a decoding: no optimiser, no loading): each
+    group's kept packing is checked against its parameters once, on its first call, instead of at
+    every call (every generated token)."""
+    token = _CHECKED.set(set())
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
+
+
+def packed_weights(layers: Sequence, keep: bool) -> Dict[str, Any]:
+    """The group's parameters in the layout the mixture reads: ``in`` the routers' weights and
+    the A's times alpha / r as one (G*N + G*N*r, d_in) matrix, ``bias`` its bias column (the
+    routers' biases, zeros for the A's), ``B`` each layer's B as (d_out, N*r), for 'threshold'
+    ``tau`` (G, 1, 1) and ``minus_dtau`` minus its derivative by theta, for combine 'mix' ``mix``
+    the mix logits (G, 1, 1, 1). With
+    ``keep`` (no autograd: validation, decoding) they are kept on the first layer and built again
+    only when one of the parameters changes (another version, storage or dtype: an optimiser
+    step, a loaded state); otherwise built anew."""
+    first, group = layers[0], tuple(map(id, layers))
+    checked = _CHECKED.get() if keep else None
+    if checked is not None and group in checked:
+        return first.__dict__["_packed_kept"][group][1]
     if keep:
         params = [p for m in layers for p in layer_parameters(m)]
         key = (torch.is_inference_mode_enabled(),) + tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
-        kept = first.__dict__.get("_packed_kept", {}).get(tuple(map(id, layers)))
+        kept = first.__dict__.get("_packed_kept", {}).get(group)
         if kept is not None and kept[0] == key:
+            if checked is not None:
+                checked.add(group)
             return kept[1]
     n, r, d = first.num_experts, first.rank, first.in_features
-    with torch.no_grad():
-        packed = {
-            "in": torch.cat([m.router.weight for m in layers] + [m.lora_A.reshape(n * r, d) for m in layers]),
-            "bias": torch.stack([m.router.bias for m in layers]).unsqueeze(-1),
-            "B": [m.lora_B.permute(1, 0, 2).reshape(m.out_features, n * r).mul_(first.scaling) for m in layers],
-        }
-        if first.activation == "threshold":
-            packed["theta"] = torch.stack([m.threshold for m in layers]).view(-1, 1, 1)
+    gn = len(layers) * n
+    with torch.no_grad():  # (a no-op inside GroupMixture)
+        params = [layer_parameters(m) for m in layers]  # router weight, bias, A, B, [threshold], [mix]
+        w_in = torch.cat([q[0] for q in params] + [q[2].reshape(n * r, d) for q in params])
+        w_in[gn:].mul_(first.scaling)
+        bias = torch.cat([q[1] for q in params] + [w_in.new_zeros(gn * r)]).unsqueeze(1)
+        packed = {"in": w_in, "bias": bias,
+                  "B": [q[3].permute(1, 0, 2).reshape(-1, n * r) for q in params]}
+        if first.activation == "threshold":  # tau = tau_max * sigmoid(theta); d tau / d theta = tau (1 - sigmoid)
+            sig = torch.sigmoid(torch.stack([q[4] for q in params]).view(-1, 1, 1))
+            tau = sig * first.tau_max
+            packed.update(tau=tau, minus_dtau=tau * (sig - 1.0))
         if first.combine == "mix":
-            packed["mix"] = torch.stack([m.mix_logit for m in layers]).view(-1, 1, 1, 1)
+            packed["mix"] = torch.stack([q[-1] for q in params]).view(-1, 1, 1, 1)
     if keep:
-        first.__dict__.setdefault("_packed_kept", {})[tuple(map(id, layers))] = (key, packed)
+        first.__dict__.setdefault("_packed_kept", {})[group] = (key, packed)
+    if checked is not None:
+        checked.add(group)
     return packed
 
 
-def group_routing(first, logits: torch.Tensor, g: Optional[torch.Tensor], theta: Optional[torch.Tensor],
+def group_routing(first, logits: torch.Tensor, g: Optional[torch.Tensor], tau: Optional[torch.Tensor],
                   mix_logit: Optional[torch.Tensor], need_local: bool = False) -> Dict[str, Any]:
     """Routing of G layers with ``first``'s settings from their router logits (G, N, T), bias
-    included: experts first, tokens last, so that every sum over the experts runs along
-    contiguous tokens (over a last dimension of 9, PyTorch's CPU softmax and sums are ~10x
-    slower). ``g``: the domain posterior (B, D) (None without a global router), the T tokens
-    being B utterances' in order; ``theta``: the thresholds (G, 1, 1) for 'threshold', (G, 1, T)
-    for 'token_threshold'; ``mix_logit``: (G, 1, 1, 1) for combine 'mix'; ``need_local``: compute
-    the local router's softmax even where the combination does not need it.
+    included. ``g``: the domain posterior (B, D) (None without a global router), the T tokens
+    being B utterances' in order; ``tau``: the thresholds (G, 1, 1), or (G, 1, T) for
+    'token_threshold' (else None); ``mix_logit``: (G, 1, 1, 1) for combine 'mix';
+    ``need_local``: compute the local router's softmax even where the combination does not.
 
     Returns {"p", "w", "active", "norm", "tau", "mult", "local", "ge", "share"}: the combined
     probabilities and the weights (G, N, T), the active experts and the weights' normaliser
-    (None for dense), tau (None without a threshold), the output scale's multiplier besides
-    alpha / r (1, N for dense 'lora', or the experts in use (G, 1, T)), the local router's
-    softmax (None where not computed), the expanded posterior (1, N, B, 1) and the mix share."""
+    (None for dense), tau, the output scale's multiplier besides alpha / r (1, N for dense
+    'lora', or the experts in use (G, 1, T)), the local router's softmax (None where not
+    computed), the expanded posterior (``expert_posterior``: the log for 'product') and the mix
+    share."""
     grp, n, t = logits.shape
     if first.temperature != 1.0:
         logits = logits / first.temperature
@@ -87,14 +123,13 @@ def group_routing(first, logits: torch.Tensor, g: Optional[torch.Tensor], theta:
         p, local = combine_routers(logits, None, "none", 1, dim=1)
     else:  # the utterance's posterior broadcast over its tokens: (1, N, B, 1) against (G, N, B, T/B)
         b = g.shape[0]
-        ge = expand_to_experts(g, first.experts_per_domain).t().reshape(1, n, b, 1)
+        ge = expert_posterior(g, first.experts_per_domain, log=first.combine == "product")
         share = torch.sigmoid(mix_logit) if first.combine == "mix" else None
         p, local = combine_routers(logits.view(grp, n, b, t // max(b, 1)), ge, first.combine,
                                    first.experts_per_domain, share, dim=1, need_local=need_local)
         p, local = p.view(grp, n, t), None if local is None else local.view(grp, n, t)
-    tau = active = norm = None
-    if first.activation in ("threshold", "token_threshold"):
-        tau = first.tau_max * torch.sigmoid(theta)
+    active = norm = None
+    if tau is not None:
         w, active, norm = threshold_weights(p, tau, dim=1)
     elif first.activation == "topk":
         w, active, norm = topk_weights(p, first.top_k, dim=1)
@@ -104,6 +139,33 @@ def group_routing(first, logits: torch.Tensor, g: Optional[torch.Tensor], theta:
     if first.output_scale == "lora":
         mult = float(n) if active is None else active.sum(dim=1, keepdim=True).to(w.dtype)
     return dict(p=p, w=w, active=active, norm=norm, tau=tau, mult=mult, local=local, ge=ge, share=share)
+
+
+def mixture_forward(layers: Sequence, keep: bool, x: torch.Tensor, x_experts: Optional[torch.Tensor],
+                    g: Optional[torch.Tensor], token_theta: Optional[torch.Tensor], need_local: bool):
+    """The group's mixture, as ``GroupMixture`` computes it (arguments as there), with nothing
+    recorded: returns (deltas, local, routing, state), ``state`` what the backward reads."""
+    first = layers[0]
+    grp, n, r = len(layers), first.num_experts, first.rank
+    t, gn = x.shape[0], grp * first.num_experts
+    packed = packed_weights(layers, keep)
+    w_in = packed["in"]
+    if x_experts is None:  # (G*N + G*N*r, T): experts first
+        out = torch.addmm(packed["bias"], w_in, x.t())
+        logits, z = out[:gn], out[gn:]
+    else:
+        logits, z = torch.addmm(packed["bias"][:gn], w_in[:gn], x.t()), w_in[gn:].mm(x_experts.t())
+    logits = logits.view(grp, n, t)
+    tau = first.tau_max * torch.sigmoid(token_theta) if token_theta is not None else packed.get("tau")
+    rt = group_routing(first, logits, g, tau, packed.get("mix"), need_local)
+    ws = rt["w"] if isinstance(rt["mult"], float) and rt["mult"] == 1.0 else rt["w"] * rt["mult"]
+    z = z.view(grp, n, r, t)
+    zw = z * ws.unsqueeze(2)  # (G, N, r, T): each expert's input, weighted
+    deltas = [zw[j].view(n * r, t).t().mm(packed["B"][j].t()) for j in range(grp)]
+    routing = {k: rt[k] for k in ("p", "w", "active", "tau") if rt[k] is not None}
+    if first.activation == "threshold":
+        routing["tau"] = routing["tau"].view(grp)  # one per layer
+    return deltas, rt["local"], routing, (packed, rt, z, zw, ws, logits)
 
 
 class GroupMixture(torch.autograd.Function):
@@ -121,41 +183,23 @@ class GroupMixture(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, layers, keep, x, x_experts, g, token_theta, need_local, *params):
-        first = layers[0]
-        grp, n, r = len(layers), first.num_experts, first.rank
-        t, gn = x.shape[0], len(layers) * first.num_experts
-        packed = packed_weights(layers, keep)
-        w_in = packed["in"]
-        if x_experts is None:  # (G*N + G*N*r, T): experts first
-            out = w_in.mm(x.t())
-            logits, z = out[:gn], out[gn:]
-        else:
-            logits, z = w_in[:gn].mm(x.t()), w_in[gn:].mm(x_experts.t())
-        logits = logits.view(grp, n, t) + packed["bias"]
-        theta = token_theta if first.activation == "token_threshold" else packed.get("theta")
-        rt = group_routing(first, logits, g, theta, packed.get("mix"), need_local)
-        ws = rt["w"] if isinstance(rt["mult"], float) and rt["mult"] == 1.0 else rt["w"] * rt["mult"]
-        z = z.view(grp, n, r, t)
-        zw = z * ws.unsqueeze(2)  # (G, N, r, T): each expert's input, weighted
-        deltas = [zw[j].view(n * r, t).t().mm(packed["B"][j].t()) for j in range(grp)]
-
+        deltas, local, routing, (packed, rt, z, zw, ws, logits) = mixture_forward(
+            layers, keep, x, x_experts, g, token_theta, need_local)
         ctx.set_materialize_grads(False)
-        local = rt["local"]  # an output: saved as one (on ctx it would make a reference cycle)
+        # local is an output: saved as one (held on ctx it would make a reference cycle); p, w
+        # and the weighted ws are local itself for combine 'none' with the dense activation
         ctx.layers, ctx.packed, ctx.z, ctx.zw, ctx.logits = layers, packed, z, zw, logits
         ctx.ws = None if ws is local else ws
-        ctx.rt = {k: v for k, v in rt.items() if v is not local or local is None}  # (p, w: local itself for 'none')
-        ctx.save_for_backward(x, x_experts, g, local)
-        routing = {k: rt[k] for k in ("p", "w", "active", "tau") if rt[k] is not None}
-        if first.activation == "threshold":
-            routing["tau"] = routing["tau"].view(grp)  # one per layer
+        ctx.rt = {k: v for k, v in rt.items() if v is not local or local is None}
+        ctx.save_for_backward(x, x_experts, g, local, token_theta)
         return (*deltas, local, routing)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
-        layers, packed, z, zw, ws = ctx.layers, ctx.packed, ctx.z, ctx.zw, ctx.ws
-        x, x_experts, g, local = ctx.saved_tensors
-        ws = local if ws is None else ws
+        layers, packed, z, zw = ctx.layers, ctx.packed, ctx.z, ctx.zw
+        x, x_experts, g, local, token_theta = ctx.saved_tensors
+        ws = local if ctx.ws is None else ctx.ws
         rt = dict(ctx.rt)
         for k in ("p", "w"):
             rt.setdefault(k, local)
@@ -163,20 +207,20 @@ class GroupMixture(torch.autograd.Function):
         grp, n, r, d = len(layers), first.num_experts, first.rank, first.in_features
         t, gn = x.shape[0], grp * n
         need = ctx.needs_input_grad  # layers, keep, x, x_experts, g, token_theta, need_local, *params
-        per_layer = len(layer_parameters(first))
+        per_layer = (len(need) - 7) // grp
         need_params = any(need[7:])
 
-        # the B matmuls (alpha / r is in the packed B): d zw (G, N, r, T), and each B's gradient
-        dzw, d_b = [], []
+        # the B matmuls: d zw (G, N, r, T), and each B's gradient
+        dzw, d_b = zw.new_empty(grp, n * r, t), []
         for j, dd in enumerate(grads[:grp]):
             if dd is None:
-                dzw.append(zw.new_zeros(n * r, t))
+                dzw[j].zero_()
                 d_b.append(None)
                 continue
-            dzw.append(packed["B"][j].t().mm(dd.t()))
-            d_b.append(dd.t().mm(zw[j].view(n * r, t).t()).mul_(first.scaling).view(-1, n, r).permute(1, 0, 2)
+            torch.mm(packed["B"][j].t(), dd.t(), out=dzw[j])
+            d_b.append(dd.t().mm(zw[j].view(n * r, t).t()).view(-1, n, r).permute(1, 0, 2)
                        if need[7 + j * per_layer + 3] else None)
-        dzw = dzw[0].view(1, n, r, t) if grp == 1 else torch.stack(dzw).view(grp, n, r, t)
+        dzw = dzw.view(grp, n, r, t)
         dz = dzw * ws.unsqueeze(2)
         dw = (dzw * z).sum(dim=2)
         if not (isinstance(rt["mult"], float) and rt["mult"] == 1.0):
@@ -186,11 +230,11 @@ class GroupMixture(torch.autograd.Function):
         active, tau, p = rt["active"], rt["tau"], rt["p"]
         dp = dw if active is None else normalised_weights_backward(dw, rt["w"], active, rt["norm"], dim=1)
         d_theta = d_tok = None
-        if tau is not None:  # tau = tau_max * sigmoid(theta): dtau/dtheta = tau * (1 - tau / tau_max)
+        if tau is not None:  # tau = tau_max * sigmoid(theta); the gradient of tau is -sum(dp)
             if first.activation == "threshold":
-                d_theta = dp.sum(dim=(1, 2), keepdim=True) * (tau * (tau / first.tau_max - 1.0))  # (G, 1, 1)
+                d_theta = dp.sum(dim=(1, 2), keepdim=True) * packed["minus_dtau"]  # (G, 1, 1)
             else:
-                d_tok = dp.sum(dim=1, keepdim=True) * (tau * (tau / first.tau_max - 1.0))  # (G, 1, T)
+                d_tok = -dp.sum(dim=1, keepdim=True) * tau * (1.0 - tau / first.tau_max)  # (G, 1, T)
         d_share = dg = None
         if first.combine == "none":
             dlogits, _, _ = combine_backward(dp, p, None, None, "none", 1, dim=1)
@@ -215,7 +259,7 @@ class GroupMixture(torch.autograd.Function):
         if first.temperature != 1.0:
             dlogits = dlogits / first.temperature
 
-        # the first matmul
+        # the first matmul (its A rows carry alpha / r: so does the gradient of A)
         dx = dxe = d_in = None
         w_in = packed["in"]
         if x_experts is None:
@@ -236,6 +280,7 @@ class GroupMixture(torch.autograd.Function):
         out = [None, None, dx, dxe, dg, d_tok, None]
         if not need_params:
             return tuple(out + [None] * (len(need) - 7))
+        d_in[gn:].mul_(first.scaling)
         d_bias = dlogits.sum(dim=2)
         for j in range(grp):
             out += [d_in[j * n:(j + 1) * n], d_bias[j],

@@ -242,14 +242,14 @@ class HDMoLELinear(torch.nn.Linear):
     def route(self, xt: torch.Tensor, lead: torch.Size):
         """Routing weights for flattened tokens xt (T, d_in), through autograd: returns
         (w, p, local, active, tau)."""
-        theta = None  # group_routing's layout: (layers, experts, tokens)
+        tau = None  # group_routing's layout: (layers, experts, tokens)
         if self.activation == "threshold":
-            theta = self.threshold.view(1, 1, 1)
+            tau = self.tau_max * torch.sigmoid(self.threshold.view(1, 1, 1))
         elif self.activation == "token_threshold":
-            theta = self.threshold_proj(xt).t().unsqueeze(0)
+            tau = self.tau_max * torch.sigmoid(self.threshold_proj(xt).t().unsqueeze(0))
         mix = self.mix_logit.view(1, 1, 1, 1) if self.combine == "mix" else None
         rt = group_routing(self, self.router(xt).t().unsqueeze(0), self._utterance_posterior(lead, xt.dtype),
-                           theta, mix, need_local=True)
+                           tau, mix, need_local=True)
         tau, active = rt["tau"], rt["active"]
         if tau is not None:
             tau = tau.view(()) if self.activation == "threshold" else tau[0].t()

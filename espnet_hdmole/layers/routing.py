@@ -21,6 +21,8 @@ ACTIVATIONS = ("threshold", "token_threshold", "topk", "dense")
 _POSTERIOR: contextvars.ContextVar[Optional[torch.Tensor]] = contextvars.ContextVar(
     "hdmole_domain_posterior", default=None
 )
+# (the posterior, {what expert_posterior derived from it}) for the innermost domain_posterior block
+_DERIVED: contextvars.ContextVar[Optional[tuple]] = contextvars.ContextVar("hdmole_expert_posterior", default=None)
 
 
 @contextlib.contextmanager
@@ -39,10 +41,11 @@ def domain_posterior(g: torch.Tensor) -> Iterator[torch.Tensor]:
             "domain_posterior expects a (batch, num_domains) tensor, got "
             f"{type(g).__name__}{tuple(g.shape) if isinstance(g, torch.Tensor) else ''}"
         )
-    token = _POSTERIOR.set(g)
+    token, derived = _POSTERIOR.set(g), _DERIVED.set((g, {}))
     try:
         yield g
     finally:
+        _DERIVED.reset(derived)
         _POSTERIOR.reset(token)
 
 
@@ -67,6 +70,23 @@ def expand_to_experts(g: torch.Tensor, experts_per_domain: int) -> torch.Tensor:
     return g if experts_per_domain == 1 else g.repeat_interleave(experts_per_domain, dim=-1)
 
 
+def expert_posterior(g: torch.Tensor, experts_per_domain: int, log: bool) -> torch.Tensor:
+    """The posterior g (B, D) expanded to the experts and laid out (1, N, B, 1) against routing
+    laid out (layers, N, B, tokens per utterance), or its log (-inf where g is 0) with ``log``.
+    Without autograd, and where g is the posterior of the innermost :func:`domain_posterior`
+    block, it is computed once for the block: every HDMoLE layer of a forward reads the same."""
+    derived = _DERIVED.get() if not torch.is_grad_enabled() else None
+    key = (experts_per_domain, log, g._version)
+    if derived is not None and derived[0] is g and key in derived[1]:
+        return derived[1][key]
+    b = g.shape[0]
+    ge = expand_to_experts(g, experts_per_domain).t().reshape(1, -1, b, 1)
+    ge = ge.log() if log else ge
+    if derived is not None and derived[0] is g:
+        derived[1][key] = ge
+    return ge
+
+
 def combine_routers(
     logits: torch.Tensor,
     ge: Optional[torch.Tensor],
@@ -81,10 +101,10 @@ def combine_routers(
     Args:
         logits: the local router's logits (temperature applied), the experts along ``dim``.
         ge: the domain posterior of each token's utterance expanded to the experts
-            (:func:`expand_to_experts`), in any shape that broadcasts against ``logits``
-            (None when combine is 'none').
+            (:func:`expert_posterior`), in any shape that broadcasts against ``logits``; its log
+            for 'product'; None for 'none'.
         combine: 'product': p_i ~ g_dom(i) * l_i, renormalised, with l = softmax(logits);
-            computed as softmax(logits + log ge) (one softmax; -inf where g is 0);
+            computed as softmax(logits + log ge) (one softmax; log ge is -inf where g is 0);
             'mix': p = (1 - s) l + s ge / E (divided by E so that p stays on the simplex);
             'none': p = l.
         mix_share: s = sigmoid(mix logit), broadcasting against ``logits`` ('mix' only).
@@ -93,7 +113,7 @@ def combine_routers(
     Returns (p, l): l is None for 'product' unless ``need_local``, and ``p`` itself for 'none'.
     """
     if combine == "product":
-        p = torch.softmax(logits + ge.log(), dim=dim)
+        p = torch.softmax(logits + ge, dim=dim)
         return p, torch.softmax(logits, dim=dim) if need_local else None
     local = torch.softmax(logits, dim=dim)
     if combine == "none":
@@ -108,15 +128,16 @@ def combine_backward(dp: torch.Tensor, p: torch.Tensor, local: Optional[torch.Te
                      dim: int = -1, need_ge: bool = False, need_share: bool = False):
     """The vector-Jacobian product of :func:`combine_routers`: (dlogits, dge, dshare) for the
     gradient ``dp`` of its p. dge and dshare come unreduced (in dp's shape; the caller sums them to
-    the shapes of ge and s) and only where asked for (else None); for 'product', dge needs
-    ``local``, the softmax of the logits."""
+    the shapes of ge and s) and only where asked for (else None); for 'product', ``ge`` is the
+    log posterior, as combine_routers reads it, and dge (of the posterior itself) needs ``local``,
+    the softmax of the logits."""
     if combine == "none":
         return torch._softmax_backward_data(dp, p, dim, p.dtype), None, None
     if combine == "product":  # p = softmax(logits + log ge)
         dlogits = torch._softmax_backward_data(dp, p, dim, p.dtype)
         dge = None
         if need_ge:  # p = q / sum(q), q = l * ge: dge = l / sum(q) * (dp - sum(dp * p))
-            norm = (local * ge).sum(dim=dim, keepdim=True)
+            norm = (local * ge.exp()).sum(dim=dim, keepdim=True)
             dge = local / norm * (dp - (dp * p).sum(dim=dim, keepdim=True))
         return dlogits, dge, None
     if combine == "mix":
@@ -146,7 +167,7 @@ def topk_weights(p: torch.Tensor, k: int, eps: float = 1e-9, dim: int = -1
     """Static top-k activation: the k most probable experts, their probabilities renormalised.
     Returns (weights, active mask, normaliser)."""
     active = torch.zeros_like(p, dtype=torch.bool).scatter_(dim, p.topk(k, dim=dim).indices, True)
-    u = torch.where(active, p, 0.0)
+    u = p * active
     norm = u.sum(dim=dim, keepdim=True).clamp_min(eps)
     return u / norm, active, norm
 
@@ -157,7 +178,7 @@ def normalised_weights_backward(dw: torch.Tensor, w: torch.Tensor, active: torch
     respect to p: w = u / sum(u), u = (p - tau) on the active experts (tau = 0 for top-k; the
     choice of experts is piecewise constant). The gradient of tau is minus its sum over the
     experts."""
-    return torch.where(active, (dw - (dw * w).sum(dim=dim, keepdim=True)) / norm, 0.0)
+    return (dw - (dw * w).sum(dim=dim, keepdim=True)) / norm * active  # (* a bool mask: ~2x faster than where)
 
 
 def position_kinds(total: int, lengths: torch.Tensor, speech_start=0, speech_lengths=None) -> torch.Tensor:

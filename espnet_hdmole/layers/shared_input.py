@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from espnet_hdmole.layers.group_mixture import GroupMixture, LastRouting, layer_parameters
+from espnet_hdmole.layers.group_mixture import GroupMixture, LastRouting, layer_parameters, mixture_forward
 
 DEFAULT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # settings that must agree for layers to be routed together
@@ -38,13 +38,16 @@ def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size) -> Li
     x_experts = None if isinstance(first.lora_dropout, torch.nn.Identity) else first.lora_dropout(xt)  # (groups of one)
     token_theta = (torch.stack([m.threshold_proj(xt) for m in layers]).transpose(1, 2)  # (G, 1, T)
                    if first.activation == "token_threshold" else None)
-    params = [p for m in layers for p in layer_parameters(m)]
-    keep = not (torch.is_grad_enabled() and any(p.requires_grad for p in params))
     need_local = any(m.training and m.lb_weight > 0 for m in layers)
-    *deltas, local, routing = GroupMixture.apply(layers, keep, xt, x_experts, g, token_theta, need_local, *params)
+    params = [p for m in layers for p in layer_parameters(m)] if torch.is_grad_enabled() else []
+    keep = not any(p.requires_grad for p in params)
+    if keep and not (params and any(v is not None and v.requires_grad for v in (xt, x_experts, g, token_theta))):
+        deltas, local, routing, _ = mixture_forward(layers, keep, xt, x_experts, g, token_theta, need_local)
+    else:  # something needs a gradient
+        *deltas, local, routing = GroupMixture.apply(layers, keep, xt, x_experts, g, token_theta, need_local, *params)
     for j, m in enumerate(layers):
         aux = None
-        if m.training and m.lb_weight > 0:
+        if need_local and m.training and m.lb_weight > 0:
             dispatch = routing["w" if "active" not in routing else "active"][j].t()
             aux = m.lb_weight * m.load_balancing_loss(local[j].t(), dispatch)
         # plain attributes: set directly (nn.Module.__setattr__ costs ~10 us a call)
