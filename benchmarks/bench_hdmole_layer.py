@@ -46,7 +46,7 @@ class LoopMoLE(torch.nn.Module):
         w, *_ = ly.route(xt, lead)
         y = torch.nn.functional.linear(xt, ly.weight, ly.bias)
         for i in range(ly.num_experts):
-            y = y + (w[:, i : i + 1] * ly.scaling) * ((xt @ ly.lora_A[i].T) @ ly.lora_B[i].T)
+            y = y + (w[:, i : i + 1] * ly.scaling) * ((xt @ ly.lora_A[i].T) @ ly.lora_B[:, i].T)
         return y.view(*lead, ly.out_features)
 
 

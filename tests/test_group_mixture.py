@@ -69,7 +69,7 @@ def test_load_balancing_and_dropout_gradients_equal_autograd_through_route(conf)
         c = layer.scaling  # (output_scale 'expert')
         y = torch.nn.functional.linear(xt, layer.weight, layer.bias)
         for i in range(layer.num_experts):
-            y = y + (w[:, i:i + 1] * c) * ((xd @ layer.lora_A[i].T) @ layer.lora_B[i].T)
+            y = y + (w[:, i:i + 1] * c) * ((xd @ layer.lora_A[i].T) @ layer.lora_B[:, i].T)
         dispatch = (w if active is None else active).float()
         f = (dispatch / dispatch.sum(-1, keepdim=True)).mean(0).detach()  # (the dispatch shares are constants)
         aux = layer.lb_weight * layer.num_experts * (f * local.mean(0)).sum()

@@ -61,7 +61,7 @@ def reference_forward(layer, x, g=None):
                     used = sum(1 for i in range(n) if p[i] >= tau)
                 w = [wi * used for wi in w]
             for i in range(n):
-                delta = layer.lora_B[i] @ (layer.lora_A[i] @ xv)
+                delta = layer.lora_B[:, i] @ (layer.lora_A[i] @ xv)
                 out[bi, ti] = out[bi, ti] + w[i] * layer.scaling * delta
     return out
 
@@ -112,12 +112,12 @@ def test_oracle_product_uses_only_that_domains_experts():
     assert torch.all(w[1][:, :4] == 0) and torch.all(w[1][:, 4:] > 0)
     # zeroing the other domains' experts changes nothing; zeroing domain 1's changes utterance 0
     with torch.no_grad():
-        layer.lora_B[[0, 1, 4, 5]] = 0
+        layer.lora_B[:, [0, 1, 4, 5]] = 0
     with domain_posterior(g):
         y2 = layer(x)
     torch.testing.assert_close(y2[0], y[0])
     with torch.no_grad():
-        layer.lora_B[[2, 3]] = 0
+        layer.lora_B[:, [2, 3]] = 0
     with domain_posterior(g):
         y3 = layer(x)
     assert not torch.allclose(y3[0], y[0])
@@ -178,7 +178,7 @@ def test_single_expert_without_routing_is_plain_lora():
     with torch.no_grad():
         layer.lora_B.normal_()
     x = torch.randn(3, 5, 12)
-    lora = base(x) + (8 / 4) * (x @ layer.lora_A[0].T @ layer.lora_B[0].T)
+    lora = base(x) + (8 / 4) * (x @ layer.lora_A[0].T @ layer.lora_B[:, 0].T)
     torch.testing.assert_close(layer(x), lora, atol=1e-5, rtol=1e-5)
 
 
@@ -238,7 +238,7 @@ def test_load_balancing_loss_is_minimal_when_balanced():
 
 def test_dtype_and_shapes():
     layer = make_layer(num_domains=3, experts_per_domain=2, rank=4, global_router="none")
-    assert layer.lora_A.shape == (6, 4, 12) and layer.lora_B.shape == (6, 10, 4)
+    assert layer.lora_A.shape == (6, 4, 12) and layer.lora_B.shape == (10, 6, 4)
     assert isinstance(layer.router, torch.nn.Linear) and layer.router.out_features == 6
     assert layer.tau_max == pytest.approx(1 / 6)
     assert layer(torch.randn(7, 12)).shape == (7, 10)
@@ -272,3 +272,18 @@ def test_routing_statistics_leave_padding_out_and_split_speech_from_text():
     torch.testing.assert_close(layer.routing_statistics(TEXT)["active"], torch.cat([active[0, 2:], active[1, 1:3]]).mean())
     # a layout that is not (batch, T) is left unmarked
     assert not layer.mark_positions(torch.ones(3, 4, dtype=torch.long))
+
+
+def test_checkpoint_with_the_former_layout_of_b_loads_transposed():
+    """lora_B is (d_out, N, r); a state dict written with the former (N, d_out, r) still loads,
+    to the same experts."""
+    layer = make_layer(num_domains=3, experts_per_domain=2, rank=4)
+    old = dict(layer.state_dict())
+    old["lora_B"] = layer.lora_B.detach().transpose(0, 1).contiguous()  # (N, d_out, r)
+    fresh = make_layer(num_domains=3, experts_per_domain=2, rank=4, randomize=False)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.lora_B, layer.lora_B)
+    g = torch.softmax(torch.randn(2, 3), -1)
+    x = torch.randn(2, 5, 12)
+    with domain_posterior(g):
+        torch.testing.assert_close(fresh(x), layer(x))

@@ -40,7 +40,7 @@ def pair(output_scale: str):
     with torch.no_grad():
         layer.lora_B.normal_(std=0.3)
         ll.lora_A.copy_(layer.lora_A.reshape(N * R, D_IN))
-        ll.lora_B.copy_(layer.lora_B.permute(1, 0, 2).reshape(D_OUT, N * R))
+        ll.lora_B.copy_(layer.lora_B.reshape(D_OUT, N * R))
     assert not layer.router.weight.any() and not layer.router.bias.any()
     layer.router.weight.requires_grad_(False)  # and frozen there
     layer.router.bias.requires_grad_(False)

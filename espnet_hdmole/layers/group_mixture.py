@@ -87,7 +87,7 @@ def packed_weights(layers: Sequence, keep: bool) -> Dict[str, Any]:
         w_in[gn:].mul_(first.scaling)
         bias = torch.cat([q[1] for q in params] + [w_in.new_zeros(gn * r)]).unsqueeze(1)
         packed = {"in": w_in, "bias": bias,
-                  "B": [q[3].permute(1, 0, 2).reshape(-1, n * r) for q in params]}
+                  "B": [q[3].reshape(-1, n * r) for q in params]}  # (d_out, N, r): a view
         if first.activation == "threshold":  # tau = tau_max * sigmoid(theta); d tau / d theta = tau (1 - sigmoid)
             sig = torch.sigmoid(torch.stack([q[4] for q in params]).view(-1, 1, 1))
             tau = sig * first.tau_max
@@ -218,8 +218,7 @@ class GroupMixture(torch.autograd.Function):
                 d_b.append(None)
                 continue
             torch.mm(packed["B"][j].t(), dd.t(), out=dzw[j])
-            d_b.append(dd.t().mm(zw[j].view(n * r, t).t()).view(-1, n, r).permute(1, 0, 2)
-                       if need[7 + j * per_layer + 3] else None)
+            d_b.append(dd.t().mm(zw[j].view(n * r, t).t()).view(-1, n, r) if need[7 + j * per_layer + 3] else None)
         dzw = dzw.view(grp, n, r, t)
         dz = dzw * ws.unsqueeze(2)
         dw = (dzw * z).sum(dim=2)

@@ -22,10 +22,11 @@ belongs to domain dom(i) = i // experts_per_domain):
                with 'expert' it moves the output at 1/N of that LoRA's scale.
 
 tau_max defaults to 1/N, so max_i p_i >= 1/N > tau and at least one expert is always active.
-The experts run batched: A stacked to (N*r, d_in) and B to (d_out, N*r) give two matmuls for
-all experts, whatever N is; the router shares A's matmul (without dropout), and layers that read
-the same input (q/k/v, gate/up) can run their routers and A's together
-(espnet_hdmole.layers.shared_input).
+The experts run batched: ``lora_A`` (N, r, d_in) read as (N*r, d_in) and ``lora_B`` (d_out, N, r)
+as (d_out, N*r) give two matmuls for all experts, whatever N is; the router shares A's matmul
+(without dropout), and layers that read the same input (q/k/v, gate/up) can run their routers and
+A's together (espnet_hdmole.layers.shared_input), as one autograd node with a hand-written
+backward (espnet_hdmole.layers.group_mixture).
 
 The layer subclasses ``torch.nn.Linear`` and shares the wrapped layer's ``weight`` and ``bias``
 parameters (frozen), so state-dict keys of the base model are unchanged and a checkpoint of the
@@ -171,7 +172,8 @@ class HDMoLELinear(torch.nn.Linear):
 
         factory = dict(device=base.weight.device, dtype=at_least_fp32(base.weight.dtype))
         self.lora_A = torch.nn.Parameter(torch.empty(n, rank, self.in_features, **factory))
-        self.lora_B = torch.nn.Parameter(torch.zeros(n, self.out_features, rank, **factory))
+        # B laid out (d_out, N, r): as one (d_out, N*r) matrix it is a view, with no copy per step
+        self.lora_B = torch.nn.Parameter(torch.zeros(self.out_features, n, rank, **factory))
         self.router = torch.nn.Linear(self.in_features, n, **factory)
         self.lora_dropout = CPUDropout(dropout_rate) if dropout_rate > 0 else torch.nn.Identity()
         if activation == "threshold":
@@ -196,6 +198,16 @@ class HDMoLELinear(torch.nn.Linear):
         if hasattr(self, "threshold_proj"):
             torch.nn.init.zeros_(self.threshold_proj.weight)
             torch.nn.init.constant_(self.threshold_proj.bias, threshold_init)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Loads checkpoints written before lora_B was laid out (d_out, N, r): their (N, d_out, r)
+        is transposed (told apart by its shape; the two coincide only where N = d_out)."""
+        key = prefix + "lora_B"
+        got = state_dict.get(key)
+        n, out = self.num_experts, self.out_features
+        if isinstance(got, torch.Tensor) and n != out and tuple(got.shape) == (n, out, self.rank):
+            state_dict[key] = got.transpose(0, 1).contiguous()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ---- the protocol the adapter helpers use: what is trainable and saved ----
     def adapter_parameters(self) -> Dict[str, torch.nn.Parameter]:
