@@ -99,32 +99,44 @@ def test_group_of_two_passes_gradcheck_in_float64(conf):
     params = [p for m in layers for p in layer_parameters(m)]
 
     def mixture(x, g, tok, *params):  # the layers read their parameters, which gradcheck perturbs in place
-        *deltas, local, routing = GroupMixture.apply(layers, False, x, None, g, tok, True, *params)
+        *deltas, local, routing = GroupMixture.apply(layers, x, None, g, tok, True, *params)
         return (*deltas, local)
 
     assert torch.autograd.gradcheck(mixture, (x, g, tok, *params), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
-def test_packing_is_checked_once_inside_parameters_fixed(monkeypatch):
-    """Without autograd the packed weights are kept and checked against the parameters at every
-    call; inside ``parameters_fixed`` (a decoding) only at a group's first call."""
+def test_no_packing_outlives_a_fused_optimiser_step_and_a_decoding_packs_once(monkeypatch):
+    """PyTorch's fused Adam changes the parameters in place without advancing their version
+    counters: a packing kept from one call to the next, checked against the versions, validated
+    every later epoch with the first epoch's experts. Outside ``parameters_fixed`` the packing is
+    made at every call; inside (a decoding) once."""
     import espnet_hdmole.layers.group_mixture as gm
 
-    layer = make_layer(num_domains=3, experts_per_domain=2, rank=2).eval()
+    layer = make_layer(num_domains=3, experts_per_domain=2, rank=2)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=0.1, fused=True)
     x, g = torch.randn(2, 4, 12), torch.softmax(torch.randn(2, 3), -1)
-    reads = []
-    real = gm.layer_parameters
-    monkeypatch.setattr(gm, "layer_parameters", lambda m: reads.append(m) or real(m))
-    with torch.no_grad(), domain_posterior(g):
-        want = layer(x)
-        before = len(reads)
-        layer(x)
-        assert len(reads) == before + 1  # checked at each call (the packing kept)
-        with gm.parameters_fixed():
-            got = [layer(x) for _ in range(3)]
-        assert len(reads) == before + 2  # once in the block
-        for y in got:
-            torch.testing.assert_close(y, want)
-        layer.lora_B.data.add_(1.0)  # (in place, without a new version: .data)
-        layer.lora_B.add_(0.0)  # a new version: the next call outside the block repacks
-        assert not torch.allclose(layer(x), want)
+    with domain_posterior(g):
+        with torch.no_grad():
+            before = layer(x)
+        versions = [p._version for p in params]
+        (layer(x) ** 2).sum().backward()
+        opt.step()
+        assert [p._version for p in params] == versions  # (the trap: nothing shows the change)
+        with torch.no_grad():
+            after = layer(x)
+            want = reference_forward(layer, x, g)  # (the slow reference reads the parameters as they are)
+        assert not torch.allclose(after, before)
+        torch.testing.assert_close(after, want, atol=1e-5, rtol=1e-5)
+
+        packs = []
+        real = gm.layer_parameters
+        monkeypatch.setattr(gm, "layer_parameters", lambda m: packs.append(m) or real(m))
+        with torch.no_grad():
+            layer(x), layer(x)
+            assert len(packs) == 2  # one packing a call
+            with gm.parameters_fixed():
+                got = [layer(x) for _ in range(3)]
+            assert len(packs) == 3  # one in the block
+    for y in got:
+        torch.testing.assert_close(y, after)

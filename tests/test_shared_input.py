@@ -113,9 +113,10 @@ def test_bad_groups_are_refused():
         espnet_hdmole.create_hdmole_adapter(tiny_qwen2(), shared_input_groups="q_proj", **CONF)
 
 
-def test_weights_kept_without_autograd_follow_every_change_of_the_parameters():
-    """Without autograd (validation, decoding) the packed weights are kept between calls; an
-    in-place change of a parameter (an optimiser step) or a loaded state dict is seen at once."""
+def test_outputs_without_autograd_follow_every_change_of_the_parameters():
+    """Without autograd (validation, decoding) an in-place change of a parameter (an optimiser
+    step, one that leaves no trace in the version counters too) or a loaded state dict is seen
+    at once: no packing of the weights is kept between calls."""
     model, other = adapted(None), adapted(None, seed=3)
     ids = torch.tensor([[3, 4, 5, 6, 7, 0, 0], [8, 9, 10, 11, 12, 13, 14]])
     g = torch.softmax(torch.randn(2, 3), -1)
@@ -126,7 +127,7 @@ def test_weights_kept_without_autograd_follow_every_change_of_the_parameters():
 
     first = logits(model)
     layer = model.model.layers[0].self_attn.k_proj
-    assert layer._shared_input_group is not None and model.model.layers[0].self_attn.q_proj.__dict__["_packed_kept"]
+    assert layer._shared_input_group is not None
     torch.testing.assert_close(logits(model), first)
     with torch.no_grad():
         layer.lora_B.add_(0.5)  # in place, as an optimiser step
@@ -135,6 +136,10 @@ def test_weights_kept_without_autograd_follow_every_change_of_the_parameters():
     torch.testing.assert_close(changed, logits(model, grad=True))  # built anew while autograd records
     with torch.no_grad():
         layer.threshold.fill_(2.0)
+    torch.testing.assert_close(logits(model), logits(model, grad=True))
+    before = logits(model)
+    layer.lora_A.data.mul_(2.0)  # (no new version)
+    assert not torch.allclose(logits(model), before)
     torch.testing.assert_close(logits(model), logits(model, grad=True))
     model.load_state_dict(other.state_dict())
     torch.testing.assert_close(logits(model), logits(other, grad=True))

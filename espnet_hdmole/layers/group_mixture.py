@@ -42,43 +42,36 @@ def layer_parameters(layer) -> list:
                         own.get("threshold"), own.get("mix_logit")) if p is not None]
 
 
-# ids of the groups whose kept packing was checked inside the innermost ``parameters_fixed`` block
-_CHECKED: contextvars.ContextVar[Optional[set]] = contextvars.ContextVar("hdmole_packing_checked", default=None)
+# the packings made inside the innermost ``parameters_fixed`` block, by group
+_FIXED: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("hdmole_fixed_packings", default=None)
 
 
 @contextlib.contextmanager
 def parameters_fixed() -> Iterator[None]:
     """A block in which no adapter parameter changes (a decoding: no optimiser, no loading): each
-    group's kept packing is checked against its parameters once, on its first call, instead of at
-    every call (every generated token)."""
-    token = _CHECKED.set(set())
+    group packs its parameters once, at its first call, instead of at every call (every generated
+    token). Outside such a block the packing is made at every call: an optimiser may change the
+    parameters in place without a trace (PyTorch's fused Adam does not advance their version
+    counters), so no packing is kept from one call to the next."""
+    token = _FIXED.set({})
     try:
         yield
     finally:
-        _CHECKED.reset(token)
+        _FIXED.reset(token)
 
 
-def packed_weights(layers: Sequence, keep: bool) -> Dict[str, Any]:
+def packed_weights(layers: Sequence) -> Dict[str, Any]:
     """The group's parameters in the layout the mixture reads: ``in`` the routers' weights and
     the A's times alpha / r as one (G*N + G*N*r, d_in) matrix, ``bias`` its bias column (the
     routers' biases, zeros for the A's), ``B`` each layer's B as (d_out, N*r), for 'threshold'
     ``tau`` (G, 1, 1) and ``minus_dtau`` minus its derivative by theta, for combine 'mix' ``mix``
-    the mix logits (G, 1, 1, 1). With
-    ``keep`` (no autograd: validation, decoding) they are kept on the first layer and built again
-    only when one of the parameters changes (another version, storage or dtype: an optimiser
-    step, a loaded state); otherwise built anew."""
-    first, group = layers[0], tuple(map(id, layers))
-    checked = _CHECKED.get() if keep else None
-    if checked is not None and group in checked:
-        return first.__dict__["_packed_kept"][group][1]
-    if keep:
-        params = [p for m in layers for p in layer_parameters(m)]
-        key = (torch.is_inference_mode_enabled(),) + tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
-        kept = first.__dict__.get("_packed_kept", {}).get(group)
-        if kept is not None and kept[0] == key:
-            if checked is not None:
-                checked.add(group)
-            return kept[1]
+    the mix logits (G, 1, 1, 1). Made anew at every call, except inside a ``parameters_fixed``
+    block."""
+    fixed = _FIXED.get()
+    group = tuple(map(id, layers))
+    if fixed is not None and group in fixed:
+        return fixed[group][1]
+    first = layers[0]
     n, r, d = first.num_experts, first.rank, first.in_features
     gn = len(layers) * n
     with torch.no_grad():  # (a no-op inside GroupMixture)
@@ -94,10 +87,8 @@ def packed_weights(layers: Sequence, keep: bool) -> Dict[str, Any]:
             packed.update(tau=tau, minus_dtau=tau * (sig - 1.0))
         if first.combine == "mix":
             packed["mix"] = torch.stack([q[-1] for q in params]).view(-1, 1, 1, 1)
-    if keep:
-        first.__dict__.setdefault("_packed_kept", {})[group] = (key, packed)
-    if checked is not None:
-        checked.add(group)
+    if fixed is not None:
+        fixed[group] = (layers, packed)  # (the layers held: their ids stay theirs while the block lasts)
     return packed
 
 
@@ -141,14 +132,14 @@ def group_routing(first, logits: torch.Tensor, g: Optional[torch.Tensor], tau: O
     return dict(p=p, w=w, active=active, norm=norm, tau=tau, mult=mult, local=local, ge=ge, share=share)
 
 
-def mixture_forward(layers: Sequence, keep: bool, x: torch.Tensor, x_experts: Optional[torch.Tensor],
+def mixture_forward(layers: Sequence, x: torch.Tensor, x_experts: Optional[torch.Tensor],
                     g: Optional[torch.Tensor], token_theta: Optional[torch.Tensor], need_local: bool):
     """The group's mixture, as ``GroupMixture`` computes it (arguments as there), with nothing
     recorded: returns (deltas, local, routing, state), ``state`` what the backward reads."""
     first = layers[0]
     grp, n, r = len(layers), first.num_experts, first.rank
     t, gn = x.shape[0], grp * first.num_experts
-    packed = packed_weights(layers, keep)
+    packed = packed_weights(layers)
     w_in = packed["in"]
     if x_experts is None:  # (G*N + G*N*r, T): experts first
         out = torch.addmm(packed["bias"], w_in, x.t())
@@ -169,7 +160,7 @@ def mixture_forward(layers: Sequence, keep: bool, x: torch.Tensor, x_experts: Op
 
 
 class GroupMixture(torch.autograd.Function):
-    """``GroupMixture.apply(layers, keep, x, x_experts, g, token_theta, need_local, *params)`` ->
+    """``GroupMixture.apply(layers, x, x_experts, g, token_theta, need_local, *params)`` ->
     (delta_1 .. delta_G, local, routing): each layer's c * sum_i w_i E_i(x) (T, d_out_j); the
     local router's softmax (G, N, T) where ``need_local`` or the combination computes it (else
     None), differentiable (the load-balancing loss reads it); and the routing {"p", "w",
@@ -178,13 +169,13 @@ class GroupMixture(torch.autograd.Function):
     ``x``: the tokens (T, d_in) the routers read; ``x_experts``: what the experts read when it
     differs (dropout), else None (one matmul for both). ``g``: the domain posterior (B, D) or
     None; ``token_theta``: (G, 1, T) for 'token_threshold', else None; ``params``:
-    ``layer_parameters`` of each layer in turn; ``keep``: see ``packed_weights``.
+    ``layer_parameters`` of each layer in turn.
     """
 
     @staticmethod
-    def forward(ctx, layers, keep, x, x_experts, g, token_theta, need_local, *params):
+    def forward(ctx, layers, x, x_experts, g, token_theta, need_local, *params):
         deltas, local, routing, (packed, rt, z, zw, ws, logits) = mixture_forward(
-            layers, keep, x, x_experts, g, token_theta, need_local)
+            layers, x, x_experts, g, token_theta, need_local)
         ctx.set_materialize_grads(False)
         # local is an output: saved as one (held on ctx it would make a reference cycle); p, w
         # and the weighted ws are local itself for combine 'none' with the dense activation
@@ -206,9 +197,9 @@ class GroupMixture(torch.autograd.Function):
         first = layers[0]
         grp, n, r, d = len(layers), first.num_experts, first.rank, first.in_features
         t, gn = x.shape[0], grp * n
-        need = ctx.needs_input_grad  # layers, keep, x, x_experts, g, token_theta, need_local, *params
-        per_layer = (len(need) - 7) // grp
-        need_params = any(need[7:])
+        need = ctx.needs_input_grad  # layers, x, x_experts, g, token_theta, need_local, *params
+        per_layer = (len(need) - 6) // grp
+        need_params = any(need[6:])
 
         # the B matmuls: d zw (G, N, r, T), and each B's gradient
         dzw, d_b = zw.new_empty(grp, n * r, t), []
@@ -218,7 +209,7 @@ class GroupMixture(torch.autograd.Function):
                 d_b.append(None)
                 continue
             torch.mm(packed["B"][j].t(), dd.t(), out=dzw[j])
-            d_b.append(dd.t().mm(zw[j].view(n * r, t).t()).view(-1, n, r) if need[7 + j * per_layer + 3] else None)
+            d_b.append(dd.t().mm(zw[j].view(n * r, t).t()).view(-1, n, r) if need[6 + j * per_layer + 3] else None)
         dzw = dzw.view(grp, n, r, t)
         dz = dzw * ws.unsqueeze(2)
         dw = (dzw * z).sum(dim=2)
@@ -240,13 +231,13 @@ class GroupMixture(torch.autograd.Function):
         else:
             b = g.shape[0]
             shape = (grp, n, b, t // max(b, 1))
-            need_share = first.combine == "mix" and any(need[7 + (j + 1) * per_layer - 1] for j in range(grp))
+            need_share = first.combine == "mix" and any(need[6 + (j + 1) * per_layer - 1] for j in range(grp))
             loc = local
-            if first.combine == "product" and need[4] and loc is None:
+            if first.combine == "product" and need[3] and loc is None:
                 loc = torch.softmax(ctx.logits if first.temperature == 1.0 else ctx.logits / first.temperature, 1)
             dlogits, dge, dshare = combine_backward(
                 dp.view(shape), p.view(shape), None if loc is None else loc.view(shape), rt["ge"], first.combine,
-                first.experts_per_domain, rt["share"], dim=1, need_ge=need[4], need_share=need_share)
+                first.experts_per_domain, rt["share"], dim=1, need_ge=need[3], need_share=need_share)
             dlogits = dlogits.view(grp, n, t)
             if dge is not None:  # (G, N, B, T/B) -> (B, D): over the layers, the utterance's tokens, a domain's experts
                 dg = dge.sum(dim=(0, 3)).t().reshape(b, -1, first.experts_per_domain).sum(dim=-1)
@@ -265,20 +256,20 @@ class GroupMixture(torch.autograd.Function):
             dout = torch.cat([dlogits.view(gn, t), dz.view(gn * r, t)])
             if need_params:
                 d_in = dout.mm(x)
-            if need[2]:
+            if need[1]:
                 dx = dout.t().mm(w_in)
         else:
             dz = dz.view(gn * r, t)
             if need_params:
                 d_in = torch.cat([dlogits.view(gn, t).mm(x), dz.mm(x_experts)])
-            if need[2]:
+            if need[1]:
                 dx = dlogits.view(gn, t).t().mm(w_in[:gn])
-            if need[3]:
+            if need[2]:
                 dxe = dz.t().mm(w_in[gn:])
 
-        out = [None, None, dx, dxe, dg, d_tok, None]
+        out = [None, dx, dxe, dg, d_tok, None]
         if not need_params:
-            return tuple(out + [None] * (len(need) - 7))
+            return tuple(out + [None] * (len(need) - 6))
         d_in[gn:].mul_(first.scaling)
         d_bias = dlogits.sum(dim=2)
         for j in range(grp):

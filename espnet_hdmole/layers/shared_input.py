@@ -40,11 +40,10 @@ def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size) -> Li
                    if first.activation == "token_threshold" else None)
     need_local = any(m.training and m.lb_weight > 0 for m in layers)
     params = [p for m in layers for p in layer_parameters(m)] if torch.is_grad_enabled() else []
-    keep = not any(p.requires_grad for p in params)
-    if keep and not (params and any(v is not None and v.requires_grad for v in (xt, x_experts, g, token_theta))):
-        deltas, local, routing, _ = mixture_forward(layers, keep, xt, x_experts, g, token_theta, need_local)
-    else:  # something needs a gradient
-        *deltas, local, routing = GroupMixture.apply(layers, keep, xt, x_experts, g, token_theta, need_local, *params)
+    if any(v is not None and v.requires_grad for v in params + [xt, x_experts, g, token_theta]):
+        *deltas, local, routing = GroupMixture.apply(layers, xt, x_experts, g, token_theta, need_local, *params)
+    else:  # nothing needs a gradient (validation, decoding)
+        deltas, local, routing, _ = mixture_forward(layers, xt, x_experts, g, token_theta, need_local)
     for j, m in enumerate(layers):
         aux = None
         if need_local and m.training and m.lb_weight > 0:
