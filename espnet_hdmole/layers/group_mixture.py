@@ -60,13 +60,13 @@ def parameters_fixed() -> Iterator[None]:
         _FIXED.reset(token)
 
 
-def packed_weights(layers: Sequence) -> Dict[str, Any]:
+def packed_weights(layers: Sequence, params: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, Any]:
     """The group's parameters in the layout the mixture reads: ``in`` the routers' weights and
     the A's times alpha / r as one (G*N + G*N*r, d_in) matrix, ``bias`` its bias column (the
     routers' biases, zeros for the A's), ``B`` each layer's B as (d_out, N*r), for 'threshold'
     ``tau`` (G, 1, 1) and ``minus_dtau`` minus its derivative by theta, for combine 'mix' ``mix``
-    the mix logits (G, 1, 1, 1). Made anew at every call, except inside a ``parameters_fixed``
-    block."""
+    the mix logits (G, 1, 1, 1). ``params``: ``layer_parameters`` of each layer in turn, where
+    the caller has them. Made anew at every call, except inside a ``parameters_fixed`` block."""
     fixed = _FIXED.get()
     group = tuple(map(id, layers))
     if fixed is not None and group in fixed:
@@ -75,7 +75,11 @@ def packed_weights(layers: Sequence) -> Dict[str, Any]:
     n, r, d = first.num_experts, first.rank, first.in_features
     gn = len(layers) * n
     with torch.no_grad():  # (a no-op inside GroupMixture)
-        params = [layer_parameters(m) for m in layers]  # router weight, bias, A, B, [threshold], [mix]
+        if params:  # router weight, bias, A, B, [threshold], [mix] of each layer
+            per = len(params) // len(layers)
+            params = [params[j * per:(j + 1) * per] for j in range(len(layers))]
+        else:
+            params = [layer_parameters(m) for m in layers]
         w_in = torch.cat([q[0] for q in params] + [q[2].reshape(n * r, d) for q in params])
         w_in[gn:].mul_(first.scaling)
         bias = torch.cat([q[1] for q in params] + [w_in.new_zeros(gn * r)]).unsqueeze(1)
@@ -133,13 +137,14 @@ def group_routing(first, logits: torch.Tensor, g: Optional[torch.Tensor], tau: O
 
 
 def mixture_forward(layers: Sequence, x: torch.Tensor, x_experts: Optional[torch.Tensor],
-                    g: Optional[torch.Tensor], token_theta: Optional[torch.Tensor], need_local: bool):
+                    g: Optional[torch.Tensor], token_theta: Optional[torch.Tensor], need_local: bool,
+                    params: Optional[Sequence[torch.Tensor]] = None):
     """The group's mixture, as ``GroupMixture`` computes it (arguments as there), with nothing
     recorded: returns (deltas, local, routing, state), ``state`` what the backward reads."""
     first = layers[0]
     grp, n, r = len(layers), first.num_experts, first.rank
     t, gn = x.shape[0], grp * first.num_experts
-    packed = packed_weights(layers)
+    packed = packed_weights(layers, params)
     w_in = packed["in"]
     if x_experts is None:  # (G*N + G*N*r, T): experts first
         out = torch.addmm(packed["bias"], w_in, x.t())
@@ -175,7 +180,7 @@ class GroupMixture(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layers, x, x_experts, g, token_theta, need_local, *params):
         deltas, local, routing, (packed, rt, z, zw, ws, logits) = mixture_forward(
-            layers, x, x_experts, g, token_theta, need_local)
+            layers, x, x_experts, g, token_theta, need_local, params)
         ctx.set_materialize_grads(False)
         # local is an output: saved as one (held on ctx it would make a reference cycle); p, w
         # and the weighted ws are local itself for combine 'none' with the dense activation

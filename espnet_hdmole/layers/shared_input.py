@@ -17,7 +17,7 @@ members and keeps the others' results; a member then called on that same tensor 
 not modified in place since, in the same grad mode) takes its result, and a member called on any
 other input computes alone. A wrong grouping can thus only cost time, never change an output.
 """
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
