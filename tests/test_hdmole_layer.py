@@ -89,8 +89,11 @@ def test_batched_equals_reference(conf):
     g = torch.softmax(torch.randn(2, conf["num_domains"]), -1)
     with domain_posterior(g):
         got = layer(x)
+        with torch.no_grad():  # without autograd the delta's factors are added by the matmul itself
+            got_no_grad = layer(x)
     want = reference_forward(layer, x, g)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_no_grad, want, atol=1e-5, rtol=1e-5)
 
 
 def test_fresh_adapter_leaves_output_unchanged():

@@ -138,9 +138,11 @@ def group_routing(first, logits: torch.Tensor, g: Optional[torch.Tensor], tau: O
 
 def mixture_forward(layers: Sequence, x: torch.Tensor, x_experts: Optional[torch.Tensor],
                     g: Optional[torch.Tensor], token_theta: Optional[torch.Tensor], need_local: bool,
-                    params: Optional[Sequence[torch.Tensor]] = None):
+                    params: Optional[Sequence[torch.Tensor]] = None, factored: bool = False):
     """The group's mixture, as ``GroupMixture`` computes it (arguments as there), with nothing
-    recorded: returns (deltas, local, routing, state), ``state`` what the backward reads."""
+    recorded: returns (deltas, local, routing, state), ``state`` what the backward reads. With
+    ``factored`` each delta comes as its two factors (zw (T, N*r), B^T (N*r, d_out)), for the
+    caller to add their product to the base output in one matmul (``Tensor.addmm_``)."""
     first = layers[0]
     grp, n, r = len(layers), first.num_experts, first.rank
     t, gn = x.shape[0], grp * first.num_experts
@@ -157,7 +159,10 @@ def mixture_forward(layers: Sequence, x: torch.Tensor, x_experts: Optional[torch
     ws = rt["w"] if isinstance(rt["mult"], float) and rt["mult"] == 1.0 else rt["w"] * rt["mult"]
     z = z.view(grp, n, r, t)
     zw = z * ws.unsqueeze(2)  # (G, N, r, T): each expert's input, weighted
-    deltas = [zw[j].view(n * r, t).t().mm(packed["B"][j].t()) for j in range(grp)]
+    zwt = zw.view(grp, n * r, t).transpose(1, 2)  # (G, T, N*r)
+    deltas = [(zwt[j], b.t()) for j, b in enumerate(packed["B"])]
+    if not factored:
+        deltas = [a.mm(b) for a, b in deltas]
     routing = {k: rt[k] for k in ("p", "w", "active", "tau") if rt[k] is not None}
     if first.activation == "threshold":
         routing["tau"] = routing["tau"].view(grp)  # one per layer

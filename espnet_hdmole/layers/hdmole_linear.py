@@ -274,8 +274,16 @@ class HDMoLELinear(torch.nn.Linear):
             if self._shared_input_group is not None:  # computed with its siblings on the same input
                 delta = self._shared_input_group.delta(self, x, lead)
             else:
-                delta = self.mixture(x.reshape(-1, self.in_features).to(self.lora_A.dtype), lead)
-        return y.add_(delta.view(*lead, self.out_features).to(y.dtype))  # y is F.linear's own: added in place
+                delta = stacked_mixtures([self], x.reshape(-1, self.in_features).to(self.lora_A.dtype), lead,
+                                         factored=True)[0]
+        # y is F.linear's own: the delta is added in place; without autograd it comes as its factors
+        # (a, b), whose product the matmul adds itself where the dtypes agree
+        if isinstance(delta, tuple):
+            if delta[0].dtype == y.dtype:
+                y.view(-1, self.out_features).addmm_(*delta)
+                return y
+            delta = delta[0].mm(delta[1])
+        return y.add_(delta.view(y.shape).to(y.dtype))
 
     def mixture(self, xt: torch.Tensor, lead: torch.Size) -> torch.Tensor:
         """c * sum_i w_i E_i(x) for the flattened tokens xt (T, d_in), in xt's dtype; records the

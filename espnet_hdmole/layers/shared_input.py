@@ -29,10 +29,11 @@ _SHARED = ("in_features", "num_experts", "num_domains", "experts_per_domain", "r
            "global_router", "combine", "activation", "top_k", "tau_max", "output_scale")
 
 
-def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size) -> List[torch.Tensor]:
+def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size, factored: bool = False) -> List:
     """Each layer's ``c * sum_i w_i E_i(x)`` for the same flattened tokens xt (T, d_in), as one
     autograd node (espnet_hdmole.layers.group_mixture); records each layer's routing (``_last``)
-    and load-balancing loss as ``HDMoLELinear.mixture`` does."""
+    and load-balancing loss as ``HDMoLELinear.mixture`` does. With ``factored``, where nothing
+    needs a gradient, a delta comes as its factors (a, b), delta = a b (``mixture_forward``)."""
     first = layers[0]
     g = first._utterance_posterior(lead, xt.dtype)
     x_experts = None if isinstance(first.lora_dropout, torch.nn.Identity) else first.lora_dropout(xt)  # (groups of one)
@@ -43,7 +44,8 @@ def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size) -> Li
     if any(v is not None and v.requires_grad for v in params + [xt, x_experts, g, token_theta]):
         *deltas, local, routing = GroupMixture.apply(layers, xt, x_experts, g, token_theta, need_local, *params)
     else:  # nothing needs a gradient (validation, decoding)
-        deltas, local, routing, _ = mixture_forward(layers, xt, x_experts, g, token_theta, need_local)
+        deltas, local, routing, _ = mixture_forward(layers, xt, x_experts, g, token_theta, need_local,
+                                                    factored=factored)
     for j, m in enumerate(layers):
         aux = None
         if need_local and m.training and m.lb_weight > 0:
@@ -63,7 +65,8 @@ class SharedInputGroup:
         self._key = None
         self._pending = {}
 
-    def delta(self, layer, x: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+    def delta(self, layer, x: torch.Tensor, lead: torch.Size):
+        """``layer``'s delta for its input x (``stacked_mixtures`` with ``factored``)."""
         key = (x._version, torch.is_grad_enabled(), layer.training)
         if self._key is not None and self._key[0] is x and self._key[1:] == key and layer in self._pending:
             out = self._pending.pop(layer)
@@ -73,8 +76,8 @@ class SharedInputGroup:
         xt = x.reshape(-1, layer.in_features).to(layer.lora_A.dtype)
         if any(m.training != layer.training for m in self.layers):
             self._key, self._pending = None, {}
-            return stacked_mixtures([layer], xt, lead)[0]
-        deltas = stacked_mixtures(self.layers, xt, lead)
+            return stacked_mixtures([layer], xt, lead, factored=True)[0]
+        deltas = stacked_mixtures(self.layers, xt, lead, factored=True)
         self._pending = {m: dm for m, dm in zip(self.layers, deltas) if m is not layer}
         self._key = (x,) + key if self._pending else None
         return deltas[self.layers.index(layer)]
