@@ -18,6 +18,23 @@ def test_shell_words_round_trips_through_shlex_in_any_locale():
         assert shlex.split(out.stdout) == args, (locale, out.stdout)
 
 
+def test_a_skip_of_an_output_made_by_other_code_says_so_and_how_to_redo_it(tmp_path):
+    """up_to_date keeps an output whose inputs are unchanged; when local/stage_marker.py says other
+    code made it, the log line says which and how to redo it (here the marker's verdict is given)."""
+    verdict = "done: made by code bbbbbbb (clean); since then 1 file the results depend on has changed (setup.py)"
+    script = f'''set -euo pipefail; . "{LIB}"; verbose=false; cache_dir={tmp_path}/cache
+marker() {{ echo "$VERDICT"; }}; python=marker
+if up_to_date {tmp_path}/exp/lora lora keep --file x; then echo kept; fi
+'''
+    for said, line in (("done", "lora: done, skipped\n"),
+                       (verdict, f"lora: done, skipped, but {verdict[6:]}: remove {tmp_path}/exp/lora to redo it "
+                                 "with this code\n")):
+        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                             env={"VERDICT": said, "PATH": "/usr/bin:/bin"})
+        assert out.returncode == 0 and out.stdout.endswith("kept\n"), out.stderr
+        assert (out.stdout + out.stderr).count(line) == 1, out.stdout + out.stderr
+
+
 def _run_jobs(script: str, tmp_path: Path):
     """Runs SCRIPT after recipe_lib.sh with sys_jobs=2; job NAME:SECONDS:RC appends 'start NAME' and
     'end NAME' to tmp_path/events and exits with RC."""

@@ -17,6 +17,20 @@ def verdict(tmp, out, *inputs, capsys=None):
     return capsys.readouterr().out.strip()
 
 
+HERE = "a" * 40
+
+
+@pytest.fixture(autouse=True)
+def code(monkeypatch):
+    """The checkout's code pinned to a clean commit HERE, whatever the state of this checkout:
+    returns {commit: the files the results depend on changed since} (absent: an unknown commit)."""
+    cv = stage_marker.code_record.code_version
+    changed = {HERE: []}
+    monkeypatch.setattr(cv, "current", lambda repo=cv.REPO: {"commit": HERE, "clean": True})
+    monkeypatch.setattr(cv, "changed_since", lambda commit, repo=cv.REPO: changed.get(commit))
+    return changed
+
+
 @pytest.fixture
 def inputs(tmp_path):
     cfg = tmp_path / "conf.yaml"
@@ -80,6 +94,32 @@ def test_a_marker_of_an_older_recipe_is_stale(tmp_path, inputs, capsys):
     out.mkdir()
     (out / ".done").write_text("")
     assert "no record of its inputs" in verdict(tmp_path, out, "--file", str(cfg), capsys=capsys)
+
+
+def test_a_finished_run_of_other_code_is_kept_and_the_difference_reported(tmp_path, inputs, capsys, code):
+    """A code change alone does not redo a stage, but a skip says which code made the output and
+    which files the results depend on changed since (the fused-Adam fix of 15ec1a2 changed the
+    mixtures' validation, and their directories were skipped without a word)."""
+    here, older, foreign = HERE, "b" * 40, "c" * 40
+    code[older] = ["espnet_hdmole/layers/group_mixture.py", "espnet_hdmole/layers/routing.py"]
+    cfg, data = inputs
+    out, args = tmp_path / "exp_sys", ["--file", str(cfg), "--data", str(data)]
+    assert verdict(tmp_path, out, *args, capsys=capsys) == "new"
+    out.mkdir()
+    record = json.loads((tmp_path / "pending.json").read_text())
+    for code, want in (({"commit": here, "clean": True}, "done"),
+                       ({"commit": None, "clean": None}, "done"),  # made outside git: nothing known
+                       ({"commit": older, "clean": True},
+                        "done: made by code bbbbbbb (clean); since then 2 files the results depend on have changed "
+                        "(espnet_hdmole/layers/group_mixture.py, espnet_hdmole/layers/routing.py)"),
+                       ({"commit": foreign, "clean": True}, "done: made by code ccccccc (clean), a commit this "
+                                                            "checkout does not have"),
+                       ({"commit": here, "clean": False}, "done: made by code aaaaaaa (uncommitted changes): "
+                                                          "which uncommitted changes it ran with is not known")):
+        (out / ".done").write_text(json.dumps(dict(record, code=code)))
+        assert verdict(tmp_path, out, *args, capsys=capsys) == want, code
+    cfg.write_text("rank: 4\n")  # changed inputs still redo it, whatever the code
+    assert verdict(tmp_path, out, *args, capsys=capsys).startswith("stale: ")
 
 
 def test_missing_input_is_one_error_line(tmp_path, capsys):

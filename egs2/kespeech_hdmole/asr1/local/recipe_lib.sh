@@ -69,7 +69,8 @@ stage_start() { STAGE_T0=$(date +%s); log "stage $1: $2"; }
 stage_end() { log "stage $1 done in $(( $(date +%s) - STAGE_T0 )) s"; echo "$1 $(( $(date +%s) - STAGE_T0 ))" >> "${exp_dir}/stage_times.txt"; }
 
 # Done-markers that know their inputs (local/stage_marker.py). up_to_date DIR WHAT OLD INPUTS...:
-#   returns 0 when DIR/.done records the same INPUTS (logs "WHAT: done, skipped"); else gets DIR
+#   returns 0 when DIR/.done records the same INPUTS (logs "WHAT: done, skipped", and when other
+#   code made it, which code and what changed since: a code change alone does not redo it); else gets DIR
 #   ready for a run (returns 1): a run of other inputs is moved aside (OLD=keep: DIR.stale-<time>)
 #   or removed (OLD=remove: derived outputs such as decodings), and the log says why.
 #   mark_done DIR: the run in DIR has finished.
@@ -82,6 +83,8 @@ up_to_date() {
         || die "$(sed 's/^ERROR: //' "$pending.err" | tail -n 1)"
     case $verdict in
         done) log "  $what: done, skipped"; return 0 ;;
+        done:*) log "  $what: done, skipped, but ${verdict#done: }: remove $out to redo it with this code"
+            return 0 ;;
         new) ;;
         resume) log "  $what: resuming the unfinished run in $out (same inputs)" ;;
         stale:*)

@@ -16,6 +16,9 @@ Inputs (each may repeat; the label in the record is the option and its path, or 
 
 It writes the fingerprint of the inputs to PENDING.json and prints one verdict on stdout:
   done               OUT_DIR/.done records the same inputs: nothing to do
+  done: NOTE         the same, but made by other code than this checkout's: NOTE says which, and
+                     which files the results depend on changed since (a code change does not redo
+                     a stage by itself: the recipe says so and keeps the output)
   new                no run in OUT_DIR yet
   resume             an unfinished run from the same inputs (OUT_DIR/.inputs): continue it
   stale: REASONS     OUT_DIR was made (or started) from other inputs, or holds a run with no
@@ -77,7 +80,7 @@ def fingerprint(a: argparse.Namespace) -> dict:
         if not sep:
             raise UserError(f"--value {item!r}: expected NAME=TEXT")
         inputs[name] = text_sha256(" ".join(text.split()))
-    # which code made the output: recorded, never compared (a code change does not redo a stage)
+    # which code made the output: recorded; a change does not redo a stage, but is reported (code_note)
     return {"format": FORMAT, "inputs": inputs, "names": paths, "code": code_record.code_version.current()}
 
 
@@ -93,6 +96,27 @@ def _said(why) -> str:
     return "; ".join(why[:3] + ([f"and {len(why) - 3} more"] if len(why) > 3 else []))
 
 
+def code_note(old: dict, current: dict) -> str:
+    """'' when a finished run was made by the code of this checkout, as far as git can tell (the
+    files the results depend on unchanged since its commit, and that commit clean), else what is
+    known of the difference. Unknown code (no git) on either side says nothing."""
+    cv = code_record.code_version
+    was, now = old.get("code") or {}, current.get("code") or {}
+    if not was.get("commit") or not now.get("commit"):
+        return ""
+    made = f"made by code {cv.label(was)}"
+    changed = cv.changed_since(str(was["commit"]))
+    if changed is None:
+        return f"{made}, a commit this checkout does not have"
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        files = "file the results depend on has" if len(changed) == 1 else "files the results depend on have"
+        return f"{made}; since then {len(changed)} {files} changed ({shown})"
+    if was.get("clean") is not True:
+        return f"{made}: which uncommitted changes it ran with is not known"
+    return ""
+
+
 def verdict(out: Path, current: dict) -> str:
     done, started = out / ".done", out / ".inputs"
     if done.exists():
@@ -100,7 +124,10 @@ def verdict(out: Path, current: dict) -> str:
         if old is None:
             return "stale: the finished run has no record of its inputs (made by an older version of the recipe)"
         why = changes(old["inputs"], current["inputs"], current["names"])
-        return "done" if not why else "stale: " + _said(why)
+        if why:
+            return "stale: " + _said(why)
+        note = code_note(old, current)
+        return f"done: {note}" if note else "done"
     if started.exists():
         old = read_record(started)
         why = ["the unfinished run has no readable record of its inputs"] if old is None else \
