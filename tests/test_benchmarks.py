@@ -30,7 +30,7 @@ def test_bench_tiny_reports_every_system(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_llm_asr.py"), "--preset", "tiny", "--steps", "2",
            "--pool", "2", "--beams", "1", "--threads", "1", "--systems", "lora", "hdmole", "--repeats", "2",
-           "--json", str(out)]
+           "--decode_passes", "3", "--json", str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| hdmole |" in p.stdout and "hdmole/lora step time (median of 2 runs):" in p.stdout
@@ -41,6 +41,10 @@ def test_bench_tiny_reports_every_system(tmp_path):
     for r in rows.values():
         assert r["step_s"] > 0 and r["rtf_beam1"] > 0 and r["max_rss_mb"] > 0 and r["trainable"] > 0
         assert r["repeats"] == 2 and r["step_s"] == pytest.approx(sum(r["step_s_runs"]) / 2)  # the median of 2
+        # each run's RTF is the median of its 3 timed decoding passes; the row's, the median of the runs'
+        passes = r["rtf_beam1_passes"]
+        assert len(passes) == 2 and all(len(p) == 3 for p in passes)
+        assert r["rtf_beam1"] == pytest.approx(sum(sorted(p)[1] for p in passes) / 2)
         # the untimed pass filled the encoder cache with every utterance of the pool
         assert r["cached_utts"] == res["config"]["pool"] * res["config"]["batch"]
     assert rows["hdmole"]["adapter_conf"]["num_domains"] == 9
