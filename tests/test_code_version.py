@@ -1,6 +1,7 @@
 """Results that name their code: the commit recorded with each stage output
 (espnet_hdmole/utils/code_version.py, local/code_record.py), gathered into RESULTS.md and checked
 against the current code by local/update_readme.py --check."""
+import hashlib
 import json
 import subprocess
 import sys
@@ -37,11 +38,20 @@ def test_the_record_says_the_commit_and_whether_the_files_results_depend_on_were
     (repo / "tests" / "test_a.py").write_text("changed\n")  # tests are not what results depend on
     assert code_version.current(repo)["clean"] is True
     (repo / "espnet_hdmole" / "new.py").write_text("")  # an untracked file of the package counts
-    assert code_version.current(repo) == {"commit": head, "clean": False}
+    no_tracked_change = hashlib.sha256(b"").hexdigest()
+    assert code_version.current(repo) == {"commit": head, "clean": False, "changes": no_tracked_change}
     assert code_version.changed_since(head, repo) == ["espnet_hdmole/new.py"]
+    assert code_version.changed_since(head, repo, untracked=False) == []
     (repo / "espnet_hdmole" / "new.py").unlink()
     (repo / "espnet_hdmole" / "layer.py").write_text("x = 2\n")
     assert code_version.changed_since(head, repo) == ["espnet_hdmole/layer.py"]
+    # the uncommitted changes are named by their digest: the same edit, the same digest
+    edited = code_version.current(repo)
+    assert edited["clean"] is False and edited["changes"] not in (None, no_tracked_change)
+    (repo / "espnet_hdmole" / "layer.py").write_text("x = 3\n")
+    assert code_version.current(repo)["changes"] != edited["changes"]
+    (repo / "espnet_hdmole" / "layer.py").write_text("x = 2\n")
+    assert code_version.current(repo) == edited
     assert code_version.changed_since("0" * 40, repo) is None
     outside = tmp_path / "plain"
     outside.mkdir()
@@ -71,7 +81,7 @@ def test_stage_outputs_are_gathered_with_their_code_and_stale_runs_left_out(tmp_
 def test_code_record_write_and_the_stage_marker_record_the_current_code(tmp_path):
     code_record.write(tmp_path)
     (tmp_path / ".done").write_text("1 utterances\n")
-    assert code_record.read(tmp_path) == code_version.current()
+    assert code_record.read(tmp_path) == {k: code_version.current()[k] for k in ("commit", "clean")}
     import stage_marker
 
     out = tmp_path / "out"

@@ -23,12 +23,18 @@ HERE = "a" * 40
 @pytest.fixture(autouse=True)
 def code(monkeypatch):
     """The checkout's code pinned to a clean commit HERE, whatever the state of this checkout:
-    returns {commit: the files the results depend on changed since} (absent: an unknown commit)."""
+    returns {"now": the current record, "changed": {commit: the tracked files the results depend
+    on changed since} (absent: a commit git cannot compare)}."""
     cv = stage_marker.code_record.code_version
-    changed = {HERE: []}
-    monkeypatch.setattr(cv, "current", lambda repo=cv.REPO: {"commit": HERE, "clean": True})
-    monkeypatch.setattr(cv, "changed_since", lambda commit, repo=cv.REPO: changed.get(commit))
-    return changed
+    state = {"now": {"commit": HERE, "clean": True}, "changed": {HERE: []}}
+    monkeypatch.setattr(cv, "current", lambda repo=cv.REPO: dict(state["now"]))
+
+    def changed_since(commit, repo=cv.REPO, untracked=True):
+        assert not untracked  # untracked files (outputs of another exp dir) are not code changes
+        return state["changed"].get(commit)
+
+    monkeypatch.setattr(cv, "changed_since", changed_since)
+    return state
 
 
 @pytest.fixture
@@ -100,26 +106,41 @@ def test_a_finished_run_of_other_code_is_kept_and_the_difference_reported(tmp_pa
     """A code change alone does not redo a stage, but a skip says which code made the output and
     which files the results depend on changed since (the fused-Adam fix of 15ec1a2 changed the
     mixtures' validation, and their directories were skipped without a word)."""
-    here, older, foreign = HERE, "b" * 40, "c" * 40
-    code[older] = ["espnet_hdmole/layers/group_mixture.py", "espnet_hdmole/layers/routing.py"]
+    older, foreign = "b" * 40, "c" * 40
+    code["changed"][older] = [f"espnet_hdmole/layers/{n}.py" for n in ("a", "b", "c", "d")]
     cfg, data = inputs
     out, args = tmp_path / "exp_sys", ["--file", str(cfg), "--data", str(data)]
     assert verdict(tmp_path, out, *args, capsys=capsys) == "new"
     out.mkdir()
     record = json.loads((tmp_path / "pending.json").read_text())
-    for code, want in (({"commit": here, "clean": True}, "done"),
-                       ({"commit": None, "clean": None}, "done"),  # made outside git: nothing known
-                       ({"commit": older, "clean": True},
-                        "done: made by code bbbbbbb (clean); since then 2 files the results depend on have changed "
-                        "(espnet_hdmole/layers/group_mixture.py, espnet_hdmole/layers/routing.py)"),
-                       ({"commit": foreign, "clean": True}, "done: made by code ccccccc (clean), a commit this "
-                                                            "checkout does not have"),
-                       ({"commit": here, "clean": False}, "done: made by code aaaaaaa (uncommitted changes): "
-                                                          "which uncommitted changes it ran with is not known")):
-        (out / ".done").write_text(json.dumps(dict(record, code=code)))
-        assert verdict(tmp_path, out, *args, capsys=capsys) == want, code
+    dirty = {"commit": HERE, "clean": False, "changes": "d1"}
+
+    def said(made_by, now=None):
+        code["now"] = now or {"commit": HERE, "clean": True}
+        (out / ".done").write_text(json.dumps(dict(record, code=made_by)))
+        return verdict(tmp_path, out, *args, capsys=capsys)
+
+    assert said({"commit": HERE, "clean": True}) == "done"
+    assert said({"commit": None, "clean": None}) == "done"  # made outside git: nothing is known
+    assert said({"commit": HERE, "clean": True}, now={"commit": None, "clean": None}) == "done"
+    assert said({"commit": older, "clean": True}) == (
+        "done: made by code bbbbbbb (clean); since then 4 files the results depend on have changed "
+        "(espnet_hdmole/layers/a.py, espnet_hdmole/layers/b.py, espnet_hdmole/layers/c.py and 1 more)")
+    code["changed"][older] = ["setup.py"]
+    assert said({"commit": older, "clean": True}).endswith("since then 1 file the results depend on has changed (setup.py)")
+    assert said({"commit": foreign, "clean": True}) == (
+        "done: made by code ccccccc (clean), which git cannot compare with this checkout (a commit it lacks, "
+        "or git failed)")
+    # uncommitted changes: the same ones (by their digest) say nothing, other or unrecorded ones do
+    assert said(dirty, now=dirty) == "done"
+    assert said(dirty) == "done: made by code aaaaaaa (uncommitted changes), whose uncommitted changes were other " \
+                          "than this checkout's"
+    assert said(dirty, now=dict(dirty, changes="d2")).endswith("were other than this checkout's")
+    assert said({"commit": HERE, "clean": False}, now=dirty).endswith("whose uncommitted changes were not recorded")
+    assert said({"commit": HERE, "clean": None}) == "done: made by code aaaaaaa (state unknown): whether it " \
+                                                    "matches this checkout is not known"
     cfg.write_text("rank: 4\n")  # changed inputs still redo it, whatever the code
-    assert verdict(tmp_path, out, *args, capsys=capsys).startswith("stale: ")
+    assert said({"commit": HERE, "clean": True}).startswith("stale: ")
 
 
 def test_missing_input_is_one_error_line(tmp_path, capsys):

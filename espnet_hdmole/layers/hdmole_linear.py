@@ -276,14 +276,14 @@ class HDMoLELinear(torch.nn.Linear):
             else:
                 delta = stacked_mixtures([self], x.reshape(-1, self.in_features).to(self.lora_A.dtype), lead,
                                          factored=True)[0]
-        # y is F.linear's own: the delta is added in place; without autograd it comes as its factors
-        # (a, b), whose product the matmul adds itself where the dtypes agree
+            # without autograd the delta comes as its factors (a, b): where y is in their dtype, the
+            # matmul adds their product itself; else it is taken here, in the adapter's dtype
+            if isinstance(delta, tuple) and not (delta[0].dtype == y.dtype and y.is_contiguous()):
+                delta = delta[0].mm(delta[1])
         if isinstance(delta, tuple):
-            if delta[0].dtype == y.dtype:
-                y.view(-1, self.out_features).addmm_(*delta)
-                return y
-            delta = delta[0].mm(delta[1])
-        return y.add_(delta.view(y.shape).to(y.dtype))
+            y.view(-1, self.out_features).addmm_(*delta)  # (in-place ops are left alone by autocast)
+            return y
+        return y.add_(delta.view(y.shape).to(y.dtype))  # y is F.linear's own: added in place
 
     def mixture(self, xt: torch.Tensor, lead: torch.Size) -> torch.Tensor:
         """c * sum_i w_i E_i(x) for the flattened tokens xt (T, d_in), in xt's dtype; records the

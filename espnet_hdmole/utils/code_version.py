@@ -6,9 +6,10 @@ stage 6 gathers those records into RESULTS.md (:func:`summarise`), and local/upd
 copies them into the README and checks them against HEAD (:func:`changed_since`), so that an old
 table is never passed off as the current code's.
 
-Only ``subprocess`` and ``pathlib`` are imported: the recipe loads this file on its own, without
+Only ``hashlib``, ``subprocess`` and ``pathlib`` are imported: the recipe loads this file on its own, without
 ESPnet or torch.
 """
+import hashlib
 import subprocess
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -27,29 +28,38 @@ def _git(repo: Path, *args: str) -> Optional[str]:
     return out.stdout if out.returncode == 0 else None
 
 
-def changed_files(repo: Path = REPO, since: str = "HEAD", paths: Iterable[str] = DEPENDS) -> Optional[List[str]]:
+def changed_files(repo: Path = REPO, since: str = "HEAD", paths: Iterable[str] = DEPENDS,
+                  untracked: bool = True) -> Optional[List[str]]:
     """Files under ``paths`` that differ between commit ``since`` and the working tree, untracked
-    ones included (ignored ones not); None when ``repo`` is no git checkout or lacks ``since``."""
+    ones included (ignored ones not) unless ``untracked`` is False; None when ``repo`` is no git
+    checkout or lacks ``since``."""
     paths = list(paths)
     diff = _git(repo, "diff", "--name-only", since, "--", *paths)
-    untracked = _git(repo, "ls-files", "--others", "--exclude-standard", "--", *paths)
-    if diff is None or untracked is None:
+    others = _git(repo, "ls-files", "--others", "--exclude-standard", "--", *paths) if untracked else ""
+    if diff is None or others is None:
         return None
-    return sorted(set(diff.split("\n") + untracked.split("\n")) - {""})
+    return sorted(set(diff.split("\n") + others.split("\n")) - {""})
 
 
 def current(repo: Path = REPO) -> Dict[str, object]:
-    """{"commit": HEAD's full hash, "clean": no change under DEPENDS}, or UNKNOWN outside git."""
+    """{"commit": HEAD's full hash, "clean": no change under DEPENDS}, or UNKNOWN outside git. Where
+    something changed, "changes" is the sha256 of the changes to tracked files (``git diff HEAD``),
+    by which a later run tells whether it has the same uncommitted changes."""
     head = _git(repo, "rev-parse", "HEAD")
     if head is None:
         return dict(UNKNOWN)
     changed = changed_files(repo, "HEAD")
-    return {"commit": head.strip(), "clean": None if changed is None else not changed}
+    record: Dict[str, object] = {"commit": head.strip(), "clean": None if changed is None else not changed}
+    if changed:
+        diff = _git(repo, "diff", "HEAD", "--", *DEPENDS)
+        record["changes"] = None if diff is None else hashlib.sha256(diff.encode("utf-8")).hexdigest()
+    return record
 
 
-def changed_since(commit: str, repo: Path = REPO) -> Optional[List[str]]:
-    """Files the results depend on that changed from ``commit`` to the working tree (None: unknown)."""
-    return changed_files(repo, commit)
+def changed_since(commit: str, repo: Path = REPO, untracked: bool = True) -> Optional[List[str]]:
+    """Files the results depend on that changed from ``commit`` to the working tree (None: unknown);
+    untracked files left out unless ``untracked``."""
+    return changed_files(repo, commit, untracked=untracked)
 
 
 def label(record: Dict[str, object]) -> str:

@@ -97,24 +97,32 @@ def _said(why) -> str:
 
 
 def code_note(old: dict, current: dict) -> str:
-    """'' when a finished run was made by the code of this checkout, as far as git can tell (the
-    files the results depend on unchanged since its commit, and that commit clean), else what is
-    known of the difference. Unknown code (no git) on either side says nothing."""
+    """'' when a finished run was made by the code of this checkout, as far as git can tell, else
+    what is known of the difference: the tracked files the results depend on that changed since its
+    commit (untracked ones, such as outputs of another --exp_dir, are left out), or that it ran with
+    other uncommitted changes. Unknown code (no git) on either side says nothing."""
     cv = code_record.code_version
     was, now = old.get("code") or {}, current.get("code") or {}
     if not was.get("commit") or not now.get("commit"):
         return ""
     made = f"made by code {cv.label(was)}"
-    changed = cv.changed_since(str(was["commit"]))
+    if was.get("clean") is None:
+        return f"{made}: whether it matches this checkout is not known"
+    if was.get("clean") is False:
+        same = was.get("changes") is not None and (was.get("commit"), was.get("changes")) == (
+            now.get("commit"), now.get("changes"))
+        if same:
+            return ""
+        known = "other than this checkout's" if was.get("changes") is not None else "not recorded"
+        return f"{made}, whose uncommitted changes were {known}"
+    changed = cv.changed_since(str(was["commit"]), untracked=False)
     if changed is None:
-        return f"{made}, a commit this checkout does not have"
-    if changed:
-        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
-        files = "file the results depend on has" if len(changed) == 1 else "files the results depend on have"
-        return f"{made}; since then {len(changed)} {files} changed ({shown})"
-    if was.get("clean") is not True:
-        return f"{made}: which uncommitted changes it ran with is not known"
-    return ""
+        return f"{made}, which git cannot compare with this checkout (a commit it lacks, or git failed)"
+    if not changed:
+        return ""
+    shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+    files = "file the results depend on has" if len(changed) == 1 else "files the results depend on have"
+    return f"{made}; since then {len(changed)} {files} changed ({shown})"
 
 
 def verdict(out: Path, current: dict) -> str:
