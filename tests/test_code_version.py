@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from espnet_hdmole.utils import code_version
 
 LOCAL = Path(__file__).resolve().parents[1] / "egs2" / "kespeech_hdmole" / "asr1" / "local"
@@ -57,6 +59,20 @@ def test_the_record_says_the_commit_and_whether_the_files_results_depend_on_were
     outside.mkdir()
     assert code_version.current(outside) == code_version.UNKNOWN
     assert code_version.label({"commit": head, "clean": False}) == f"{head[:7]} (uncommitted changes)"
+
+
+def test_outputs_of_another_exp_dir_in_the_recipe_do_not_make_the_code_dirty():
+    """`--exp_dir exp_seed2` (or a `--dump_dir dump_<x>`) inside the recipe directory holds generated
+    outputs: git ignores them, so the records of a run there are not 'uncommitted changes'."""
+    repo = code_version.REPO
+    if code_version.current(repo)["commit"] is None:
+        pytest.skip("not a git checkout")
+    recipe = "egs2/kespeech_hdmole/asr1"
+    paths = [f"{recipe}/{d}/lora/config.yaml" for d in ("exp", "exp_seed2", "dump", "dump_fbank")]
+    out = subprocess.run(["git", "-C", str(repo), "check-ignore", "--no-index", *paths], capture_output=True, text=True)
+    assert out.stdout.split() == paths
+    code = subprocess.run(["git", "-C", str(repo), "check-ignore", "--no-index", f"{recipe}/local/stage_marker.py"])
+    assert code.returncode == 1  # the recipe's own code is not ignored
 
 
 def test_stage_outputs_are_gathered_with_their_code_and_stale_runs_left_out(tmp_path):
