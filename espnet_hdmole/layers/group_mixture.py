@@ -138,11 +138,11 @@ def group_routing(first, logits: torch.Tensor, g: Optional[torch.Tensor], tau: O
 
 def mixture_forward(layers: Sequence, x: torch.Tensor, x_experts: Optional[torch.Tensor],
                     g: Optional[torch.Tensor], token_theta: Optional[torch.Tensor], need_local: bool,
-                    params: Optional[Sequence[torch.Tensor]] = None, factored: bool = False):
+                    params: Optional[Sequence[torch.Tensor]] = None):
     """The group's mixture, as ``GroupMixture`` computes it (arguments as there), with nothing
-    recorded: returns (deltas, local, routing, state), ``state`` what the backward reads. With
-    ``factored`` each delta comes as its two factors (zw (T, N*r), B^T (N*r, d_out)), for the
-    caller to add their product to the base output in one matmul (``Tensor.addmm_``)."""
+    recorded: returns (deltas, local, routing, state), ``state`` what the backward reads. Each
+    delta comes as its two factors (zw (T, N*r), B^T (N*r, d_out)), delta = zw B^T: without
+    autograd the layer adds their product to its base output in one matmul (``Tensor.addmm_``)."""
     first = layers[0]
     grp, n, r = len(layers), first.num_experts, first.rank
     t, gn = x.shape[0], grp * first.num_experts
@@ -161,8 +161,6 @@ def mixture_forward(layers: Sequence, x: torch.Tensor, x_experts: Optional[torch
     zw = z * ws.unsqueeze(2)  # (G, N, r, T): each expert's input, weighted
     zwt = zw.view(grp, n * r, t).transpose(1, 2)  # (G, T, N*r)
     deltas = [(zwt[j], b.t()) for j, b in enumerate(packed["B"])]
-    if not factored:
-        deltas = [a.mm(b) for a, b in deltas]
     routing = {k: rt[k] for k in ("p", "w", "active", "tau") if rt[k] is not None}
     if first.activation == "threshold":
         routing["tau"] = routing["tau"].view(grp)  # one per layer
@@ -184,8 +182,9 @@ class GroupMixture(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, layers, x, x_experts, g, token_theta, need_local, *params):
-        deltas, local, routing, (packed, rt, z, zw, ws, logits) = mixture_forward(
+        factors, local, routing, (packed, rt, z, zw, ws, logits) = mixture_forward(
             layers, x, x_experts, g, token_theta, need_local, params)
+        deltas = [a.mm(b) for a, b in factors]
         ctx.set_materialize_grads(False)
         # local is an output: saved as one (held on ctx it would make a reference cycle); p, w
         # and the weighted ws are local itself for combine 'none' with the dense activation

@@ -274,8 +274,7 @@ class HDMoLELinear(torch.nn.Linear):
             if self._shared_input_group is not None:  # computed with its siblings on the same input
                 delta = self._shared_input_group.delta(self, x, lead)
             else:
-                delta = stacked_mixtures([self], x.reshape(-1, self.in_features).to(self.lora_A.dtype), lead,
-                                         factored=True)[0]
+                delta = stacked_mixtures([self], x.reshape(-1, self.in_features).to(self.lora_A.dtype), lead)[0]
             # without autograd the delta comes as its factors (a, b): where y is in their dtype, the
             # matmul adds their product itself; else it is taken here, in the adapter's dtype
             if isinstance(delta, tuple) and not (delta[0].dtype == y.dtype and y.is_contiguous()):
@@ -284,11 +283,6 @@ class HDMoLELinear(torch.nn.Linear):
             y.view(-1, self.out_features).addmm_(*delta)  # (in-place ops are left alone by autocast)
             return y
         return y.add_(delta.view(y.shape).to(y.dtype))  # y is F.linear's own: added in place
-
-    def mixture(self, xt: torch.Tensor, lead: torch.Size) -> torch.Tensor:
-        """c * sum_i w_i E_i(x) for the flattened tokens xt (T, d_in), in xt's dtype; records the
-        routing of this forward for the statistics and the load-balancing loss."""
-        return stacked_mixtures([self], xt, lead)[0]
 
     def load_balancing_loss(self, local: torch.Tensor, dispatch: torch.Tensor) -> torch.Tensor:
         """Switch-style loss N * sum_i f_i P_i: f_i the share of token dispatch to expert i

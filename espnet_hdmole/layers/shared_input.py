@@ -5,7 +5,7 @@ projections of an MLP) are called one after the other on the same tensor. Their 
 their experts' A matrices can then run as one matmul over the concatenated weights, the routing
 (softmax, hierarchical combination, threshold / top-k) as one pass over the stacked logits
 (tokens, layers, experts), and only each layer's B as its own matmul. Each layer's output is
-what ``HDMoLELinear.mixture`` gives it alone (its own router, threshold and experts); only the
+what ``stacked_mixtures([layer], ...)`` gives it alone (its own router, threshold and experts); only the
 number of kernel calls changes, which dominates at the demo's sizes (short sequences, small
 widths).
 
@@ -29,11 +29,11 @@ _SHARED = ("in_features", "num_experts", "num_domains", "experts_per_domain", "r
            "global_router", "combine", "activation", "top_k", "tau_max", "output_scale")
 
 
-def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size, factored: bool = False) -> List:
+def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size) -> List:
     """Each layer's ``c * sum_i w_i E_i(x)`` for the same flattened tokens xt (T, d_in), as one
     autograd node (espnet_hdmole.layers.group_mixture); records each layer's routing (``_last``)
-    and load-balancing loss as ``HDMoLELinear.mixture`` does. With ``factored``, where nothing
-    needs a gradient, a delta comes as its factors (a, b), delta = a b (``mixture_forward``)."""
+    and load-balancing loss. Where nothing needs a gradient, a delta comes as its factors (a, b),
+    delta = a b (``mixture_forward``), for ``HDMoLELinear.forward`` to add in one matmul."""
     first = layers[0]
     g = first._utterance_posterior(lead, xt.dtype)
     x_experts = None if isinstance(first.lora_dropout, torch.nn.Identity) else first.lora_dropout(xt)  # (groups of one)
@@ -44,8 +44,7 @@ def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size, facto
     if any(v is not None and v.requires_grad for v in params + [xt, x_experts, g, token_theta]):
         *deltas, local, routing = GroupMixture.apply(layers, xt, x_experts, g, token_theta, need_local, *params)
     else:  # nothing needs a gradient (validation, decoding)
-        deltas, local, routing, _ = mixture_forward(layers, xt, x_experts, g, token_theta, need_local,
-                                                    factored=factored)
+        deltas, local, routing, _ = mixture_forward(layers, xt, x_experts, g, token_theta, need_local)
     for j, m in enumerate(layers):
         aux = None
         if need_local and m.training and m.lb_weight > 0:
@@ -66,7 +65,7 @@ class SharedInputGroup:
         self._pending = {}
 
     def delta(self, layer, x: torch.Tensor, lead: torch.Size):
-        """``layer``'s delta for its input x (``stacked_mixtures`` with ``factored``)."""
+        """``layer``'s delta for its input x, as ``stacked_mixtures`` gives it."""
         key = (x._version, torch.is_grad_enabled(), layer.training)
         if self._key is not None and self._key[0] is x and self._key[1:] == key and layer in self._pending:
             out = self._pending.pop(layer)
@@ -76,8 +75,8 @@ class SharedInputGroup:
         xt = x.reshape(-1, layer.in_features).to(layer.lora_A.dtype)
         if any(m.training != layer.training for m in self.layers):
             self._key, self._pending = None, {}
-            return stacked_mixtures([layer], xt, lead, factored=True)[0]
-        deltas = stacked_mixtures(self.layers, xt, lead, factored=True)
+            return stacked_mixtures([layer], xt, lead)[0]
+        deltas = stacked_mixtures(self.layers, xt, lead)
         self._pending = {m: dm for m, dm in zip(self.layers, deltas) if m is not layer}
         self._key = (x,) + key if self._pending else None
         return deltas[self.layers.index(layer)]
