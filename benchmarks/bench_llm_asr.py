@@ -38,6 +38,9 @@ Columns:
   trainable      parameters with requires_grad after freezing and adapting
   % of full FT   trainable / the base parameters of the parts the system touches (param_report)
   step (s)       median wall time of a timed training step (batch of `batch` utterances)
+  forward / backward / update (s)   the median time of each phase of a timed step: the model's
+                 forward (loss included); zero_grad and backward; clipping and the optimiser's
+                 update (each its own median: they need not add up to the step's)
   utts/s         batch / step
   max RSS (MB)   peak resident memory of the system's process (build, training and decoding)
   RTF greedy / RTF beamK   decoding time / audio duration for --decode_utts utterances in
@@ -50,7 +53,7 @@ The target lines compare hdmole with lora (step time <= 1.2x, 1.1x at the wide p
 RTF <= 1.2x) and with full_ft (step time <= 1x). --repeats K runs every system K times, in turn,
 and reports the medians of the timings (the speed targets are judged on the median of 3 runs).
 --json also has, per system: first_pass_step_s (median step of the untimed pass, encoder
-included), step_s_all, rtf_beamK_passes, tokens_per_utt_beamK, cached_utts, build_s and the
+included), step_s_all, phases_all (each timed step's forward, backward and update), rtf_beamK_passes, tokens_per_utt_beamK, cached_utts, build_s and the
 adapter_conf used.
 Timings need idle cores: with another job on the machine, 2 threads can be many times slower
 than 1 (use --threads 1, or run when the machine is free).
@@ -217,6 +220,11 @@ def make_batches(cfg, n_batches, batch, n_domains, vocab, seed, prefix):
     return out
 
 
+# a training step's phases, as timed: the model's forward (loss included); zero_grad and
+# backward; gradient clipping and the optimiser's update
+PHASES = ("forward_s", "backward_s", "update_s")
+
+
 def run_system(cfg, name, spec, q):
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
@@ -262,20 +270,27 @@ def run_system(cfg, name, spec, q):
                 model.train()
 
                 def step(ids, b):
-                    t = time.perf_counter()
+                    """The step's phases: (forward, zero_grad + backward, clipping + update)."""
+                    t0 = time.perf_counter()
                     loss, _, _ = model(**b, **({} if cfg["no_cache"] else {"utt_id": ids}))
+                    t1 = time.perf_counter()
                     opt.zero_grad()
                     loss.backward()
+                    t2 = time.perf_counter()
                     torch.nn.utils.clip_grad_norm_(params, grad_clip)
                     opt.step()
-                    return time.perf_counter() - t
+                    return t1 - t0, t2 - t1, time.perf_counter() - t2
 
-                fill = [step(ids, b) for ids, b in pool]  # untimed pass: fills the encoder cache
+                fill = [sum(step(ids, b)) for ids, b in pool]  # untimed pass: fills the encoder cache
                 res["first_pass_step_s"] = statistics.median(fill)
                 res["cached_utts"] = len(model._enc_cache)
-                times = [step(*pool[i % len(pool)]) for i in range(cfg["steps"])]
+                phases = [step(*pool[i % len(pool)]) for i in range(cfg["steps"])]
+                times = [sum(ph) for ph in phases]
                 res["step_s"] = statistics.median(times)
                 res["step_s_all"] = times
+                for j, key in enumerate(PHASES):  # where a step's time goes (each phase's own median)
+                    res[key] = statistics.median(ph[j] for ph in phases)
+                res["phases_all"] = phases
                 del opt
             res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         q.put(res)
@@ -333,13 +348,14 @@ def main_systems(a, cfg):
     rows = median_rows([{s: run_in_subprocess(cfg, s, system_spec(s)) for s in a.systems}
                         for _ in range(a.repeats)])
     beams = [f"rtf_beam{b}" for b in a.beams]
-    head = ["system", "trainable", "% of full FT", "step (s)", "utts/s", "max RSS (MB)"] + [
-        "RTF greedy" if b == 1 else f"RTF beam{b}" for b in a.beams]
+    head = ["system", "trainable", "% of full FT", "step (s)", "forward (s)", "backward (s)", "update (s)",
+            "utts/s", "max RSS (MB)"] + ["RTF greedy" if b == 1 else f"RTF beam{b}" for b in a.beams]
     cells = []
     for r in rows:
         step = r.get("step_s")
-        cells.append([r["system"], f"{r['trainable']:,}", f"{r['share']:.2f}", fmt(step, ".3f"),
-                      fmt(cfg["batch"] / step if step else None, ".1f"), f"{r['max_rss_mb']:.0f}"]
+        cells.append([r["system"], f"{r['trainable']:,}", f"{r['share']:.2f}", fmt(step, ".3f")]
+                     + [fmt(r.get(k), ".4f") for k in PHASES]
+                     + [fmt(cfg["batch"] / step if step else None, ".1f"), f"{r['max_rss_mb']:.0f}"]
                      + [fmt(r[b], ".4f") for b in beams])
     table(head, cells)
     by = {r["system"]: r for r in rows}

@@ -33,6 +33,7 @@ def test_bench_tiny_reports_every_system(tmp_path):
            "--decode_passes", "3", "--json", str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "| forward (s) | backward (s) | update (s) |" in p.stdout
     assert "| hdmole |" in p.stdout and "hdmole/lora step time (median of 2 runs):" in p.stdout
     assert "hdmole/lora RTF greedy (median of 2 runs):" in p.stdout
     res = json.loads(out.read_text())
@@ -41,6 +42,11 @@ def test_bench_tiny_reports_every_system(tmp_path):
     for r in rows.values():
         assert r["step_s"] > 0 and r["rtf_beam1"] > 0 and r["max_rss_mb"] > 0 and r["trainable"] > 0
         assert r["repeats"] == 2 and r["step_s"] == pytest.approx(sum(r["step_s_runs"]) / 2)  # the median of 2
+        # a step is its three phases: forward, backward (with zero_grad), update (with clipping)
+        phases = r["phases_all"]
+        assert len(phases) == 2 and all(len(ph) == 3 and min(ph) > 0 for ph in phases)
+        assert [sum(ph) for ph in phases] == pytest.approx(r["step_s_all"])
+        assert r["forward_s"] > r["update_s"] and r["forward_s"] < r["step_s"] and r["backward_s"] < r["step_s"]
         # each run's RTF is the median of its 3 timed decoding passes; the row's, the median of the runs'
         passes = r["rtf_beam1_passes"]
         assert len(passes) == 2 and all(len(p) == 3 for p in passes)
