@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_llm_asr import synthetic_ctc_path  # noqa: E402
+from llm_asr_systems import PRESETS, build, synthetic_ctc_path, system_spec  # noqa: E402
 
 from espnet_hdmole.asr.pinyin_units import PinyinUnits  # noqa: E402
 
@@ -54,3 +54,15 @@ def test_bench_tiny_reports_every_system(tmp_path):
         # the untimed pass filled the encoder cache with every utterance of the pool
         assert r["cached_utts"] == res["config"]["pool"] * res["config"]["batch"]
     assert rows["hdmole"]["adapter_conf"]["num_domains"] == 9
+
+
+@pytest.mark.parametrize("domains, experts", [(1, 1), (3, 2)])
+def test_sweep_points_build(tmp_path, domains, experts):
+    """Every size the --sweep asks for builds: one domain has no global router and no accent head
+    (which needs two), several domains keep the predicted router of finetune_hdmole.yaml."""
+    spec = system_spec("hdmole", domains=domains, experts=experts)
+    model, rep, _ = build(PRESETS["tiny"], spec, tmp_path)
+    layers = [m for m in model.modules() if type(m).__name__ == "HDMoLELinear"]
+    assert layers and all(m.num_experts == domains * experts for m in layers)
+    assert all(m.global_router == ("none" if domains == 1 else "predicted") for m in layers)
+    assert (model.accent_head is None) == (domains == 1) and rep["trainable"] > 0
