@@ -53,8 +53,8 @@ The target lines compare hdmole with lora (step time <= 1.2x, 1.1x at the wide p
 RTF <= 1.2x) and with full_ft (step time <= 1x). --repeats K runs every system K times, in turn,
 and reports the medians of the timings (the speed targets are judged on the median of 3 runs).
 --json also has, per system: first_pass_step_s (median step of the untimed pass, encoder
-included), step_s_all, phases_all (each timed step's forward, backward and update), rtf_beamK_passes, tokens_per_utt_beamK, cached_utts, build_s and the
-adapter_conf used.
+included), step_s_all, phases_all (each timed step's forward, backward and update),
+rtf_beamK_passes, tokens_per_utt_beamK, cached_utts, build_s and the adapter_conf used.
 Timings need idle cores: with another job on the machine, 2 threads can be many times slower
 than 1 (use --threads 1, or run when the machine is free).
 
