@@ -42,7 +42,9 @@ def load_yaml(name):
 
 def system_spec(system, domains=None, experts=None, lora_rank=None):
     """The merged training config of a system (local/merge_config.py), optionally resized."""
-    sys.path.insert(0, str(RECIPE_CONF.parents[1] / "local"))
+    local = str(RECIPE_CONF.parents[1] / "local")
+    if local not in sys.path:  # (the sweep asks for a dozen specs)
+        sys.path.insert(0, local)
     from merge_config import merge
 
     conf = copy.deepcopy(merge(load_yaml("train_source.yaml"), load_yaml(SYSTEM_YAML[system])))

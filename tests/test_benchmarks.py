@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from llm_asr_systems import PRESETS, build, synthetic_ctc_path, system_spec  # noqa: E402
 
 from espnet_hdmole.asr.pinyin_units import PinyinUnits  # noqa: E402
+from espnet_hdmole.layers.create_hdmole_adapter import hdmole_layers  # noqa: E402
 
 
 def test_synthetic_ctc_path_is_blank_initial_final_final():
@@ -62,7 +63,7 @@ def test_sweep_points_build(tmp_path, domains, experts):
     (which needs two), several domains keep the predicted router of finetune_hdmole.yaml."""
     spec = system_spec("hdmole", domains=domains, experts=experts)
     model, rep, _ = build(PRESETS["tiny"], spec, tmp_path)
-    layers = [m for m in model.modules() if type(m).__name__ == "HDMoLELinear"]
+    layers = [m for _, m in hdmole_layers(model)]
     assert layers and all(m.num_experts == domains * experts for m in layers)
     assert all(m.global_router == ("none" if domains == 1 else "predicted") for m in layers)
     assert (model.accent_head is None) == (domains == 1) and rep["trainable"] > 0
