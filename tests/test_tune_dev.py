@@ -131,3 +131,21 @@ def test_the_shipped_ladder_loads_and_names_existing_configs(monkeypatch):
     assert names[0] == "lora" and "uniform" in names and "hdmole" in names
     uniform = next(s for s in settings if s["name"] == "uniform")
     assert uniform["set"]["adapter_conf"] == {"output_scale": "lora", "router_init_std": 0.0} and uniform["control"]
+
+
+@pytest.mark.parametrize("ladder_path", ["conf/tune_dev.yaml", "conf/tune_dev_proj.yaml"])
+def test_every_shipped_yaml_of_a_ladder_is_one_of_its_runs_as_it_is(monkeypatch, ladder_path):
+    # a YAML whose own default a rung leaves unset would give that rung another meaning (e.g. the
+    # 'threshold' rung inheriting finetune_hdmole_nohier.yaml's slow routers), and one that no run
+    # equals could never be kept: every rung of a mixture names both router-rate keys, and every
+    # YAML the ladder tunes is one of its runs exactly
+    monkeypatch.chdir(RECIPE)
+    settings = tune_dev.load_ladder(Path(ladder_path))
+    for s in settings:
+        base = yaml.safe_load(Path(s["config"]).read_text(encoding="utf-8"))
+        if base.get("adapter") == "hdmole" and s["set"]:
+            assert set(s["set"].get("routing_optim_conf", {})) == {"lr_scale", "freeze_steps"}, s["name"]
+    for config in {s["config"] for s in settings}:
+        runs = [(s["name"], lr) for s in settings if s["config"] == config and not s["control"] and s["seed"] == 0
+                for lr in s["lrs"] if tune_dev.is_current(s, lr)]
+        assert runs, f"{ladder_path}: no run is {config} as it is"
