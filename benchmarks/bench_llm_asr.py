@@ -51,7 +51,8 @@ Columns:
                  the median of --decode_passes timed passes over the utterances.
 The target lines compare hdmole with lora (step time <= 1.2x, 1.1x at the wide preset; decoding
 RTF <= 1.2x) and with full_ft (step time <= 1x). --repeats K runs every system K times, in turn,
-and reports the medians of the timings (the speed targets are judged on the median of 3 runs).
+and reports the medians of the timings (the speed targets are judged on the median of 3 runs),
+and after each target line the ratio in each run (how far it moves from run to run).
 --json also has, per system: first_pass_step_s (median step of the untimed pass, encoder
 included), step_s_all, phases_all (each timed step's forward, backward and update),
 rtf_beamK_passes, tokens_per_utt_beamK, cached_utts, build_s and the adapter_conf used.
@@ -227,14 +228,29 @@ def main_systems(a, cfg):
     by = {r["system"]: r for r in rows}
     of = f" (median of {a.repeats} runs)" if a.repeats > 1 else ""
     step_limit = 1.1 if a.preset == "wide" else 1.2  # the targets of the speed issue
+
+    def ratio(what, other, key, target):
+        line = f"hdmole/{other} {what}{of}: {by['hdmole'][key] / by[other][key]:.2f} (target <= {target})"
+        if a.repeats > 1:  # how far the ratio moves between runs
+            line += "; run by run: " + ", ".join(f"{x:.2f}" for x in paired_ratios(by["hdmole"], by[other], key))
+        print(line)
+
     if "hdmole" in by and "lora" in by and "step_s" in by["hdmole"]:
-        print(f"hdmole/lora step time{of}: {by['hdmole']['step_s'] / by['lora']['step_s']:.2f} (target <= {step_limit})")
+        ratio("step time", "lora", "step_s", step_limit)
         for b in beams:
-            print(f"hdmole/lora {'RTF greedy' if b == 'rtf_beam1' else b.replace('rtf_', 'RTF ')}{of}: "
-                  f"{by['hdmole'][b] / by['lora'][b]:.2f} (target <= 1.2)")
+            ratio("RTF greedy" if b == "rtf_beam1" else b.replace("rtf_", "RTF "), "lora", b, 1.2)
     if "hdmole" in by and "full_ft" in by and "step_s" in by["hdmole"]:
-        print(f"hdmole/full_ft step time{of}: {by['hdmole']['step_s'] / by['full_ft']['step_s']:.2f} (target <= 1)")
+        ratio("step time", "full_ft", "step_s", 1)
     return rows
+
+
+def paired_ratios(row, other, key):
+    """row's timing ``key`` over other's, run by run (the systems of a run are timed in turn, so
+    the two figures of a run saw the same state of the machine): a step time from ``step_s_runs``,
+    an RTF as the median of each run's passes."""
+    def runs(r):
+        return r["step_s_runs"] if key == "step_s" else [statistics.median(p) for p in r[f"{key}_passes"]]
+    return [x / y for x, y in zip(runs(row), runs(other))]
 
 
 def main_sweep(a, cfg):

@@ -55,6 +55,12 @@ def test_bench_tiny_reports_every_system(tmp_path):
         # the untimed pass filled the encoder cache with every utterance of the pool
         assert r["cached_utts"] == res["config"]["pool"] * res["config"]["batch"]
     assert rows["hdmole"]["adapter_conf"]["num_domains"] == 9
+    # after each target, the ratio of each run: the systems' figures of the same run, paired
+    hd, lo = rows["hdmole"], rows["lora"]
+    steps = [f"{x / y:.2f}" for x, y in zip(hd["step_s_runs"], lo["step_s_runs"])]
+    assert f"; run by run: {', '.join(steps)}" in p.stdout.split("hdmole/lora step time")[1].splitlines()[0]
+    rtfs = [f"{sorted(x)[1] / sorted(y)[1]:.2f}" for x, y in zip(hd["rtf_beam1_passes"], lo["rtf_beam1_passes"])]
+    assert f"; run by run: {', '.join(rtfs)}" in p.stdout.split("hdmole/lora RTF greedy")[1].splitlines()[0]
 
 
 @pytest.mark.parametrize("domains, experts", [(1, 1), (3, 2)])
