@@ -274,7 +274,8 @@ def test_stage_4_with_a_pretrained_model_and_no_source_set_trains_the_head_on_tr
 
 def test_settings_are_tuned_on_dev_in_their_own_dir_with_the_accent_head_of_step_3(recipe):
     """local/tune_dev.py: stage 5 per setting and rate into --out_dir (hdmole reads the accent head
-    of step 3 through --aid_model), then the table of best dev accuracies."""
+    of step 3 through --aid_model), then dev decoded as stage 6 decodes (the recipe's n-gram LM
+    fused), scored, and the table of dev CERs; no tables of stage 6 in --out_dir."""
     tmp, _, _ = recipe
     tune = tmp / "tune"
     cmd = [sys.executable, "local/tune_dev.py", "--configs", "conf/finetune_hdmole.yaml",
@@ -283,8 +284,15 @@ def test_settings_are_tuned_on_dev_in_their_own_dir_with_the_accent_head_of_step
     p = subprocess.run(cmd, cwd=RECIPE, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "--aid_model" in p.stdout and (tune / "hdmole_lr0.004" / "valid.acc.best.pth").is_file()
+    run = tune / "hdmole_lr0.004"
+    cer = json.loads((run / "decode_dev" / "score_cer" / "result.json").read_text())["cer"]
+    assert json.loads((run / "decode_dev" / "score_cer" / "result.json").read_text())["utterances"] == len(
+        (tmp / "dump" / "fbank_pitch" / "dev" / "text").read_text().splitlines())
+    log = (tune / "hdmole_lr0.004" / "decode_union" / "decode.log").read_text()
+    assert f"--ngram_file {tmp / 'exp' / 'ngram' / 'lm.arpa'}" in log and "--batch_size 64" in log  # as run.sh decodes
     row = next(line for line in (tune / "RESULTS.md").read_text().splitlines() if line.startswith("| hdmole |"))
-    assert re.search(r"\*\*\d+\.\d+ \(\d\)\*\*", row), row
+    assert f"**{100 * cer:.2f} (" in row, row
+    assert not (tune / "plots").exists() and not (tune / "hdmole_lr0.004" / "RESULTS.md").exists()
     assert not (tmp / "exp" / "hdmole_lr0.004").exists()  # nothing written into the recipe's exp dir
 
 
@@ -303,6 +311,7 @@ def result_rows(exp):
     (["--train_seeds", "01"], "--train_seeds: write '01' as 1"),
     (["--ngram_weight", "x"], "--ngram_weight must be a non-negative number, not 'x'"),
     (["--ngram_order", "-1"], "--ngram_order must be a non-negative integer, not '-1'"),
+    (["--reports", "no"], "--reports must be true or false, not 'no'"),
 ])
 def test_stage_options_are_checked(tmp_path, args, message):
     """Case 6: these exited 0 and did nothing."""

@@ -1,4 +1,5 @@
 """local/tune_dev.py: settings chosen on dev (the ladder of conf/tune_dev.yaml, learning rates)."""
+import json
 import sys
 from pathlib import Path
 
@@ -98,7 +99,7 @@ settings:
     epoch_log(tmp_path / "other_lr0.002", [0.50])
     epoch_log(tmp_path / "other_x_lr0.002", [0.505])
     epoch_log(tmp_path / "lora_s1_lr0.002", [0.61])  # seed 1: the noise margin is |61 - 60| = 1 point
-    text = tune_dev.report(tmp_path, settings)
+    text = tune_dev.report(tmp_path, settings, "acc")
     rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
             for r in text.splitlines() if r.startswith("| ") and "lr 0.001" not in r}
     assert rows["lora"] == ["", "**60.00 (2)**", "58.00 (2)", "", "+0.00", "-"]
@@ -109,18 +110,61 @@ settings:
     assert "Noise margin: 1.00 points" in text
     # beyond the noise: change; within it: keep the YAML as it is
     assert (f"- `{tmp_path}/lora.yaml`: **change** to `lora` at lr 0.001 (60.00%: optim_conf.lr: 0.001): +2.00 "
-            "over the YAML as it is (`lora` at lr 0.002, 58.00%)") in text
+            "better than the YAML as it is (`lora` at lr 0.002, 58.00%)") in text
     assert f"- `{tmp_path}/mix.yaml`: **change** to `mix_a` at lr 0.002 (62.00%: adapter_conf.output_scale: lora" in text
     assert (f"- `{tmp_path}/other.yaml`: **keep** the YAML as it is (`other` at lr 0.002, 50.00%); the best, "
             "`other_x` at lr 0.002 (50.50%: max_epoch: 4, optim_conf.lr: 0.002), is within the noise") in text
     assert "- `- `" not in text and f"`{tmp_path}/mix.yaml`" in text
     (tmp_path / "mix.yaml").write_text("optim_conf: {lr: 0.002}\nadapter_conf: {output_scale: lora}\n")
     assert (f"- `{tmp_path}/mix.yaml`: **keep** the YAML as it is (`mix_a` at lr 0.002, 62.00%): the best on dev"
-            in tune_dev.report(tmp_path, settings))
+            in tune_dev.report(tmp_path, settings, "acc"))
     (tmp_path / "lora_lr0.001" / ".done").write_text('{"code": {"commit": "%s", "clean": true}}' % ("a" * 40))
-    assert "`aaaaaaa (clean)`: 1 outputs (lora_lr0.001)" in tune_dev.report(tmp_path, settings)  # below --out_dir
+    assert "`aaaaaaa (clean)`: 1 outputs (lora_lr0.001)" in tune_dev.report(tmp_path, settings, "acc")  # below --out_dir
     with pytest.raises(ValueError, match="noise_of 'nobody' names no setting"):
         tune_dev.load_ladder(ladder(tmp_path, f"lrs: [1]\nsettings: [{{name: a, config: x, noise_of: nobody}}]"))
+
+
+def decoded(run: Path, cer: float, accs=(0.5,)):
+    epoch_log(run, list(accs))
+    (run / "decode_dev" / "score_cer").mkdir(parents=True)
+    (run / "decode_dev" / "score_cer" / "result.json").write_text(json.dumps({"cer": cer, "utterances": 9}))
+
+
+def test_by_dev_cer_the_lowest_wins_and_a_default_changes_only_beyond_the_noise(tmp_path):
+    for name in ("lora.yaml", "mix.yaml"):
+        (tmp_path / name).write_text("optim_conf: {lr: 0.002}\n")
+    settings = tune_dev.load_ladder(ladder(tmp_path, f"""
+lrs: [0.002]
+settings:
+  - {{name: lora, config: {tmp_path}/lora.yaml, lrs: [0.001, 0.002]}}
+  - {{name: mix, config: {tmp_path}/mix.yaml, lrs: [0.002, 0.004]}}
+  - {{name: mix_x, config: {tmp_path}/mix.yaml, set: {{max_epoch: 4}}}}
+  - {{name: lora_s1, config: {tmp_path}/lora.yaml, seed: 1, control: true, noise_of: lora}}
+"""))
+    # token accuracy would pick lora at 0.001 and mix at 0.004; the dev CERs pick the others
+    decoded(tmp_path / "lora_lr0.001", 0.33, accs=(0.60,))
+    decoded(tmp_path / "lora_lr0.002", 0.30, accs=(0.40, 0.55))
+    decoded(tmp_path / "mix_lr0.002", 0.28)
+    decoded(tmp_path / "mix_lr0.004", 0.285, accs=(0.70,))
+    decoded(tmp_path / "mix_x_lr0.002", 0.25)
+    decoded(tmp_path / "lora_s1_lr0.002", 0.31)  # seed 1: the noise margin is |31 - 30| = 1 point
+    epoch_log(tmp_path / "other_lr0.002", [0.9])  # trained, not decoded: no figure
+    text = tune_dev.report(tmp_path, settings, "cer")
+    rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
+            for r in text.splitlines() if r.startswith("| ") and "lr 0.001" not in r}
+    assert "Dev CER in % of each fine-tuning run" in text
+    assert rows["lora"] == ["", "33.00 (1)", "**30.00 (2)**", "", "+0.00", "-"]
+    assert rows["mix"] == ["", "", "**28.00 (1)**", "28.50 (1)", "-2.00", "-"]
+    assert "Noise margin: 1.00 points" in text
+    assert (f"- `{tmp_path}/lora.yaml`: **keep** the YAML as it is (`lora` at lr 0.002, CER 30.00%): the best on dev"
+            in text)
+    assert (f"- `{tmp_path}/mix.yaml`: **change** to `mix_x` at lr 0.002 (CER 25.00%: max_epoch: 4, optim_conf.lr: "
+            f"0.002): +3.00 better than the YAML as it is (`mix` at lr 0.002, CER 28.00%)") in text
+    (tmp_path / "mix_x_lr0.002" / "decode_dev" / "score_cer" / "result.json").write_text(json.dumps({"cer": 0.275}))
+    assert "the best, `mix_x` at lr 0.002 (CER 27.50%: max_epoch: 4, optim_conf.lr: 0.002), is within the noise" in \
+        tune_dev.report(tmp_path, settings, "cer")
+    (tmp_path / "mix_lr0.002" / "decode_dev" / "score_cer" / "result.json").unlink()  # not decoded (yet)
+    assert "| mix |  |  | - | **28.50 (1)** |" in tune_dev.report(tmp_path, settings, "cer")
 
 
 def test_the_shipped_ladder_loads_and_names_existing_configs(monkeypatch):

@@ -80,6 +80,8 @@ score_args=""           # options for local/score_cer.py, e.g. "--t2s true" to s
 decode_model=valid.acc.ave.pth        # checkpoint decoded in stage 6
 test_sets=""            # default: every data/test_* and the source test set
 systems=""              # stage 6 systems (default: source + those of --train_configs)
+reports=true            # stage 6: write the tables (RESULTS.md) and plots; false: decode and score only
+                        # (local/tune_dev.py's dev decodings: --test_sets dev --reports false)
 python=python3          # interpreter (path.sh activates tools/venv)
 verbose=false           # true: show full logs and Python tracebacks of user errors
 encoder_outputs=true    # true: the frozen source encoder runs once per data set (stage 4 step 3, stages 5-6
@@ -135,6 +137,7 @@ fusion() { { [ "$ngram_order" -gt 0 ] || [ -n "$ngram_lm" ]; } && awk -v w="$ngr
 [ "$inference_nj" -ge 1 ] || die "--inference_nj must be at least 1"
 case "$gpu_inference" in true) decode_ngpu=1 ;; false) decode_ngpu=0 ;; *) die "--gpu_inference must be true or false, not '$gpu_inference'" ;; esac
 case "$verbose" in true|false) ;; *) die "--verbose must be true or false, not '$verbose'" ;; esac
+case "$reports" in true|false) ;; *) die "--reports must be true or false, not '$reports'" ;; esac
 case "$feats_type" in fbank|fbank_pitch|raw) ;; *) die "--feats_type must be fbank_pitch, fbank or raw, not '$feats_type'" ;; esac
 [ "$verbose" = true ] && export HDMOLE_VERBOSE=1
 if [ -n "$whisper_dir" ]; then  # the source model on a pre-trained, frozen Whisper encoder
@@ -328,7 +331,9 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
             case $s in *.stale-*) continue ;; esac
             if [ -f "$exp_dir/$s/params.json" ] && [ -f "$exp_dir/$s/decode_union/.done" ]; then echo "$s"; fi
         done | paste -sd' ')
-    if [ -z "$results_systems" ]; then
+    if [ "$reports" = false ]; then
+        log "no RESULTS.md (--reports false): the scores are in $exp_dir/<system>/decode_<set>/score_cer"
+    elif [ -z "$results_systems" ]; then
         log "no RESULTS.md: no decoded system of $exp_dir has its params.json (written when stage 4 or 5 trains it)"
     else
         run_logged "$decode_cmd" "$exp_dir/logs/stage6_results.log" $python local/make_results.py \

@@ -4,14 +4,20 @@ YAML key, e.g. the dev ladder of conf/tune_dev.yaml.
 
 A setting is a fine-tuning YAML plus overrides (``set``: keys merged into it, dicts key by key) at
 one or more learning rates and one seed. For every setting and rate this writes
-<out_dir>/conf/finetune_<setting>_lr<rate>.yaml and runs stage 5 of hdmole.sh on it into
-<out_dir>/<setting>_lr<rate> (one hdmole.sh call per seed; its systems run --sys_jobs at a time),
-all from the same source model, with the same data, epochs and selection rule as the recipe.
-Then it reads each run's best valid token accuracy from its train.log and writes
-<out_dir>/RESULTS.md: one row per setting, one column per rate, the best of each setting in bold,
-its difference from the reference setting (the first one), and for each fine-tuning YAML the
-setting and rate that did best on dev. Finished runs are skipped (hdmole.sh's done markers), so
-an interrupted sweep resumes.
+<out_dir>/conf/finetune_<setting>_lr<rate>.yaml and runs stage 5 of the recipe on it into
+<out_dir>/<setting>_lr<rate> (one run.sh call per seed; its systems run --sys_jobs at a time),
+all from the same source model, with the same data, epochs and selection rule as the recipe
+(run.sh, so with its decoding options too). Each run is judged by its --criterion on dev:
+  cer  (default) its dev CER in %: the run decodes dev and is scored as stage 6 decodes and
+       scores the test sets (run.sh --stop_stage 6 --test_sets dev --reports false: beam search
+       with the n-gram LM fused, the checkpoint stage 6 decodes), the metric the tables report;
+  acc  its best valid token accuracy in % from its train.log (ESPnet's valid.acc, teacher forced:
+       cheaper, no decoding, but on the demo it ranked LoRA above the mixtures with a global
+       router while their dev CERs, as their test CERs, ranked them below).
+Then it writes <out_dir>/RESULTS.md: one row per setting, one column per rate, the best of each
+setting in bold, its difference from the reference setting (the first one), and for each
+fine-tuning YAML the setting and rate that did best on dev. Finished runs and decodings are
+skipped (hdmole.sh's done markers), so an interrupted sweep resumes.
 
     local/tune_dev.py --ladder conf/tune_dev.yaml [--out_dir exp/tune_dev] [--exp_dir exp] \\
         [--recipe_args "--data_dir data --dump_dir dump"]
@@ -26,6 +32,7 @@ is (the run whose settings and rate equal it) by more than that margin.
 """
 import argparse
 import copy
+import json
 import re
 import shlex
 import subprocess
@@ -37,6 +44,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import code_record  # noqa: E402
 
+CRITERIA = ("cer", "acc")
 RESULTS = re.compile(r"(\d+)epoch results: .*\[valid\](.*)$")
 FIELD = re.compile(r"\b(\w+)=([0-9.eE+-]+)")
 SETTING_KEYS = {"name", "config", "about", "set", "lrs", "seed", "control", "noise_of"}
@@ -143,19 +151,48 @@ def fmt_set(overrides: dict, prefix: str = "") -> str:
     return ", ".join(p for p in parts if p)
 
 
-def report(out_dir: Path, settings: list) -> str:
+def dev_cer(run_dir: Path):
+    """The run's dev CER in % (stage 6's scoring of its decoding of dev), or None."""
+    path = run_dir / "decode_dev" / "score_cer" / "result.json"
+    if not path.is_file():
+        return None
+    return 100.0 * float(json.loads(path.read_text(encoding="utf-8"))["cer"])
+
+
+def run_result(run_dir: Path, criterion: str):
+    """{"value": the run's figure in % by ``criterion``, "epoch": the epoch of its best valid
+    accuracy, "fields": that epoch's valid fields}, or None while the figure is missing."""
+    acc = best_valid(run_dir / "train.log")
+    if acc is None:
+        return None
+    value = 100.0 * acc[0] if criterion == "acc" else dev_cer(run_dir)
+    return None if value is None else {"value": value, "epoch": acc[1], "fields": acc[2]}
+
+
+def gain(criterion: str, a: float, b: float) -> float:
+    """How much better figure a is than b, in points (CER: lower is better)."""
+    return a - b if criterion == "acc" else b - a
+
+
+def report(out_dir: Path, settings: list, criterion: str = "cer") -> str:
     lrs = sorted({lr for s in settings for lr in s["lrs"]}, key=float)
-    res = {(s["name"], lr): best_valid(out_dir / run_name(s, lr) / "train.log") for s in settings for lr in s["lrs"]}
+    res = {(s["name"], lr): run_result(out_dir / run_name(s, lr), criterion) for s in settings for lr in s["lrs"]}
+    rank = (lambda r: r["value"]) if criterion == "acc" else (lambda r: -r["value"])
+    fig = (lambda v: f"{v:.2f}%") if criterion == "acc" else (lambda v: f"CER {v:.2f}%")
     best = {}
     for s in settings:
         done = [(res[s["name"], lr], lr) for lr in s["lrs"] if res[s["name"], lr] is not None]
-        best[s["name"]] = max(done, key=lambda d: d[0][0]) if done else None
+        best[s["name"]] = max(done, key=lambda d: rank(d[0])) if done else None
     ref = settings[0]["name"]
+    what = ("Best valid token accuracy in % (its epoch) of each fine-tuning run on dev" if criterion == "acc" else
+            "Dev CER in % of each fine-tuning run (dev decoded and scored as stage 6 decodes and scores the "
+            "test sets; the checkpoint stage 6 decodes, chosen by valid token accuracy, whose best epoch is in "
+            "brackets)")
     lines = ["# Settings chosen on dev", "",
-             "Best valid token accuracy in % (its epoch) of each fine-tuning run on dev; the best rate of "
-             f"each setting in bold; Δ = that best against `{ref}`'s best, in points; active = mean active "
-             "experts on dev at that epoch (- for a plain LoRA). Same source model, data, epochs and "
-             "selection rule for every run.", "",
+             f"{what}; the best rate of each setting in bold; Δ = that best against `{ref}`'s best, in points"
+             + ("" if criterion == "acc" else " (negative: a lower CER)")
+             + "; active = mean active experts on dev at the best epoch (- for a plain LoRA). Same source model, "
+             "data, epochs and selection rule for every run.", "",
              "| setting | what it is | " + " | ".join(f"lr {lr}" for lr in lrs) + " | Δ | active |",
              "|---|---|" + "---:|" * len(lrs) + "---:|---:|"]
     for s in settings:
@@ -163,40 +200,40 @@ def report(out_dir: Path, settings: list) -> str:
         cells = []
         for lr in lrs:
             r = res.get((s["name"], lr))
-            cell = "" if lr not in s["lrs"] else "-" if r is None else f"{100 * r[0]:.2f} ({r[1]})"
+            cell = "" if lr not in s["lrs"] else "-" if r is None else f"{r['value']:.2f} ({r['epoch']})"
             cells.append(f"**{cell}**" if b is not None and lr == b[1] and r is not None else cell)
-        delta = "-" if b is None or best[ref] is None else f"{100 * (b[0][0] - best[ref][0][0]):+.2f}"
-        active = "-" if b is None or "hdmole_active" not in b[0][2] else f"{b[0][2]['hdmole_active']:.2f}"
+        delta = "-" if b is None or best[ref] is None else f"{b[0]['value'] - best[ref][0]['value']:+.2f}"
+        active = "-" if b is None or "hdmole_active" not in b[0]["fields"] else f"{b[0]['fields']['hdmole_active']:.2f}"
         seed = f", seed {s['seed']}" if s["seed"] else ""
         lines.append(f"| {s['name']}{seed} | {s['about']} | " + " | ".join(cells) + f" | {delta} | {active} |")
     lines += ["", "Each setting is its YAML plus these keys:", ""]
     lines += [f"- `{s['name']}`: `{s['config']}`" + (f" + {fmt_set(s['set'])}" if s["set"] else "") for s in settings]
-    gaps = [abs(best[s["name"]][0][0] - best[s["noise_of"]][0][0]) for s in settings
+    gaps = [abs(best[s["name"]][0]["value"] - best[s["noise_of"]][0]["value"]) for s in settings
             if s["noise_of"] and best[s["name"]] and best[s["noise_of"]]]
     margin = max(gaps, default=0.0)
-    lines += ["", f"Noise margin: {100 * margin:.2f} points, the largest gap between a setting and its noise "
+    lines += ["", f"Noise margin: {margin:.2f} points, the largest gap between a setting and its noise "
               "control (`noise_of`)" if gaps else "Noise margin: none measured (no `noise_of` pair has finished)",
               "", "Chosen per fine-tuning YAML (over its settings and rates, controls and other seeds left out): "
               "its best on dev where that beats the YAML as it is by more than the noise margin, else the YAML "
               "as it is:", ""]
     for cfg in dict.fromkeys(s["config"] for s in settings):
-        runs = [(res[s["name"], lr][0], lr, s) for s in settings for lr in s["lrs"]
+        runs = [(res[s["name"], lr]["value"], lr, s) for s in settings for lr in s["lrs"]
                 if s["config"] == cfg and s["seed"] == 0 and not s["control"] and res[s["name"], lr]]
         if not runs:
             continue
-        acc, lr, s = max(runs, key=lambda r: r[0])
-        what = f"`{s['name']}` at lr {lr} ({100 * acc:.2f}%: {fmt_set(dict(s['set'], optim_conf={'lr': float(lr)}))})"
+        val, lr, s = max(runs, key=lambda r: r[0] if criterion == "acc" else -r[0])
+        what = f"`{s['name']}` at lr {lr} ({fig(val)}: {fmt_set(dict(s['set'], optim_conf={'lr': float(lr)}))})"
         now = next((r for r in runs if is_current(r[2], r[1])), None)
         if now is None:
             lines.append(f"- `{cfg}`: {what}; the YAML as it is was not run")
-        elif acc - now[0] > margin:
-            lines.append(f"- `{cfg}`: **change** to {what}: {100 * (acc - now[0]):+.2f} over the YAML as it is "
-                         f"(`{now[2]['name']}` at lr {now[1]}, {100 * now[0]:.2f}%)")
+        elif gain(criterion, val, now[0]) > margin:
+            lines.append(f"- `{cfg}`: **change** to {what}: {gain(criterion, val, now[0]):+.2f} better than the YAML "
+                         f"as it is (`{now[2]['name']}` at lr {now[1]}, {fig(now[0])})")
         elif (s["name"], lr) == (now[2]["name"], now[1]):
-            lines.append(f"- `{cfg}`: **keep** the YAML as it is (`{now[2]['name']}` at lr {now[1]}, {100 * now[0]:.2f}%): "
+            lines.append(f"- `{cfg}`: **keep** the YAML as it is (`{now[2]['name']}` at lr {now[1]}, {fig(now[0])}): "
                          "the best on dev")
         else:
-            lines.append(f"- `{cfg}`: **keep** the YAML as it is (`{now[2]['name']}` at lr {now[1]}, {100 * now[0]:.2f}%); "
+            lines.append(f"- `{cfg}`: **keep** the YAML as it is (`{now[2]['name']}` at lr {now[1]}, {fig(now[0])}); "
                          f"the best, {what}, is within the noise")
     runs = [out_dir / run_name(s, lr) for s in settings for lr in s["lrs"]]
     lines += [""] + code_record.markdown(code_record.collect([r for r in runs if r.is_dir()]), root=out_dir)
@@ -214,7 +251,11 @@ def main(argv=None) -> int:
     p.add_argument("--llm_dir", default=None, help="the LLM (default: <exp_dir>/llm)")
     p.add_argument("--aid_model", default=None,
                    help="accent-ID head (default: <exp_dir>/accent_id/valid.acc_aid.ave.pth, if it exists)")
-    p.add_argument("--recipe_args", default="", help="more hdmole.sh options, e.g. \"--data_dir D --dump_dir U\"")
+    p.add_argument("--ngram_lm", default=None,
+                   help="the n-gram LM the dev decodings fuse, as stage 6 (default: <exp_dir>/ngram/lm.arpa, if it exists)")
+    p.add_argument("--criterion", choices=CRITERIA, default="cer",
+                   help="what a run is judged by on dev (see above): cer (decodes dev) or acc")
+    p.add_argument("--recipe_args", default="", help="more run.sh / hdmole.sh options, e.g. \"--data_dir D --dump_dir U\"")
     p.add_argument("--report_only", action="store_true", help="only (re)write RESULTS.md")
     a = p.parse_args(argv)
     if bool(a.ladder) == bool(a.configs):
@@ -238,25 +279,30 @@ def main(argv=None) -> int:
         model = Path(a.pretrained_model or exp_dir / "source" / "valid.acc.ave.pth")
         llm = Path(a.llm_dir or exp_dir / "llm")
         aid = Path(a.aid_model or exp_dir / "accent_id" / "valid.acc_aid.ave.pth")
+        ngram = Path(a.ngram_lm or exp_dir / "ngram" / "lm.arpa")
+        if a.ngram_lm and not ngram.is_file():
+            p.error(f"--ngram_lm {ngram} does not exist")
         for path, what in ((model, "source model (--pretrained_model)"), (llm, "LLM dir (--llm_dir)")):
             if not path.exists():
                 p.error(f"the {what} {path} does not exist: run stages 1-4 first")
         for seed in sorted({s["seed"] for s in settings}):
             configs = [str(write_config(s, lr, out_dir / "conf")) for s in settings if s["seed"] == seed for lr in s["lrs"]]
-            cmd = ["./hdmole.sh", "--stage", "5", "--stop_stage", "5", "--pretrained_model", str(model),
-                   "--llm_dir", str(llm), "--exp_dir", str(out_dir), "--seed", str(seed),
-                   "--train_configs", " ".join(configs)]
+            cmd = ["./run.sh", "--stage", "5", "--stop_stage", "5" if a.criterion == "acc" else "6",
+                   "--pretrained_model", str(model), "--llm_dir", str(llm), "--exp_dir", str(out_dir),
+                   "--seed", str(seed), "--train_configs", " ".join(configs)]
+            if a.criterion == "cer":  # stage 6 on dev only: each run decoded and scored, no tables
+                cmd += ["--test_sets", "dev", "--reports", "false"] + (["--ngram_lm", str(ngram)] if ngram.is_file() else [])
             if aid.is_file():
                 cmd += ["--aid_model", str(aid)]
             cmd += shlex.split(a.recipe_args)
             print(f"[tune_dev] seed {seed}, {len(configs)} runs: {shlex.join(cmd)}", flush=True)
             rc = subprocess.call(cmd)
             if rc != 0:
-                print(f"[tune_dev] stage 5 failed (exit {rc}); see {out_dir}/<setting>_lr<rate>/train.log",
-                      file=sys.stderr)
+                print(f"[tune_dev] the recipe failed (exit {rc}); see {out_dir}/<setting>_lr<rate>/train.log"
+                      f" and {out_dir}/logs", file=sys.stderr)
                 return rc
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = report(out_dir, settings)
+    text = report(out_dir, settings, a.criterion)
     (out_dir / "RESULTS.md").write_text(text, encoding="utf-8")
     print(text, end="")
     return 0
