@@ -27,7 +27,7 @@ A ladder YAML: ``lrs`` (the default rates), ``settings``: a list of {name, confi
 seed, control, noise_of}; ``name`` and ``config`` are required; a ``control: true`` setting (e.g. one
 that must equal another) is reported but never chosen as a YAML's best; ``noise_of: OTHER`` marks a
 setting that differs from OTHER only by chance (another seed, an equivalent form): the largest such
-gap is the noise margin. A YAML's default changes only when its best setting beats the YAML as it
+gap, at a rate both ran, is the noise margin. A YAML's default changes only when its best setting beats the YAML as it
 is (the run whose settings and rate equal it) by more than that margin.
 """
 import argparse
@@ -208,11 +208,13 @@ def report(out_dir: Path, settings: list, criterion: str = "cer") -> str:
         lines.append(f"| {s['name']}{seed} | {s['about']} | " + " | ".join(cells) + f" | {delta} | {active} |")
     lines += ["", "Each setting is its YAML plus these keys:", ""]
     lines += [f"- `{s['name']}`: `{s['config']}`" + (f" + {fmt_set(s['set'])}" if s["set"] else "") for s in settings]
-    gaps = [abs(best[s["name"]][0]["value"] - best[s["noise_of"]][0]["value"]) for s in settings
-            if s["noise_of"] and best[s["name"]] and best[s["noise_of"]]]
+    # a noise pair is compared at the rates both ran (a control often runs at one rate only)
+    gaps = [abs(res[s["name"], lr]["value"] - res[s["noise_of"], lr]["value"]) for s in settings if s["noise_of"]
+            for lr in s["lrs"] if res.get((s["noise_of"], lr)) and res[s["name"], lr]]
     margin = max(gaps, default=0.0)
     lines += ["", f"Noise margin: {margin:.2f} points, the largest gap between a setting and its noise "
-              "control (`noise_of`)" if gaps else "Noise margin: none measured (no `noise_of` pair has finished)",
+              "control (`noise_of`) at the same rate" if gaps
+              else "Noise margin: none measured (no `noise_of` pair has finished at a common rate)",
               "", "Chosen per fine-tuning YAML (over its settings and rates, controls and other seeds left out): "
               "its best on dev where that beats the YAML as it is by more than the noise margin, else the YAML "
               "as it is:", ""]
