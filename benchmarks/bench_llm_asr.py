@@ -195,15 +195,16 @@ def table(head, rows):
 
 def median_rows(runs):
     """One row per system from --repeats runs (a list of {system: result}): the median of every
-    timing (``*_s``) and RTF; ``step_s_runs`` keeps each run's step time, ``rtf_beamK_passes``
-    each run's timed decoding passes."""
+    timing (``*_s``) and RTF; ``<key>_runs`` keeps each run's figure of it (``step_s_runs``,
+    ``rtf_beamK_runs``, ...), ``rtf_beamK_passes`` each run's timed decoding passes."""
     rows = []
     for name in runs[0]:
         got = [run[name] for run in runs]
-        row = dict(got[0], repeats=len(got), step_s_runs=[g.get("step_s") for g in got])
+        row = dict(got[0], repeats=len(got))
         for k, v in got[0].items():
             if isinstance(v, float) and (k.endswith("_s") or k.startswith("rtf_")):
-                row[k] = statistics.median(g[k] for g in got)
+                row[k + "_runs"] = [g[k] for g in got]
+                row[k] = statistics.median(row[k + "_runs"])
             elif k.endswith("_passes"):
                 row[k] = [g[k] for g in got]
         rows.append(row)
@@ -245,12 +246,9 @@ def main_systems(a, cfg):
 
 
 def paired_ratios(row, other, key):
-    """row's timing ``key`` over other's, run by run (the systems of a run are timed in turn, so
-    the two figures of a run saw the same state of the machine): a step time from ``step_s_runs``,
-    an RTF as the median of each run's passes."""
-    def runs(r):
-        return r["step_s_runs"] if key == "step_s" else [statistics.median(p) for p in r[f"{key}_passes"]]
-    return [x / y for x, y in zip(runs(row), runs(other))]
+    """row's timing ``key`` over other's, run by run (``<key>_runs``; the systems of a run are
+    timed in turn, so the two figures of a run saw the same state of the machine)."""
+    return [x / y for x, y in zip(row[f"{key}_runs"], other[f"{key}_runs"])]
 
 
 def main_sweep(a, cfg):

@@ -285,10 +285,10 @@ def test_settings_are_tuned_on_dev_in_their_own_dir_with_the_accent_head_of_step
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "--aid_model" in p.stdout and (tune / "hdmole_lr0.004" / "valid.acc.best.pth").is_file()
     run = tune / "hdmole_lr0.004"
-    cer = json.loads((run / "decode_dev" / "score_cer" / "result.json").read_text())["cer"]
-    assert json.loads((run / "decode_dev" / "score_cer" / "result.json").read_text())["utterances"] == len(
-        (tmp / "dump" / "fbank_pitch" / "dev" / "text").read_text().splitlines())
-    log = (tune / "hdmole_lr0.004" / "decode_union" / "decode.log").read_text()
+    score = json.loads((run / "decode_dev" / "score_cer" / "result.json").read_text())
+    cer = score["cer"]
+    assert score["utterances"] == len((tmp / "dump" / "fbank_pitch" / "dev" / "text").read_text().splitlines())
+    log = (run / "decode_union" / "decode.log").read_text()
     assert f"--ngram_file {tmp / 'exp' / 'ngram' / 'lm.arpa'}" in log and "--batch_size 64" in log  # as run.sh decodes
     row = next(line for line in (tune / "RESULTS.md").read_text().splitlines() if line.startswith("| hdmole |"))
     assert f"**{100 * cer:.2f} (" in row, row
