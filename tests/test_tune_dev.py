@@ -196,3 +196,19 @@ def test_every_shipped_yaml_of_a_ladder_is_one_of_its_runs_as_it_is(monkeypatch,
         runs = [(s["name"], lr) for s in settings if s["config"] == config and not s["control"] and s["seed"] == 0
                 for lr in s["lrs"] if tune_dev.is_current(s, lr)]
         assert runs, f"{ladder_path}: no run is {config} as it is"
+
+
+def test_every_fine_tuning_system_of_the_recipe_is_tuned_by_a_shipped_ladder(monkeypatch):
+    # a baseline of the claims (e.g. full fine-tuning) left at an untuned rate would compare a
+    # tuned mixture with an untuned system: every stage-5 YAML is a chosen (non-control) setting
+    # of one of the ladders, at more than one rate
+    monkeypatch.chdir(RECIPE)
+    tuned = {}
+    for ladder in ("conf/tune_dev.yaml", "conf/tune_dev_proj.yaml"):
+        for s in tune_dev.load_ladder(Path(ladder)):
+            if not s["control"] and s["seed"] == 0:
+                tuned.setdefault(Path(s["config"]).name, set()).update(s["lrs"])
+    systems = sorted(p.name for p in Path("conf/tuning").glob("finetune_*.yaml"))
+    assert "finetune_full.yaml" in systems and "finetune_hdmole.yaml" in systems
+    for name in systems:
+        assert len(tuned.get(name, ())) > 1, f"{name}: no shipped ladder tunes its rate on dev"
