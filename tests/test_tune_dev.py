@@ -10,6 +10,8 @@ RECIPE = Path(__file__).resolve().parents[1] / "egs2" / "kespeech_hdmole" / "asr
 sys.path.insert(0, str(RECIPE / "local"))
 import tune_dev  # noqa: E402
 
+SHIPPED_LADDERS = ("conf/tune_dev.yaml", "conf/tune_dev_proj.yaml")
+
 
 def epoch_log(path: Path, accs, active=None):
     path.mkdir(parents=True)
@@ -180,7 +182,7 @@ def test_the_shipped_ladder_loads_and_names_existing_configs(monkeypatch):
     assert uniform["set"]["adapter_conf"] == {"output_scale": "lora", "router_init_std": 0.0} and uniform["control"]
 
 
-@pytest.mark.parametrize("ladder_path", ["conf/tune_dev.yaml", "conf/tune_dev_proj.yaml"])
+@pytest.mark.parametrize("ladder_path", SHIPPED_LADDERS)
 def test_every_shipped_yaml_of_a_ladder_is_one_of_its_runs_as_it_is(monkeypatch, ladder_path):
     # a YAML whose own default a rung leaves unset would give that rung another meaning (e.g. the
     # 'threshold' rung inheriting finetune_hdmole_nohier.yaml's slow routers), and one that no run
@@ -204,7 +206,7 @@ def test_every_fine_tuning_system_of_the_recipe_is_tuned_by_a_shipped_ladder(mon
     # of one of the ladders, at more than one rate
     monkeypatch.chdir(RECIPE)
     tuned = {}
-    for ladder in ("conf/tune_dev.yaml", "conf/tune_dev_proj.yaml"):
+    for ladder in SHIPPED_LADDERS:
         for s in tune_dev.load_ladder(Path(ladder)):
             if not s["control"] and s["seed"] == 0:
                 tuned.setdefault(Path(s["config"]).name, set()).update(s["lrs"])
