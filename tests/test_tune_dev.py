@@ -100,7 +100,7 @@ settings:
     epoch_log(tmp_path / "mix_c_lr0.002", [0.90])  # a control: reported, never chosen
     epoch_log(tmp_path / "other_lr0.002", [0.50])
     epoch_log(tmp_path / "other_x_lr0.002", [0.505])
-    epoch_log(tmp_path / "lora_s1_lr0.002", [0.59])  # seed 1: the noise margin is |59 - 58| = 1 point (at 0.002)
+    epoch_log(tmp_path / "lora_s1_lr0.002", [0.585])  # seed 1: one gap |58.5 - 58| at 0.002, margin 2 x 0.5
     text = tune_dev.report(tmp_path, settings, "acc")
     rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
             for r in text.splitlines() if r.startswith("| ") and "lr 0.001" not in r}
@@ -108,7 +108,7 @@ settings:
     assert rows["mix_a"] == ["a mixture", "", "**62.00 (2)**", "", "+2.00", "3.25"]
     assert f"- `mix_a`: `{tmp_path}/mix.yaml` + adapter_conf.output_scale: lora" in text
     assert rows["mix_b"] == ["", "", "**40.00 (1)**", "-", "-20.00", "-"]
-    assert rows["lora_s1, seed 1"][2] == "**59.00 (1)**" and rows["mix_c"][2] == "**90.00 (1)**"
+    assert rows["lora_s1, seed 1"][2] == "**58.50 (1)**" and rows["mix_c"][2] == "**90.00 (1)**"
     assert "Noise margin: 1.00 points" in text
     # beyond the noise: change; within it: keep the YAML as it is
     assert (f"- `{tmp_path}/lora.yaml`: **change** to `lora` at lr 0.001 (60.00%: optim_conf.lr: 0.001): +2.00 "
@@ -149,7 +149,7 @@ settings:
     decoded(tmp_path / "mix_lr0.002", 0.28)
     decoded(tmp_path / "mix_lr0.004", 0.285, accs=(0.70,))
     decoded(tmp_path / "mix_x_lr0.002", 0.25)
-    decoded(tmp_path / "lora_s1_lr0.002", 0.31)  # seed 1: the noise margin is |31 - 30| = 1 point
+    decoded(tmp_path / "lora_s1_lr0.002", 0.305)  # seed 1: one gap |30.5 - 30| = 0.5, the margin 2 x 0.5
     epoch_log(tmp_path / "other_lr0.002", [0.9])  # trained, not decoded: no figure
     text = tune_dev.report(tmp_path, settings, "cer")
     rows = {r.split("|")[1].strip(): [c.strip() for c in r.split("|")[2:-1]]
@@ -165,11 +165,35 @@ settings:
     (tmp_path / "mix_x_lr0.002" / "decode_dev" / "score_cer" / "result.json").write_text(json.dumps({"cer": 0.275}))
     assert "the best, `mix_x` at lr 0.002 (CER 27.50%: max_epoch: 4, optim_conf.lr: 0.002), is within the noise" in \
         tune_dev.report(tmp_path, settings, "cer")
-    # the noise pair is compared at the rate both ran, not best against best (|29.5 - 31| would be 1.5)
+    # the noise pair is compared at the rate both ran, not best against best (|29.5 - 30.5| would be 1)
     (tmp_path / "lora_lr0.001" / "decode_dev" / "score_cer" / "result.json").write_text(json.dumps({"cer": 0.295}))
     assert "Noise margin: 1.00 points" in tune_dev.report(tmp_path, settings, "cer")
     (tmp_path / "mix_lr0.002" / "decode_dev" / "score_cer" / "result.json").unlink()  # not decoded (yet)
     assert "| mix |  |  | - | **28.50 (1)** |" in tune_dev.report(tmp_path, settings, "cer")
+
+
+def test_the_noise_margin_is_twice_the_root_mean_square_of_every_pairs_gap(tmp_path):
+    assert tune_dev.noise_margin([]) == 0.0
+    assert tune_dev.noise_margin([0.1, 0.7]) == pytest.approx(1.0)  # 2 x sqrt((0.01 + 0.49) / 2)
+    for name in ("lora.yaml", "mix.yaml"):
+        (tmp_path / name).write_text("optim_conf: {lr: 0.002}\n")
+    settings = tune_dev.load_ladder(ladder(tmp_path, f"""
+lrs: [0.002]
+settings:
+  - {{name: lora, config: {tmp_path}/lora.yaml}}
+  - {{name: mix, config: {tmp_path}/mix.yaml}}
+  - {{name: mix_x, config: {tmp_path}/mix.yaml, set: {{max_epoch: 4}}}}
+  - {{name: lora_s1, config: {tmp_path}/lora.yaml, seed: 1, control: true, noise_of: lora}}
+  - {{name: mix_s1, config: {tmp_path}/mix.yaml, seed: 1, control: true, noise_of: mix}}
+"""))
+    decoded(tmp_path / "lora_lr0.002", 0.300)
+    decoded(tmp_path / "lora_s1_lr0.002", 0.301)
+    decoded(tmp_path / "mix_lr0.002", 0.280)
+    decoded(tmp_path / "mix_s1_lr0.002", 0.273)
+    decoded(tmp_path / "mix_x_lr0.002", 0.271)  # 0.9 better than mix: beyond the larger gap (0.7), within the margin
+    text = tune_dev.report(tmp_path, settings, "cer")
+    assert "Noise margin: 1.00 points, twice the root mean square" in text and "(2 gap(s): 0.10, 0.70)" in text
+    assert "the best, `mix_x` at lr 0.002 (CER 27.10%: max_epoch: 4, optim_conf.lr: 0.002), is within the noise" in text
 
 
 def test_the_shipped_ladder_loads_and_names_existing_configs(monkeypatch):

@@ -26,9 +26,11 @@ skipped (hdmole.sh's done markers), so an interrupted sweep resumes.
 A ladder YAML: ``lrs`` (the default rates), ``settings``: a list of {name, config, about, set, lrs,
 seed, control, noise_of}; ``name`` and ``config`` are required; a ``control: true`` setting (e.g. one
 that must equal another) is reported but never chosen as a YAML's best; ``noise_of: OTHER`` marks a
-setting that differs from OTHER only by chance (another seed, an equivalent form): the largest such
-gap, at a rate both ran, is the noise margin. A YAML's default changes only when its best setting beats the YAML as it
-is (the run whose settings and rate equal it) by more than that margin.
+setting that differs from OTHER only by chance (another seed, an equivalent form). Each such pair's
+gap, at a rate both ran, is one draw of the difference between two runs that differ by chance; the
+noise margin is twice their root mean square (about a 95% band for such a difference, and steadier
+than the largest gap of a single pair). A YAML's default changes only when its best setting beats
+the YAML as it is (the run whose settings and rate equal it) by more than that margin.
 """
 import argparse
 import copy
@@ -169,20 +171,29 @@ def run_result(run_dir: Path, criterion: str):
     return None if value is None else {"value": value, "epoch": acc[1], "fields": acc[2]}
 
 
+def merit(criterion: str, value: float) -> float:
+    """A figure on a scale where higher is better: accuracy as it is, CER negated."""
+    return value if criterion == "acc" else -value
+
+
 def gain(criterion: str, a: float, b: float) -> float:
-    """How much better figure a is than b, in points (CER: lower is better)."""
-    return a - b if criterion == "acc" else b - a
+    """How much better figure a is than b, in points."""
+    return merit(criterion, a) - merit(criterion, b)
+
+
+def noise_margin(gaps: list) -> float:
+    """Twice the root mean square of the noise pairs' gaps (0 when there is none)."""
+    return 2.0 * (sum(g * g for g in gaps) / len(gaps)) ** 0.5 if gaps else 0.0
 
 
 def report(out_dir: Path, settings: list, criterion: str = "cer") -> str:
     lrs = sorted({lr for s in settings for lr in s["lrs"]}, key=float)
     res = {(s["name"], lr): run_result(out_dir / run_name(s, lr), criterion) for s in settings for lr in s["lrs"]}
-    rank = (lambda r: r["value"]) if criterion == "acc" else (lambda r: -r["value"])
     fig = (lambda v: f"{v:.2f}%") if criterion == "acc" else (lambda v: f"CER {v:.2f}%")
     best = {}
     for s in settings:
         done = [(res[s["name"], lr], lr) for lr in s["lrs"] if res[s["name"], lr] is not None]
-        best[s["name"]] = max(done, key=lambda d: rank(d[0])) if done else None
+        best[s["name"]] = max(done, key=lambda d: merit(criterion, d[0]["value"])) if done else None
     ref = settings[0]["name"]
     what = ("Best valid token accuracy in % (its epoch) of each fine-tuning run on dev" if criterion == "acc" else
             "Dev CER in % of each fine-tuning run (dev decoded and scored as stage 6 decodes and scores the "
@@ -211,9 +222,10 @@ def report(out_dir: Path, settings: list, criterion: str = "cer") -> str:
     # a noise pair is compared at the rates both ran (a control often runs at one rate only)
     gaps = [abs(res[s["name"], lr]["value"] - res[s["noise_of"], lr]["value"]) for s in settings if s["noise_of"]
             for lr in s["lrs"] if res.get((s["noise_of"], lr)) and res[s["name"], lr]]
-    margin = max(gaps, default=0.0)
-    lines += ["", f"Noise margin: {margin:.2f} points, the largest gap between a setting and its noise "
-              "control (`noise_of`) at the same rate" if gaps
+    margin = noise_margin(gaps)
+    lines += ["", f"Noise margin: {margin:.2f} points, twice the root mean square of the gaps between a setting "
+              f"and its noise control (`noise_of`) at the same rate ({len(gaps)} gap(s): "
+              + ", ".join(f"{g:.2f}" for g in gaps) + ")" if gaps
               else "Noise margin: none measured (no `noise_of` pair has finished at a common rate)",
               "", "Chosen per fine-tuning YAML (over its settings and rates, controls and other seeds left out): "
               "its best on dev where that beats the YAML as it is by more than the noise margin, else the YAML "
@@ -223,7 +235,7 @@ def report(out_dir: Path, settings: list, criterion: str = "cer") -> str:
                 if s["config"] == cfg and s["seed"] == 0 and not s["control"] and res[s["name"], lr]]
         if not runs:
             continue
-        val, lr, s = max(runs, key=lambda r: r[0] if criterion == "acc" else -r[0])
+        val, lr, s = max(runs, key=lambda r: merit(criterion, r[0]))
         what = f"`{s['name']}` at lr {lr} ({fig(val)}: {fmt_set(dict(s['set'], optim_conf={'lr': float(lr)}))})"
         now = next((r for r in runs if is_current(r[2], r[1])), None)
         if now is None:
