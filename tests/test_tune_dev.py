@@ -207,6 +207,21 @@ def test_the_shipped_ladder_loads_and_names_existing_configs(monkeypatch):
 
 
 @pytest.mark.parametrize("ladder_path", SHIPPED_LADDERS)
+def test_every_seed_noise_control_of_a_shipped_ladder_is_its_setting_run_again(monkeypatch, ladder_path):
+    # a second seed measures chance only if it is the same YAML and overrides at a rate its setting
+    # ran: a copy left behind when its setting's overrides change would add a real difference to
+    # the noise margin
+    monkeypatch.chdir(RECIPE)
+    settings = {s["name"]: s for s in tune_dev.load_ladder(Path(ladder_path))}
+    seeded = [s for s in settings.values() if s["noise_of"] and s["seed"] != settings[s["noise_of"]]["seed"]]
+    assert len(seeded) >= 3, f"{ladder_path}: fewer than 3 seed pairs measure the noise"
+    for s in seeded:
+        other = settings[s["noise_of"]]
+        assert (s["config"], s["set"]) == (other["config"], other["set"]), f"{s['name']} is not {other['name']} again"
+        assert set(s["lrs"]) <= set(other["lrs"]), f"{s['name']} runs at a rate {other['name']} does not"
+
+
+@pytest.mark.parametrize("ladder_path", SHIPPED_LADDERS)
 def test_every_shipped_yaml_of_a_ladder_is_one_of_its_runs_as_it_is(monkeypatch, ladder_path):
     # a YAML whose own default a rung leaves unset would give that rung another meaning (e.g. the
     # 'threshold' rung inheriting finetune_hdmole_nohier.yaml's slow routers), and one that no run
