@@ -53,6 +53,15 @@ The target lines compare hdmole with lora (step time <= 1.2x, 1.1x at the wide p
 RTF <= 1.2x) and with full_ft (step time <= 1x). --repeats K runs every system K times, in turn,
 and reports the medians of the timings (the speed targets are judged on the median of 3 runs),
 and after each target line the ratio in each run (how far it moves from run to run).
+--interleave instead builds every system in one process and times them round by round, each
+system in turn (benchmarks/timed_system.py): a round is one decoding pass per beam, or one
+untimed and --block timed training steps. The target lines then give the median of the rounds'
+paired ratios with a 95% bootstrap interval over runs and rounds, and say "met" only where the
+whole interval lies within the target ("undecided" where the target lies inside it). Between
+separate processes the ratios move by +-0.2 on this kind of shared virtual machine; within one
+process the machine's drift reaches every system of a round alike. --repeats K runs K such
+processes; --steps is then the timed steps per system and run. The max RSS is not measured
+(one process holds every system).
 --json also has, per system: first_pass_step_s (median step of the untimed pass, encoder
 included), step_s_all, phases_all (each timed step's forward, backward and update),
 rtf_beamK_passes, tokens_per_utt_beamK, cached_utts, build_s and the adapter_conf used.
@@ -68,6 +77,7 @@ ratio = hdmole step / lora step, RTF greedy (hdmole) and lora RTF greedy.
 
     python benchmarks/bench_llm_asr.py --preset tiny --steps 3
     python benchmarks/bench_llm_asr.py --preset tiny --steps 2 --sweep
+    python benchmarks/bench_llm_asr.py --preset demo --steps 60 --interleave --repeats 3 --systems full_ft lora hdmole
     python benchmarks/bench_llm_asr.py --preset demo --steps 10 --systems full_ft lora hdmole mole_topk --json bench_demo.json
     python benchmarks/bench_llm_asr.py --preset demo --steps 10 --no_cache
     python benchmarks/bench_llm_asr.py --preset demo --steps 6 --sweep --json bench_sweep.json
@@ -79,86 +89,33 @@ import resource
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from llm_asr_systems import PRESETS, SYSTEM_YAML, build, make_batches, system_spec  # (beside this script)
+from llm_asr_systems import PRESETS, SYSTEM_YAML, system_spec  # (beside this script)
+from timed_system import PHASES, TimedSystem, interleaved_run, paired_ratio, summarise_steps, target_verdict
 
 SWEEP = [(1, 1), (3, 1), (9, 1), (9, 2), (9, 4)]  # (D, E)
-# a training step's phases, as timed: the model's forward (loss included); zero_grad and
-# backward; gradient clipping and the optimiser's update
-PHASES = ("forward_s", "backward_s", "update_s")
 
 
 def run_system(cfg, name, spec, q):
     torch.set_num_threads(cfg["threads"])
-    torch.manual_seed(0)
     try:
         with tempfile.TemporaryDirectory() as wd:
-            t0 = time.perf_counter()
-            model, rep, vocab = build(cfg, spec, wd)
-            res = {"system": name, "trainable": rep["trainable"], "share": rep["share"],
-                   "adapter_conf": spec.get("adapter_conf"), "build_s": time.perf_counter() - t0}
-            n_dom = len(spec["accent_list"])
-            # decoded before training: the adapters are at their initialisation (B = 0), so every
-            # system decodes the same tokens as the same base model
-            model.eval()
-            dec = make_batches(cfg, -(-cfg["decode_utts"] // cfg["decode_batch"]), cfg["decode_batch"], n_dom,
-                               vocab, seed=2, prefix="dec")
-            audio_s = sum(float(b["speech_lengths"].sum()) for _, b in dec) * 0.01
+            ts = TimedSystem(cfg, name, spec, wd)
+            res = dict(ts.info)
             for beam in cfg["beams"]:
-                b0 = dec[0][1]
-                model.recognize(b0["speech"][:2], b0["speech_lengths"][:2], beam_size=beam, max_new_tokens=2)
-                passes = []
-                for _ in range(cfg["decode_passes"]):  # the median pass: one hiccup of the machine moves nothing
-                    t0 = time.perf_counter()
-                    n_tok = 0
-                    for _, b in dec:
-                        hyps = model.recognize(b["speech"], b["speech_lengths"], beam_size=beam,
-                                               max_new_tokens=cfg["text_len"] + 1)
-                        n_tok += sum(len(h["token_ids"]) for h in hyps)
-                    passes.append((time.perf_counter() - t0) / audio_s)
-                res[f"rtf_beam{beam}"] = statistics.median(passes)
-                res[f"rtf_beam{beam}_passes"] = passes
-                res[f"tokens_per_utt_beam{beam}"] = n_tok / (len(dec) * cfg["decode_batch"])
+                ts.warm_decoding(beam)
+                # the median pass: one hiccup of the machine moves nothing
+                passes = [ts.decode_pass(beam) for _ in range(cfg["decode_passes"])]
+                res[f"rtf_beam{beam}"] = statistics.median(rtf for rtf, _ in passes)
+                res[f"rtf_beam{beam}_passes"] = [rtf for rtf, _ in passes]
+                res[f"tokens_per_utt_beam{beam}"] = passes[-1][1]
             if cfg["steps"] > 0:
-                from espnet2.tasks.abs_task import optim_classes
-
-                from espnet_hdmole.tasks.llm_asr import fused_on_cpu
-
-                pool = make_batches(cfg, cfg["pool"], cfg["batch"], n_dom, vocab, seed=1, prefix="tr")
-                params = [p for p in model.parameters() if p.requires_grad]
-                # the recipe's optimiser: its optim and optim_conf, with the task's fused update on the CPU
-                optim = spec.get("optim", "adam")
-                opt = optim_classes[optim](params, **fused_on_cpu(optim, spec.get("optim_conf"), params))
-                grad_clip = spec.get("grad_clip", 5.0)
-                model.train()
-
-                def step(ids, b):
-                    """The step's phases: (forward, zero_grad + backward, clipping + update)."""
-                    t0 = time.perf_counter()
-                    loss, _, _ = model(**b, **({} if cfg["no_cache"] else {"utt_id": ids}))
-                    t1 = time.perf_counter()
-                    opt.zero_grad()
-                    loss.backward()
-                    t2 = time.perf_counter()
-                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                    opt.step()
-                    return t1 - t0, t2 - t1, time.perf_counter() - t2
-
-                fill = [sum(step(ids, b)) for ids, b in pool]  # untimed pass: fills the encoder cache
-                res["first_pass_step_s"] = statistics.median(fill)
-                res["cached_utts"] = len(model._enc_cache)
-                phases = [step(*pool[i % len(pool)]) for i in range(cfg["steps"])]
-                times = [sum(ph) for ph in phases]
-                res["step_s"] = statistics.median(times)
-                res["step_s_all"] = times
-                for j, key in enumerate(PHASES):  # where a step's time goes (each phase's own median)
-                    res[key] = statistics.median(ph[j] for ph in phases)
-                res["phases_all"] = phases
-                del opt
+                res["first_pass_step_s"] = statistics.median(ts.start_training())
+                res["cached_utts"] = ts.info["cached_utts"]
+                summarise_steps(res, [ts.step() for _ in range(cfg["steps"])])
             res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         q.put(res)
     except BaseException as e:  # report instead of hanging the parent on q.get()
@@ -167,18 +124,37 @@ def run_system(cfg, name, spec, q):
         q.put({"system": name, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
 
 
+def run_interleaved(cfg, specs, q):
+    """The systems of ``specs`` interleaved in this process (timed_system.interleaved_run)."""
+    torch.set_num_threads(cfg["threads"])
+    try:
+        with tempfile.TemporaryDirectory() as wd:
+            res = interleaved_run(cfg, specs, wd, cfg["block"])
+        q.put(res)
+    except BaseException as e:
+        import traceback
+
+        q.put({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+
+
 def run_in_subprocess(cfg, name, spec):
+    res = _spawn(f"system {name}", run_system, cfg, name, spec)
+    print(f"  {name}: done ({', '.join(f'{k}={v:.3f}' for k, v in res.items() if k.endswith('_s') and isinstance(v, float))})",
+          file=sys.stderr, flush=True)
+    return res
+
+
+def _spawn(what, target, *args):
+    """target(*args, queue) in a spawned process (so that its max RSS is its own): its result."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=run_system, args=(cfg, name, spec, q))
+    p = ctx.Process(target=target, args=(*args, q))
     p.start()
     res = q.get()
     p.join()
     if "error" in res:
         print(res["traceback"], file=sys.stderr)
-        raise SystemExit(f"system {name} failed: {res['error']}")
-    print(f"  {name}: done ({', '.join(f'{k}={v:.3f}' for k, v in res.items() if k.endswith('_s') and isinstance(v, float))})",
-          file=sys.stderr, flush=True)
+        raise SystemExit(f"{what} failed: {res['error']}")
     return res
 
 
@@ -196,7 +172,8 @@ def table(head, rows):
 def median_rows(runs):
     """One row per system from --repeats runs (a list of {system: result}): the median of every
     timing (``*_s``) and RTF; ``<key>_runs`` keeps each run's figure of it (``step_s_runs``,
-    ``rtf_beamK_runs``, ...), ``rtf_beamK_passes`` each run's timed decoding passes."""
+    ``rtf_beamK_runs``, ...), ``rtf_beamK_passes`` each run's timed decoding passes (and
+    ``step_s_rounds`` each interleaved run's rounds)."""
     rows = []
     for name in runs[0]:
         got = [run[name] for run in runs]
@@ -205,16 +182,19 @@ def median_rows(runs):
             if isinstance(v, float) and (k.endswith("_s") or k.startswith("rtf_")):
                 row[k + "_runs"] = [g[k] for g in got]
                 row[k] = statistics.median(row[k + "_runs"])
-            elif k.endswith("_passes"):
+            elif k.endswith(("_passes", "_rounds")):
                 row[k] = [g[k] for g in got]
         rows.append(row)
     return rows
 
 
 def main_systems(a, cfg):
-    # the systems in turn, --repeats times over (so a drift of the machine's speed reaches them all)
-    rows = median_rows([{s: run_in_subprocess(cfg, s, system_spec(s)) for s in a.systems}
-                        for _ in range(a.repeats)])
+    if a.interleave:  # all systems in one process, round by round, --repeats processes over
+        specs = {s: system_spec(s) for s in a.systems}
+        runs = [_spawn("interleaved run", run_interleaved, cfg, specs) for _ in range(a.repeats)]
+    else:  # the systems in turn, --repeats times over (so a drift of the machine's speed reaches them all)
+        runs = [{s: run_in_subprocess(cfg, s, system_spec(s)) for s in a.systems} for _ in range(a.repeats)]
+    rows = median_rows(runs)
     beams = [f"rtf_beam{b}" for b in a.beams]
     head = ["system", "trainable", "% of full FT", "step (s)", "forward (s)", "backward (s)", "update (s)",
             "utts/s", "max RSS (MB)"] + ["RTF greedy" if b == 1 else f"RTF beam{b}" for b in a.beams]
@@ -223,14 +203,25 @@ def main_systems(a, cfg):
         step = r.get("step_s")
         cells.append([r["system"], f"{r['trainable']:,}", f"{r['share']:.2f}", fmt(step, ".3f")]
                      + [fmt(r.get(k), ".4f") for k in PHASES]
-                     + [fmt(cfg["batch"] / step if step else None, ".1f"), f"{r['max_rss_mb']:.0f}"]
+                     + [fmt(cfg["batch"] / step if step else None, ".1f"), fmt(r.get("max_rss_mb"), ".0f")]
                      + [fmt(r[b], ".4f") for b in beams])
     table(head, cells)
+    if a.interleave:
+        print("(interleaved: one process holds every system, so no system's own peak memory is measured)")
     by = {r["system"]: r for r in rows}
     of = f" (median of {a.repeats} runs)" if a.repeats > 1 else ""
     step_limit = 1.1 if a.preset == "wide" else 1.2  # the targets of the speed issue
 
     def ratio(what, other, key, target):
+        if a.interleave:  # the median of the rounds' paired ratios, with its interval
+            paired = "step_s_rounds" if key == "step_s" else f"{key}_passes"
+            pr = paired_ratio(by["hdmole"][paired], by[other][paired])
+            lo, hi = pr["ci"]
+            n_rounds = len(by["hdmole"][paired][0])
+            print(f"hdmole/{other} {what} (interleaved, {a.repeats} run(s) x {n_rounds} rounds): {pr['median']:.3f} "
+                  f"[95% CI {lo:.3f}, {hi:.3f}] (target <= {target}: {target_verdict(pr['ci'], target)}); run by run: "
+                  + ", ".join(f"{x:.3f}" for x in pr["runs"]))
+            return
         line = f"hdmole/{other} {what}{of}: {by['hdmole'][key] / by[other][key]:.2f} (target <= {target})"
         if a.repeats > 1:  # how far the ratio moves between runs
             line += "; run by run: " + ", ".join(f"{x:.2f}" for x in paired_ratios(by["hdmole"], by[other], key))
@@ -290,13 +281,21 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="the D / E sweep of hdmole against lora instead")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of every system (in turn); the table gives the medians of their timings")
+    ap.add_argument("--interleave", action="store_true",
+                    help="all systems in one process, timed round by round (see above); ratios with 95%% intervals")
+    ap.add_argument("--block", type=int, default=3,
+                    help="--interleave: timed training steps per system and round (after one untimed step)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=str, default=None, help="also write the configuration and all results here")
     a = ap.parse_args()
     p = PRESETS[a.preset]
     if a.decode_passes < 1:
         ap.error(f"--decode_passes must be at least 1, got {a.decode_passes}")
-    cfg = dict(p, steps=a.steps, pool=a.pool, no_cache=a.no_cache, beams=a.beams, threads=a.threads,
+    if a.block < 1:
+        ap.error(f"--block must be at least 1, got {a.block}")
+    if a.interleave and a.sweep:
+        ap.error("--interleave times the systems of the main table; the --sweep runs its points one by one")
+    cfg = dict(p, steps=a.steps, pool=a.pool, no_cache=a.no_cache, beams=a.beams, threads=a.threads, block=a.block,
                decode_passes=a.decode_passes,
                decode_utts=a.decode_utts or p["decode_utts"], decode_batch=a.decode_batch or p["decode_batch"])
     print(f"# preset {a.preset}: {json.dumps(p)}")

@@ -1,6 +1,7 @@
 """The benchmark script of the fine-tuning systems runs on the tiny preset and reports what it
 promises; its synthetic CTC path gives the LLM one position per 4 encoder frames."""
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,41 @@ def test_sweep_points_build(tmp_path, domains, experts):
     assert layers and all(m.num_experts == domains * experts for m in layers)
     assert all(m.global_router == ("none" if domains == 1 else "predicted") for m in layers)
     assert (model.accent_head is None) == (domains == 1) and rep["trainable"] > 0
+
+
+def test_bench_interleaved_pairs_the_systems_round_by_round(tmp_path):
+    """--interleave: every system in one process, timed round by round; each target line gives
+    the median of the rounds' paired ratios, its interval and each run's median ratio."""
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_llm_asr.py"), "--preset", "tiny", "--steps", "4",
+           "--block", "2", "--pool", "2", "--beams", "1", "--threads", "1", "--systems", "lora", "hdmole",
+           "--repeats", "2", "--decode_passes", "3", "--interleave", "--json", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = {r["system"]: r for r in json.loads(out.read_text())["rows"]}
+    hd, lo = rows["hdmole"], rows["lora"]
+    for r in (hd, lo):
+        # 2 runs of 4 // 2 rounds, each round the mean of its 2 timed steps; 3 decoding rounds a run
+        assert len(r["step_s_rounds"]) == 2 and all(len(run) == 2 for run in r["step_s_rounds"])
+        assert len(r["phases_all"]) == 4 and len(r["rtf_beam1_passes"][0]) == 3
+        assert r.get("max_rss_mb") is None and r["cached_utts"] == 2 * 4
+    line = p.stdout.split("hdmole/lora step time (interleaved, 2 run(s) x 2 rounds): ")[1].splitlines()[0]
+    ratios = [x / y for a, b in zip(hd["step_s_rounds"], lo["step_s_rounds"]) for x, y in zip(a, b)]
+    assert line.startswith(f"{statistics.median(ratios):.3f} [95% CI ")
+    assert line.endswith(", ".join(f"{statistics.median(ratios[i:i + 2]):.3f}" for i in (0, 2)))
+    rtf = [x / y for a, b in zip(hd["rtf_beam1_passes"], lo["rtf_beam1_passes"]) for x, y in zip(a, b)]
+    assert f"RTF greedy (interleaved, 2 run(s) x 3 rounds): {statistics.median(rtf):.3f} [" in p.stdout
+
+
+def test_paired_ratio_interval_and_verdict():
+    from timed_system import paired_ratio, target_verdict
+
+    same = paired_ratio([[1.1, 2.2, 3.3]] * 2, [[1.0, 2.0, 3.0]] * 2)
+    assert same["median"] == pytest.approx(1.1) and same["ci"] == pytest.approx((1.1, 1.1))
+    assert same["runs"] == pytest.approx([1.1, 1.1])
+    # a second run whose ratios sit higher widens the interval across both runs' levels
+    two = paired_ratio([[1.0, 1.02, 0.98, 1.01], [1.3, 1.32, 1.28, 1.31]], [[1.0] * 4, [1.0] * 4])
+    assert two["ci"][0] <= 1.01 and two["ci"][1] >= 1.28 and two["runs"] == pytest.approx([1.005, 1.305])
+    assert target_verdict((1.05, 1.15), 1.2) == "met"
+    assert target_verdict((1.21, 1.3), 1.2) == "not met"
+    assert target_verdict((1.15, 1.25), 1.2).startswith("undecided")
