@@ -337,6 +337,31 @@ def test_token_dropout_corrupts_teacher_forced_inputs_only_in_training(work, tmp
             train_args(tmp_path / "bad", data, llm, extra=["--model_conf", "token_dropout=1.0"])))
 
 
+def test_a_training_step_looks_up_the_embedding_table_once(work, tmp_path):
+    """The prefix, the prompt and every utterance's tokens are looked up in one call: where the
+    table is trained (full fine-tuning, the source model), each call's backward writes a dense
+    gradient of the whole table. The inputs the LLM reads are those of one lookup per piece."""
+    w, llm, data = work
+    args = LLMASRTask.get_parser().parse_args(train_args(tmp_path / "exp", data, llm))
+    model = LLMASRTask.build_model(args)
+    _, batch = task_batch(args, data, train=False)
+    calls, seen = [], []
+    model.llm.get_input_embeddings().register_forward_hook(lambda m, a, out: calls.append(a[0].shape))
+    model.llm.base_model.register_forward_pre_hook(lambda m, a, k: seen.append(k["inputs_embeds"].detach()),
+                                                   with_kwargs=True)
+    model.train()
+    loss, _, _ = model(**batch)
+    loss.backward()
+    assert len(calls) == 1
+    emb = model.llm.get_input_embeddings()
+    s, s_lens = model.project(*model.encode(batch["speech"], batch["speech_lengths"]))
+    for b in range(len(s)):  # [prefix] [speech] [prompt] [tokens], then padding
+        n = int(batch["text_lengths"][b])
+        want = torch.cat([emb(model.prefix_ids), s[b, : s_lens[b]], emb(model.prompt_ids),
+                          emb(batch["text"][b, :n].long())]).detach()
+        torch.testing.assert_close(seen[0][b, : len(want)], want)
+
+
 def test_the_model_marks_speech_text_and_padding_for_the_routing_statistics(work):
     """In training and in model_info's pass, the LLM's HDMoLE layers count their speech and text
     positions apart and leave padding out; the projector's count its valid speech positions."""

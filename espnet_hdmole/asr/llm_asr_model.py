@@ -246,11 +246,19 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         return s, s_lens
 
     # ------------------------------------------------------------------ LLM side
-    def _context_embeddings(self, s: torch.Tensor, s_lens: torch.Tensor) -> List[torch.Tensor]:
-        """Per utterance: [prefix] [speech] [prompt] embeddings, (L_b, d_llm), in the LLM's dtype."""
+    def _context_embeddings(self, s: torch.Tensor, s_lens: torch.Tensor,
+                            tokens: Optional[List[torch.Tensor]] = None) -> List[torch.Tensor]:
+        """Per utterance: [prefix] [speech] [prompt] embeddings, (L_b, d_llm), in the LLM's dtype,
+        followed by the embeddings of the utterance's ``tokens`` where given. The prefix, the prompt
+        and every utterance's tokens are looked up in one call: where the table is trained (full
+        fine-tuning, the source model), each call's backward writes a dense gradient of the whole
+        table, so one call per utterance cost about 15 ms of a demo step."""
         emb = self.llm.get_input_embeddings()
-        pre, post, s = emb(self.prefix_ids), emb(self.prompt_ids), s.to(emb.weight.dtype)
-        return [torch.cat([pre, s[b, : s_lens[b]], post], 0) for b in range(s.shape[0])]
+        tokens = tokens or []
+        parts = [self.prefix_ids, self.prompt_ids, *tokens]
+        looked_up = emb(torch.cat(parts)).split([len(x) for x in parts])
+        pre, post, s = looked_up[0], looked_up[1], s.to(emb.weight.dtype)
+        return [torch.cat([pre, s[b, : s_lens[b]], post, *looked_up[2 + b:3 + b]], 0) for b in range(s.shape[0])]
 
     def forward(
         self,
@@ -308,20 +316,20 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         return loss, stats, weight
 
     def _llm_loss(self, s, s_lens, text, text_lengths, layers=None):
-        ctx = self._context_embeddings(s, s_lens)
-        emb = self.llm.get_input_embeddings()
         eos = torch.full((1,), self.eos_id, dtype=torch.long, device=s.device)
-        seqs, targets = [], []
-        for b, c in enumerate(ctx):
+        tokens, targets = [], []
+        for b in range(s.shape[0]):
             tgt = torch.cat([text[b, : text_lengths[b]].long(), eos])
             inp = tgt[:-1]
             if self.training and self.token_dropout > 0:
                 pick = torch.randint(len(self._noise_ids), inp.shape, device=inp.device)
                 noise = self._noise_ids[pick]  # ordinary tokens only
                 inp = torch.where(torch.rand(inp.shape, device=inp.device) < self.token_dropout, noise, inp)
-            seqs.append(torch.cat([c, emb(inp).to(c.dtype)], 0))
-            # position j predicts token j+1: targets start at the last context position
-            targets.append(torch.cat([torch.full((c.shape[0] - 1,), -100, device=s.device), tgt]))
+            tokens.append(inp)
+            targets.append(tgt)
+        seqs = self._context_embeddings(s, s_lens, tokens)
+        # position j predicts token j+1: targets start at the last context position
+        targets = [torch.cat([torch.full((len(x) - len(t),), -100, device=s.device), t]) for x, t in zip(seqs, targets)]
         lens = torch.tensor([x.shape[0] for x in seqs], device=s.device)
         inputs = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
         labels = torch.nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=-100)
