@@ -24,10 +24,12 @@ skipped (hdmole.sh's done markers), so an interrupted sweep resumes.
     local/tune_dev.py --configs conf/finetune_lora.yaml conf/finetune_hdmole.yaml --lrs 0.001 0.002 0.004
 
 A ladder YAML: ``lrs`` (the default rates), ``settings``: a list of {name, config, about, set, lrs,
-seed, control, noise_of}; ``name`` and ``config`` are required; a ``control: true`` setting (e.g. one
-that must equal another) is reported but never chosen as a YAML's best; ``noise_of: OTHER`` marks a
-setting that differs from OTHER only by chance (another seed, an equivalent form). Each such pair's
-gap, at a rate both ran, is one draw of the difference between two runs that differ by chance; the
+seed, control, noise_of, noise_seed_lrs}; ``name`` and ``config`` are required; a ``control: true``
+setting (e.g. one that must equal another) is reported but never chosen as a YAML's best;
+``noise_of: OTHER`` marks a setting that differs from OTHER only by chance (another seed, an
+equivalent form); ``noise_seed_lrs: [rates]`` adds such a control for the setting itself,
+<name>_seed1: its YAML and overrides run again with seed 1 at those rates (after the settings).
+Each such pair's gap, at a rate both ran, is one draw of the difference between two runs that differ by chance; the
 noise margin is twice their root mean square (about a 95% band for such a difference, and steadier
 than the largest gap of a single pair). A YAML's default changes only when its best setting beats
 the YAML as it is (the run whose settings and rate equal it) by more than that margin.
@@ -49,7 +51,8 @@ import code_record  # noqa: E402
 CRITERIA = ("cer", "acc")
 RESULTS = re.compile(r"(\d+)epoch results: .*\[valid\](.*)$")
 FIELD = re.compile(r"\b(\w+)=([0-9.eE+-]+)")
-SETTING_KEYS = {"name", "config", "about", "set", "lrs", "seed", "control", "noise_of"}
+SETTING_KEYS = {"name", "config", "about", "set", "lrs", "seed", "control", "noise_of", "noise_seed_lrs"}
+NOISE_SEED = 1  # the seed of the noise controls that ``noise_seed_lrs`` derives
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -78,7 +81,7 @@ def load_ladder(path: Path) -> list:
     """The settings of a ladder YAML, checked; a ValueError names the file, setting and key."""
     doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     lrs = [str(x) for x in doc.get("lrs", [])]
-    settings, seen = [], set()
+    settings, seen, controls = [], set(), []
     for i, s in enumerate(doc.get("settings") or []):
         where = f"{path}: settings[{i}]"
         if not isinstance(s, dict):
@@ -100,12 +103,31 @@ def load_ladder(path: Path) -> list:
         settings.append({"name": str(s["name"]), "config": str(s["config"]), "about": str(s.get("about", "")),
                          "set": s.get("set", {}), "lrs": rates, "seed": int(s.get("seed", 0)),
                          "control": bool(s.get("control", False)), "noise_of": s.get("noise_of")})
+        if "noise_seed_lrs" in s:
+            noise_lrs = s["noise_seed_lrs"]
+            if not isinstance(noise_lrs, list) or not noise_lrs or not set(map(str, noise_lrs)) <= set(rates):
+                raise ValueError(f"{where}: noise_seed_lrs must list rates the setting runs ({rates}), got {noise_lrs!r}")
+            controls.append((where, noise_control(settings[-1], [str(x) for x in noise_lrs])))
+    for where, c in controls:  # after the settings, in their order
+        if c["name"] in seen:
+            raise ValueError(f"{where}: its noise control's name {c['name']!r} is taken by another setting")
+        seen.add(c["name"])
+        settings.append(c)
     if not settings:
         raise ValueError(f"{path}: no settings")
     for i, s in enumerate(settings):
         if s["noise_of"] is not None and s["noise_of"] not in seen:
             raise ValueError(f"{path}: settings[{i}]: noise_of {s['noise_of']!r} names no setting")
     return settings
+
+
+def noise_control(setting: dict, lrs: list) -> dict:
+    """The noise control ``noise_seed_lrs`` asks of a setting: the same YAML and overrides run
+    again with seed NOISE_SEED at those rates, named <name>_seed<NOISE_SEED>. Derived, never
+    copied by hand: a copy left behind when its setting changes would put a real difference into
+    the noise margin."""
+    return dict(copy.deepcopy(setting), name=f"{setting['name']}_seed{NOISE_SEED}", lrs=lrs, seed=NOISE_SEED,
+                about=f"{setting['about']} (noise control)".lstrip(), control=True, noise_of=setting["name"])
 
 
 def check_settings(settings: list) -> None:
