@@ -221,6 +221,10 @@ def test_noise_seed_lrs_derives_the_settings_second_seed(tmp_path):
     assert mix["set"] == {"a": {"b": 1}}
     with pytest.raises(ValueError, match=r"settings\[0\]: noise_seed_lrs must list rates the setting runs"):
         tune_dev.load_ladder(ladder(tmp_path, "lrs: [0.002]\nsettings: [{name: a, config: x, noise_seed_lrs: [0.004]}]"))
+    with pytest.raises(ValueError, match="the setting's own seed"):
+        tune_dev.load_ladder(ladder(tmp_path, "lrs: [1]\nsettings: [{name: a, config: x, seed: 1, noise_seed_lrs: [1]}]"))
+    with pytest.raises(ValueError, match="listed twice"):
+        tune_dev.load_ladder(ladder(tmp_path, "lrs: [1]\nsettings: [{name: a, config: x, lrs: [1, 1]}]"))
     with pytest.raises(ValueError, match="its noise control's name 'a_seed1' is taken"):
         tune_dev.load_ladder(ladder(tmp_path, "lrs: [1]\nsettings: [{name: a, config: x, noise_seed_lrs: [1]}, "
                                     "{name: a_seed1, config: x}]"))

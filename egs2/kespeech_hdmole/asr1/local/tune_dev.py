@@ -100,13 +100,20 @@ def load_ladder(path: Path) -> list:
         rates = [str(x) for x in s.get("lrs", lrs)]
         if not rates:
             raise ValueError(f"{where}: no learning rates (give 'lrs' in the setting or at the top)")
+        if len(set(rates)) < len(rates):
+            raise ValueError(f"{where}: a learning rate is listed twice in {rates}")
         settings.append({"name": str(s["name"]), "config": str(s["config"]), "about": str(s.get("about", "")),
                          "set": s.get("set", {}), "lrs": rates, "seed": int(s.get("seed", 0)),
                          "control": bool(s.get("control", False)), "noise_of": s.get("noise_of")})
         if "noise_seed_lrs" in s:
             noise_lrs = s["noise_seed_lrs"]
-            if not isinstance(noise_lrs, list) or not noise_lrs or not set(map(str, noise_lrs)) <= set(rates):
-                raise ValueError(f"{where}: noise_seed_lrs must list rates the setting runs ({rates}), got {noise_lrs!r}")
+            if not isinstance(noise_lrs, list) or not noise_lrs or not set(map(str, noise_lrs)) <= set(rates) \
+                    or len(set(map(str, noise_lrs))) < len(noise_lrs):
+                raise ValueError(f"{where}: noise_seed_lrs must list rates the setting runs ({rates}), each once, "
+                                 f"got {noise_lrs!r}")
+            if settings[-1]["seed"] == NOISE_SEED:
+                raise ValueError(f"{where}: noise_seed_lrs asks for a second run with seed {NOISE_SEED}, "
+                                 f"the setting's own seed")
             controls.append((where, noise_control(settings[-1], [str(x) for x in noise_lrs])))
     for where, c in controls:  # after the settings, in their order
         if c["name"] in seen:
