@@ -54,14 +54,15 @@ RTF <= 1.2x) and with full_ft (step time <= 1x). --repeats K runs every system K
 and reports the medians of the timings (the speed targets are judged on the median of 3 runs),
 and after each target line the ratio in each run (how far it moves from run to run).
 --interleave instead builds every system in one process and times them round by round, each
-system in turn (benchmarks/timed_system.py): a round is one decoding pass per beam, or one
-untimed and --block timed training steps. The target lines then give the median of the rounds'
+system in turn (benchmarks/timed_system.py): a round is a short untimed decoding and one timed
+pass per beam, or one untimed and --block timed training steps (--steps, the timed steps per
+system and run, a multiple of --block). The target lines then give the median of the rounds'
 paired ratios with a 95% bootstrap interval over runs and rounds, and say "met" only where the
 whole interval lies within the target ("undecided" where the target lies inside it). Between
-separate processes the ratios move by +-0.2 on this kind of shared virtual machine; within one
-process the machine's drift reaches every system of a round alike. --repeats K runs K such
-processes; --steps is then the timed steps per system and run. The max RSS is not measured
-(one process holds every system).
+separate processes the ratios moved by +-0.2 from day to day on this project's shared virtual
+machine; within one process the machine's drift reaches every system of a round alike.
+--repeats K runs K such processes. The max RSS is not measured (one process holds every
+system); step_s_rounds in --json has each round's mean timed step.
 --json also has, per system: first_pass_step_s (median step of the untimed pass, encoder
 included), step_s_all, phases_all (each timed step's forward, backward and update),
 rtf_beamK_passes, tokens_per_utt_beamK, cached_utts, build_s and the adapter_conf used.
@@ -216,15 +217,15 @@ def main_systems(a, cfg):
         if a.interleave:  # the median of the rounds' paired ratios, with its interval
             paired = "step_s_rounds" if key == "step_s" else f"{key}_passes"
             pr = paired_ratio(by["hdmole"][paired], by[other][paired])
-            lo, hi = pr["ci"]
+            ci = "no interval" if pr["ci"] is None else "95% CI {:.3f}, {:.3f}".format(*pr["ci"])
             n_rounds = len(by["hdmole"][paired][0])
             print(f"hdmole/{other} {what} (interleaved, {a.repeats} run(s) x {n_rounds} rounds): {pr['median']:.3f} "
-                  f"[95% CI {lo:.3f}, {hi:.3f}] (target <= {target}: {target_verdict(pr['ci'], target)}); run by run: "
+                  f"[{ci}] (target <= {target}: {target_verdict(pr['ci'], target)}); run by run: "
                   + ", ".join(f"{x:.3f}" for x in pr["runs"]))
             return
         line = f"hdmole/{other} {what}{of}: {by['hdmole'][key] / by[other][key]:.2f} (target <= {target})"
         if a.repeats > 1:  # how far the ratio moves between runs
-            line += "; run by run: " + ", ".join(f"{x:.2f}" for x in paired_ratios(by["hdmole"], by[other], key))
+            line += "; run by run: " + ", ".join(f"{x:.2f}" for x in run_ratios(by["hdmole"], by[other], key))
         print(line)
 
     if "hdmole" in by and "lora" in by and "step_s" in by["hdmole"]:
@@ -236,7 +237,7 @@ def main_systems(a, cfg):
     return rows
 
 
-def paired_ratios(row, other, key):
+def run_ratios(row, other, key):
     """row's timing ``key`` over other's, run by run (``<key>_runs``; the systems of a run are
     timed in turn, so the two figures of a run saw the same state of the machine)."""
     return [x / y for x, y in zip(row[f"{key}_runs"], other[f"{key}_runs"])]
@@ -280,7 +281,8 @@ def main():
                     help="timed decoding passes per run and beam; the RTF is their median")
     ap.add_argument("--sweep", action="store_true", help="the D / E sweep of hdmole against lora instead")
     ap.add_argument("--repeats", type=int, default=1,
-                    help="runs of every system (in turn); the table gives the medians of their timings")
+                    help="runs of every system (in turn; with --interleave, processes that each hold them all); "
+                         "the table gives the medians of their timings")
     ap.add_argument("--interleave", action="store_true",
                     help="all systems in one process, timed round by round (see above); ratios with 95%% intervals")
     ap.add_argument("--block", type=int, default=3,
@@ -293,9 +295,12 @@ def main():
         ap.error(f"--decode_passes must be at least 1, got {a.decode_passes}")
     if a.block < 1:
         ap.error(f"--block must be at least 1, got {a.block}")
+    if a.interleave and a.steps and a.steps % a.block:
+        ap.error(f"--interleave times --steps in rounds of --block: {a.steps} is no multiple of {a.block}")
     if a.interleave and a.sweep:
         ap.error("--interleave times the systems of the main table; the --sweep runs its points one by one")
-    cfg = dict(p, steps=a.steps, pool=a.pool, no_cache=a.no_cache, beams=a.beams, threads=a.threads, block=a.block,
+    cfg = dict(p, steps=a.steps, pool=a.pool, no_cache=a.no_cache, beams=a.beams, threads=a.threads,
+               **({"block": a.block} if a.interleave else {}),
                decode_passes=a.decode_passes,
                decode_utts=a.decode_utts or p["decode_utts"], decode_batch=a.decode_batch or p["decode_batch"])
     print(f"# preset {a.preset}: {json.dumps(p)}")

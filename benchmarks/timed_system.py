@@ -4,11 +4,15 @@ the paired ratio of two systems' timings with a bootstrap interval (``paired_rat
 
 Interleaving: every system is built in the same process; then, round after round, each system
 in turn (the order rotating from round to round) runs one untimed step and ``block`` timed steps
-(decoding: one timed pass per beam). A drift of the machine's speed, which moves the timings of
+(decoding: a short untimed decoding, then one timed pass per beam). A drift of the machine's speed, which moves the timings of
 separate processes by +-20% on a shared virtual machine, then reaches every system of a round
-alike, and the ratio of two systems' figures of the same round is paired. The untimed step
+alike, and the ratio of two systems' figures of the same round is paired. The untimed work
 first puts the system's own weights back in the cache, as a step of a system run alone finds
 them.
+
+The interval of a ratio resamples the runs (processes) and then the rounds within each: with the
+usual 3 runs its first level has only 3 clusters to draw from, so the interval is on the narrow
+side of the truth; with fewer than 2 paired figures there is none.
 """
 import random
 import statistics
@@ -34,14 +38,13 @@ class TimedSystem:
         self.cfg, self.name = cfg, name
         self.model, rep, vocab = build(cfg, spec, workdir)
         self.info = {"system": name, "trainable": rep["trainable"], "share": rep["share"],
-                     "adapter_conf": spec.get("adapter_conf")}
+                     "adapter_conf": spec.get("adapter_conf"), "build_s": time.perf_counter() - t0}
         n_dom = len(spec["accent_list"])
         self.dec = make_batches(cfg, -(-cfg["decode_utts"] // cfg["decode_batch"]), cfg["decode_batch"], n_dom,
                                 vocab, seed=2, prefix="dec")
         self.audio_s = sum(float(b["speech_lengths"].sum()) for _, b in self.dec) * 0.01
         self.pool = make_batches(cfg, cfg["pool"], cfg["batch"], n_dom, vocab, seed=1, prefix="tr")
         self.spec, self.opt, self.next = spec, None, 0
-        self.info["build_s"] = time.perf_counter() - t0
 
     def decode_pass(self, beam: int):
         """(RTF, tokens per utterance) of one pass over the decoding batches. Decoded before any
@@ -76,12 +79,13 @@ class TimedSystem:
         self.info["cached_utts"] = len(self.model._enc_cache)
         return fill
 
-    def step(self):
+    def step(self, advance: bool = True):
         """One training step on the next batch of the pool, as the ESPnet trainer runs it:
         model(**batch, utt_id=[...]), zero_grad, backward, clip_grad_norm_, the optimiser's step.
-        Returns its phases: (forward, zero_grad + backward, clipping + update) in seconds."""
+        Returns its phases: (forward, zero_grad + backward, clipping + update) in seconds.
+        ``advance=False`` leaves the next step on the same batch (a warm-up step)."""
         ids, b = self.pool[self.next % len(self.pool)]
-        self.next += 1
+        self.next += advance
         self.model.train()
         t0 = time.perf_counter()
         loss, _, _ = self.model(**b, **({} if self.cfg["no_cache"] else {"utt_id": ids}))
@@ -123,6 +127,7 @@ def interleaved_run(cfg: dict, specs: Dict[str, dict], workdir: str, block: int)
         passes = {n: [] for n in names}
         for r in range(cfg["decode_passes"]):
             for n in order(r):
+                systems[n].warm_decoding(beam)  # untimed: the system's weights back in the cache
                 rtf, tok = systems[n].decode_pass(beam)
                 passes[n].append(rtf)
                 res[n][f"tokens_per_utt_beam{beam}"] = tok
@@ -134,10 +139,10 @@ def interleaved_run(cfg: dict, specs: Dict[str, dict], workdir: str, block: int)
             res[n]["first_pass_step_s"] = statistics.median(systems[n].start_training())
             res[n]["cached_utts"] = systems[n].info["cached_utts"]
         phases, rounds = {n: [] for n in names}, {n: [] for n in names}
-        for r in range(max(1, cfg["steps"] // block)):
+        for r in range(cfg["steps"] // block):
             for n in order(r):
                 ts = systems[n]
-                ts.step()  # untimed: the system's weights back in the cache
+                ts.step(advance=False)  # untimed, on the batch the round starts with: the weights back in the cache
                 got = [ts.step() for _ in range(block)]
                 phases[n] += got
                 rounds[n].append(sum(map(sum, got)) / block)
@@ -152,8 +157,11 @@ def paired_ratio(runs_a: Sequence[Sequence[float]], runs_b: Sequence[Sequence[fl
     """The ratio a / b of two systems' paired figures (per run, per round): ``median``, the median
     of every round's ratio; ``ci``, a 95% interval for it by a two-level bootstrap (the runs
     resampled, then the rounds within each: the rounds of one process share its state, so they
-    are not independent draws); ``runs``, each run's median ratio."""
+    are not independent draws; None for a single ratio); ``runs``, each run's median ratio."""
     ratios = [[x / y for x, y in zip(ra, rb)] for ra, rb in zip(runs_a, runs_b)]
+    pooled_all = [x for run in ratios for x in run]
+    if len(pooled_all) < 2:  # one figure: no interval
+        return {"median": pooled_all[0], "ci": None, "runs": [run[0] for run in ratios]}
     rng = random.Random(seed)
     meds = []
     for _ in range(resamples):
@@ -163,12 +171,14 @@ def paired_ratio(runs_a: Sequence[Sequence[float]], runs_b: Sequence[Sequence[fl
         meds.append(statistics.median(pooled))
     meds.sort()
     lo, hi = meds[int(0.025 * resamples)], meds[int(0.975 * resamples) - 1]
-    return {"median": statistics.median([x for run in ratios for x in run]), "ci": (lo, hi),
+    return {"median": statistics.median(pooled_all), "ci": (lo, hi),
             "runs": [statistics.median(run) for run in ratios]}
 
 
 def target_verdict(ci: Sequence[float], target: float) -> str:
     """'met' where the whole interval lies within the target, 'not met' where it lies beyond it,
     else undecided: a ratio whose interval holds the target is a tie with it."""
+    if ci is None:
+        return "no verdict: one paired figure has no interval"
     lo, hi = ci
     return "met" if hi <= target else "not met" if lo > target else "undecided: the target lies in the interval"

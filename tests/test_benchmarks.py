@@ -112,3 +112,11 @@ def test_paired_ratio_interval_and_verdict():
     assert target_verdict((1.05, 1.15), 1.2) == "met"
     assert target_verdict((1.21, 1.3), 1.2) == "not met"
     assert target_verdict((1.15, 1.25), 1.2).startswith("undecided")
+    one = paired_ratio([[1.1]], [[1.0]])  # a single paired figure has no interval, so no verdict
+    assert one["ci"] is None and target_verdict(one["ci"], 1.2).startswith("no verdict")
+
+
+def test_bench_interleaved_steps_come_in_whole_rounds():
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_llm_asr.py"), "--interleave", "--steps", "5", "--block", "3"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "5 is no multiple of 3" in p.stderr
