@@ -100,39 +100,37 @@ from timed_system import PHASES, TimedSystem, interleaved_run, paired_ratio, sum
 SWEEP = [(1, 1), (3, 1), (9, 1), (9, 2), (9, 4)]  # (D, E)
 
 
-def run_system(cfg, name, spec, q):
-    torch.set_num_threads(cfg["threads"])
-    try:
-        with tempfile.TemporaryDirectory() as wd:
-            ts = TimedSystem(cfg, name, spec, wd)
-            res = dict(ts.info)
-            for beam in cfg["beams"]:
-                ts.warm_decoding(beam)
-                # the median pass: one hiccup of the machine moves nothing
-                passes = [ts.decode_pass(beam) for _ in range(cfg["decode_passes"])]
-                res[f"rtf_beam{beam}"] = statistics.median(rtf for rtf, _ in passes)
-                res[f"rtf_beam{beam}_passes"] = [rtf for rtf, _ in passes]
-                res[f"tokens_per_utt_beam{beam}"] = passes[-1][1]
-            if cfg["steps"] > 0:
-                res["first_pass_step_s"] = statistics.median(ts.start_training())
-                res["cached_utts"] = ts.info["cached_utts"]
-                summarise_steps(res, [ts.step() for _ in range(cfg["steps"])])
-            res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        q.put(res)
-    except BaseException as e:  # report instead of hanging the parent on q.get()
-        import traceback
-
-        q.put({"system": name, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+def run_system(cfg, name, spec, wd):
+    """One system alone: its decoding passes, then its training steps, and its process's max RSS."""
+    ts = TimedSystem(cfg, name, spec, wd)
+    res = dict(ts.info)
+    for beam in cfg["beams"]:
+        ts.warm_decoding(beam)
+        # the median pass: one hiccup of the machine moves nothing
+        passes = [ts.decode_pass(beam) for _ in range(cfg["decode_passes"])]
+        res[f"rtf_beam{beam}"] = statistics.median(rtf for rtf, _ in passes)
+        res[f"rtf_beam{beam}_passes"] = [rtf for rtf, _ in passes]
+        res[f"tokens_per_utt_beam{beam}"] = passes[-1][1]
+    if cfg["steps"] > 0:
+        res["first_pass_step_s"] = statistics.median(ts.start_training())
+        res["cached_utts"] = ts.info["cached_utts"]
+        summarise_steps(res, [ts.step() for _ in range(cfg["steps"])])
+    res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
 
 
-def run_interleaved(cfg, specs, q):
+def run_interleaved(cfg, specs, wd):
     """The systems of ``specs`` interleaved in this process (timed_system.interleaved_run)."""
+    return interleaved_run(cfg, specs, wd, cfg["block"])
+
+
+def _child(target, cfg, args, q):
+    """target(cfg, *args, workdir) in the spawned process, its result (or its error) on the queue."""
     torch.set_num_threads(cfg["threads"])
     try:
         with tempfile.TemporaryDirectory() as wd:
-            res = interleaved_run(cfg, specs, wd, cfg["block"])
-        q.put(res)
-    except BaseException as e:
+            q.put(target(cfg, *args, wd))
+    except BaseException as e:  # report instead of hanging the parent on q.get()
         import traceback
 
         q.put({"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
@@ -145,11 +143,11 @@ def run_in_subprocess(cfg, name, spec):
     return res
 
 
-def _spawn(what, target, *args):
-    """target(*args, queue) in a spawned process (so that its max RSS is its own): its result."""
+def _spawn(what, target, cfg, *args):
+    """target(cfg, *args, workdir) in a spawned process (so that its max RSS is its own): its result."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=target, args=(*args, q))
+    p = ctx.Process(target=_child, args=(target, cfg, args, q))
     p.start()
     res = q.get()
     p.join()
