@@ -15,6 +15,9 @@ character tokenizer. Systems:
   hdmole     finetune_hdmole.yaml: 9 domains x 1 expert of rank 2 (alpha 4), predicted global
              router (the accent head, frozen: aid_weight 0), dynamic threshold, on the same linears
   mole_topk  finetune_mole_topk.yaml: 9 experts of rank 2, static top-2, no global router (optional)
+  hdmole_no_routing  a control (optional): hdmole with its routing taken out, the same matmuls with
+             every expert weighted 1/N (benchmarks/routing_free_control.py): the floor of any
+             implementation of the routing
 The presets only change sizes: `demo` is the recipe's (encoder 144 x 4 blocks, linear_units 576,
 conv2d6; projector hidden 256; LLM 4 layers x 256; ~3000 characters; batches of 16
 utterances of ~3.5 s (350 frames of 10 ms, +-10%) with ~14-token transcripts); `tiny` is for
@@ -50,7 +53,8 @@ Columns:
                  the adapters at their initialisation (B = 0), so all systems decode the same tokens;
                  the median of --decode_passes timed passes over the utterances.
 The target lines compare hdmole with lora (step time <= 1.2x, 1.1x at the wide preset; decoding
-RTF <= 1.2x) and with full_ft (step time <= 1x). --repeats K runs every system K times, in turn,
+RTF <= 1.2x) and with full_ft (step time <= 1x); with hdmole_no_routing among the systems, a
+line compares it with full_ft too. --repeats K runs every system K times, in turn,
 and reports the medians of the timings (the speed targets are judged on the median of 3 runs),
 and after each target line the ratio in each run (how far it moves from run to run).
 --interleave instead builds every system in one process and times them round by round, each
@@ -211,19 +215,19 @@ def main_systems(a, cfg):
     of = f" (median of {a.repeats} runs)" if a.repeats > 1 else ""
     step_limit = 1.1 if a.preset == "wide" else 1.2  # the targets of the speed issue
 
-    def ratio(what, other, key, target):
+    def ratio(what, other, key, target, system="hdmole"):
         if a.interleave:  # the median of the rounds' paired ratios, with its interval
             paired = "step_s_rounds" if key == "step_s" else f"{key}_passes"
-            pr = paired_ratio(by["hdmole"][paired], by[other][paired])
+            pr = paired_ratio(by[system][paired], by[other][paired])
             ci = "no interval" if pr["ci"] is None else "95% CI {:.3f}, {:.3f}".format(*pr["ci"])
-            n_rounds = len(by["hdmole"][paired][0])
-            print(f"hdmole/{other} {what} (interleaved, {a.repeats} run(s) x {n_rounds} rounds): {pr['median']:.3f} "
+            n_rounds = len(by[system][paired][0])
+            print(f"{system}/{other} {what} (interleaved, {a.repeats} run(s) x {n_rounds} rounds): {pr['median']:.3f} "
                   f"[{ci}] (target <= {target}: {target_verdict(pr['ci'], target)}); run by run: "
                   + ", ".join(f"{x:.3f}" for x in pr["runs"]))
             return
-        line = f"hdmole/{other} {what}{of}: {by['hdmole'][key] / by[other][key]:.2f} (target <= {target})"
+        line = f"{system}/{other} {what}{of}: {by[system][key] / by[other][key]:.2f} (target <= {target})"
         if a.repeats > 1:  # how far the ratio moves between runs
-            line += "; run by run: " + ", ".join(f"{x:.2f}" for x in run_ratios(by["hdmole"], by[other], key))
+            line += "; run by run: " + ", ".join(f"{x:.2f}" for x in run_ratios(by[system], by[other], key))
         print(line)
 
     if "hdmole" in by and "lora" in by and "step_s" in by["hdmole"]:
@@ -232,6 +236,9 @@ def main_systems(a, cfg):
             ratio("RTF greedy" if b == "rtf_beam1" else b.replace("rtf_", "RTF "), "lora", b, 1.2)
     if "hdmole" in by and "full_ft" in by and "step_s" in by["hdmole"]:
         ratio("step time", "full_ft", "step_s", 1)
+    if "hdmole_no_routing" in by and "full_ft" in by and "step_s" in by["hdmole_no_routing"]:
+        # the control against the same target: could any routing meet it at this size?
+        ratio("step time", "full_ft", "step_s", 1, system="hdmole_no_routing")
     return rows
 
 

@@ -15,7 +15,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_CONF = ROOT / "egs2" / "kespeech_hdmole" / "asr1" / "conf" / "tuning"
 SYSTEM_YAML = {"full_ft": "finetune_full.yaml", "lora": "finetune_lora.yaml",
-               "hdmole": "finetune_hdmole.yaml", "mole_topk": "finetune_mole_topk.yaml"}
+               "hdmole": "finetune_hdmole.yaml", "mole_topk": "finetune_mole_topk.yaml",
+               "hdmole_no_routing": "finetune_hdmole.yaml"}
+# timing controls: a system built as its YAML says, then changed (routing_free_control.py)
+CONTROLS = {"hdmole_no_routing": "routing_free"}
 
 PRESETS = {
     # checks that the script runs (seconds)
@@ -58,6 +61,8 @@ def system_spec(system, domains=None, experts=None, lora_rank=None):
     if lora_rank is not None and conf.get("adapter") == "lora":
         ac.update(rank=lora_rank, alpha=int(round(lora_rank * ac["alpha"] / ac["rank"])))
     conf["adapter_conf"] = ac
+    if system in CONTROLS:
+        conf["bench_control"] = CONTROLS[system]
     n_dom = ac.get("num_domains", 9) if conf.get("adapter") == "hdmole" else (domains or 9)
     conf["accent_list"] = [f"accent{i}" for i in range(n_dom)]
     return conf
@@ -114,6 +119,10 @@ def build(cfg, spec, workdir):
                 p.requires_grad_(False)
     if spec.get("adapter"):
         create_adapter(model, spec["adapter"], dict(spec["adapter_conf"]))
+    if spec.get("bench_control") == "routing_free":
+        import routing_free_control
+
+        routing_free_control.install(model)
     return model, trainable_parameter_report(model), vocab
 
 

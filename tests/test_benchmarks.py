@@ -120,3 +120,85 @@ def test_bench_interleaved_steps_come_in_whole_rounds():
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_llm_asr.py"), "--interleave", "--steps", "5", "--block", "3"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "5 is no multiple of 3" in p.stderr
+
+
+def test_routing_free_control_is_a_uniform_mixture_and_leaves_other_layers_alone():
+    """The bench's control (routing_free_control.py): each layer adds scaling / N * x A^T B^T, with
+    autograd's gradients for x, A and B and none for the router; the same through a group of q/k/v
+    and without autograd; a layer not switched still routes."""
+    import routing_free_control
+    from test_hdmole_layer import make_layer
+    from test_shared_input import adapted
+
+    from espnet_hdmole import domain_posterior
+
+    torch.manual_seed(0)
+    real, ctrl = make_layer(num_domains=3, experts_per_domain=2, rank=2), make_layer(num_domains=3, experts_per_domain=2, rank=2)
+    x = torch.randn(2, 5, 12, requires_grad=True)
+    g = torch.softmax(torch.randn(2, 3), -1)
+    with domain_posterior(g):
+        before = real(x).detach()
+        assert routing_free_control.install(torch.nn.Sequential(ctrl)) == 1
+        got = ctrl(x)
+        torch.testing.assert_close(real(x), before)  # the real layer, in the same process, unchanged
+        n, r = ctrl.num_experts, ctrl.rank
+        a, b = ctrl.lora_A.reshape(n * r, -1), ctrl.lora_B.reshape(-1, n * r)
+        want = torch.nn.functional.linear(x, ctrl.weight, ctrl.bias) + ctrl.scaling / n * (x @ a.t()) @ b.t()
+        torch.testing.assert_close(got, want)
+        target = torch.randn_like(got)
+        wrt = [x, ctrl.lora_A, ctrl.lora_B, ctrl.router.weight]
+        gg = torch.autograd.grad((got * target).sum(), wrt)
+        gw = torch.autograd.grad((want * target).sum(), wrt[:3])
+        for name, u, v in zip(["x", "A", "B"], gg, gw):
+            torch.testing.assert_close(u, v, msg=name)
+        assert gg[2].abs().sum() > 0 and torch.all(gg[3] == 0)
+        with torch.no_grad():  # the decoding path (no autograd node)
+            torch.testing.assert_close(ctrl(x), want.detach())
+
+    # q/k/v and gate/up as groups: the same as each layer alone
+    ids = torch.randint(0, 50, (2, 6))
+    g = torch.softmax(torch.randn(2, 3), -1)
+    outs = []
+    for groups in (None, []):
+        model = adapted(groups)
+        routing_free_control.install(model)
+        with domain_posterior(g):
+            outs.append(model(ids).logits)
+    torch.testing.assert_close(outs[0], outs[1])
+    with pytest.raises(ValueError, match="no HDMoLE layer"):
+        routing_free_control.install(torch.nn.Linear(2, 2))
+
+
+def test_routing_free_control_runs_the_matmuls_of_the_real_mixture():
+    """The control is only a floor while it does the real node's matmul work: the same matmuls, of
+    the same shapes, forward and backward, in a model with q/k/v and gate/up groups (fails when
+    group_mixture.py's matmuls change and the control does not follow)."""
+    from collections import Counter
+
+    from test_shared_input import adapted
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import routing_free_control
+    from espnet_hdmole import domain_posterior
+
+    class Matmuls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] in ("mm", "addmm", "bmm", "baddbmm", "matmul"):
+                self.seen[(func.__name__, tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))] += 1
+            return func(*args, **(kwargs or {}))
+
+    ids = torch.randint(0, 50, (2, 6))
+    g = torch.softmax(torch.randn(2, 3), -1)
+    seen = []
+    for control in (False, True):
+        model = adapted(None).train()
+        if control:
+            routing_free_control.install(model)
+        with domain_posterior(g), Matmuls() as mode:
+            model(ids).logits.sum().backward()
+        seen.append(mode.seen)
+    assert sum(seen[0].values()) > 30 and seen[0] == seen[1]

@@ -1,0 +1,130 @@
+"""A control for the speed bench: HDMoLE's layers with their routing taken out.
+
+``install(model)`` makes every HDMoLE layer of ``model`` run ``RoutingFree`` in place of
+espnet_hdmole.layers.group_mixture's ``GroupMixture`` (and, where nothing needs a gradient, of its
+``mixture_forward``): the same packing of the group's weights, the same matmuls (the routers' and
+A's as one, each layer's B, and in the backward their gradients and the input's), but every expert
+weighted 1/N, with no softmax, combination, threshold or top-k, forward or backward (the routers'
+rows get a zero gradient through the same matmul). Its step is the floor of any implementation of
+the routing at a size: what the mixture's matmuls and the group's fixed costs take alone. It is a
+timing control only; what it trains is not HDMoLE (a dense, uniform mixture).
+
+The switch is made per layer (an attribute the dispatch reads), so a routing-free system and the
+real one can share a process (``bench_llm_asr.py --interleave``). It covers the configurations the
+recipe ships: no dropout on the experts' input is needed, but a threshold per token and the
+load-balancing loss are refused (they read the routing).
+
+Its backward repeats the matmul part of ``GroupMixture.backward`` on purpose: the control must do
+that node's matmul work and nothing of its routing. tests/test_benchmarks.py checks that both run
+the same matmuls, of the same shapes, forward and backward, so that a change to one without the
+other fails.
+"""
+import torch
+
+from espnet_hdmole.layers import group_mixture, shared_input
+from espnet_hdmole.layers.hdmole_linear import HDMoLELinear
+
+FLAG = "_bench_routing_free"
+_REAL = {"GroupMixture": shared_input.GroupMixture, "mixture_forward": shared_input.mixture_forward}
+
+
+def _matmuls_forward(layers, x, x_experts, token_theta, need_local, params):
+    """(packed weights, the weighted expert inputs zw (G, N*r, T), each layer's delta factors, the
+    routing the statistics read: uniform "p" and "w", and the layers' thresholds)."""
+    first = layers[0]
+    if token_theta is not None or need_local:
+        raise ValueError("routing_free_control: a threshold per token or a load-balancing loss reads the "
+                         "routing; the control covers activation 'threshold' / 'topk' / 'dense' with lb_weight 0")
+    grp, n, r, t = len(layers), first.num_experts, first.rank, x.shape[0]
+    gn = grp * n
+    packed = group_mixture.packed_weights(layers, params)
+    w_in = packed["in"]
+    if x_experts is None:
+        z = torch.addmm(packed["bias"], w_in, x.t())[gn:]  # (the routers' rows computed, then unused)
+    else:
+        torch.addmm(packed["bias"][:gn], w_in[:gn], x.t())
+        z = w_in[gn:].mm(x_experts.t())
+    zw = z.view(grp, n * r, t) * (1.0 / n)
+    zwt = zw.transpose(1, 2)
+    w = z.new_full((grp, n, t), 1.0 / n)
+    routing = {"p": w, "w": w}
+    if "tau" in packed:
+        routing["tau"] = packed["tau"].view(grp)
+    return packed, zw, [(zwt[j], b.t()) for j, b in enumerate(packed["B"])], routing
+
+
+class RoutingFree(torch.autograd.Function):
+    """``GroupMixture``'s interface and matmuls, with a uniform mixture for its routing."""
+
+    @staticmethod
+    def forward(ctx, layers, x, x_experts, g, token_theta, need_local, *params):
+        packed, zw, factors, routing = _matmuls_forward(layers, x, x_experts, token_theta, need_local, params)
+        ctx.set_materialize_grads(False)
+        ctx.layers, ctx.packed, ctx.zw = layers, packed, zw
+        ctx.save_for_backward(x, x_experts)
+        return (*[a.mm(b) for a, b in factors], None, routing)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        layers, packed, zw = ctx.layers, ctx.packed, ctx.zw
+        x, x_experts = ctx.saved_tensors
+        first = layers[0]
+        grp, n, r, d = len(layers), first.num_experts, first.rank, first.in_features
+        t, gn = x.shape[0], grp * n
+        need = ctx.needs_input_grad  # layers, x, x_experts, g, token_theta, need_local, *params
+        dzw, d_b = zw.new_empty(grp, n * r, t), []
+        for j, dd in enumerate(grads[:grp]):
+            if dd is None:
+                dzw[j].zero_()
+                d_b.append(None)
+                continue
+            torch.mm(packed["B"][j].t(), dd.t(), out=dzw[j])
+            d_b.append(zw[j].mm(dd).t().view(-1, n, r))
+        dout = torch.cat([dzw.new_zeros(gn, t), dzw.view(gn * r, t) * (1.0 / n)])
+        w_in = packed["in"]
+        d_in = dout.mm(x) if x_experts is None else torch.cat([dout[:gn].mm(x), dout[gn:].mm(x_experts)])
+        d_in[gn:].mul_(first.scaling)
+        dx = dxe = None
+        if x_experts is None:
+            dx = dout.t().mm(w_in) if need[1] else None
+        else:
+            dx = dout[:gn].t().mm(w_in[:gn]) if need[1] else None
+            dxe = dout[gn:].t().mm(w_in[gn:]) if need[2] else None
+        out = [None, dx, dxe, None, None, None]
+        for j in range(grp):
+            out += [d_in[j * n:(j + 1) * n], d_in.new_zeros(n), d_in[gn + j * n * r:gn + (j + 1) * n * r].view(n, r, d),
+                    d_b[j]]
+            if first.activation == "threshold":
+                out.append(d_in.new_zeros(()))
+            if first.combine == "mix":
+                out.append(None)
+        return tuple(out)
+
+
+class _GroupMixtureDispatch:
+    """Stands for ``GroupMixture`` in espnet_hdmole.layers.shared_input: the control for the layers
+    marked routing-free, the real node for every other."""
+
+    @staticmethod
+    def apply(layers, *args):
+        return (RoutingFree if layers[0].__dict__.get(FLAG) else _REAL["GroupMixture"]).apply(layers, *args)
+
+
+def _mixture_forward_dispatch(layers, x, x_experts, g, token_theta, need_local, params=None):
+    if not layers[0].__dict__.get(FLAG):
+        return _REAL["mixture_forward"](layers, x, x_experts, g, token_theta, need_local, params)
+    packed, zw, factors, routing = _matmuls_forward(layers, x, x_experts, token_theta, need_local, params)
+    return factors, None, routing, None
+
+
+def install(model: torch.nn.Module) -> int:
+    """Make every HDMoLE layer of ``model`` routing-free (the others' layers are left as they are).
+    Returns the number of layers switched; a model without HDMoLE layers is an error."""
+    layers = [m for m in model.modules() if isinstance(m, HDMoLELinear)]
+    if not layers:
+        raise ValueError("routing_free_control.install: the model has no HDMoLE layer (adapter: hdmole)")
+    shared_input.GroupMixture, shared_input.mixture_forward = _GroupMixtureDispatch, _mixture_forward_dispatch
+    for m in layers:
+        m.__dict__[FLAG] = True  # (a plain attribute: no Module.__setattr__)
+    return len(layers)
