@@ -4,13 +4,17 @@
 espnet_hdmole.layers.group_mixture's ``GroupMixture`` (and, where nothing needs a gradient, of its
 ``mixture_forward``): the same packing of the group's weights, the same matmuls (the routers' and
 A's as one, each layer's B, and in the backward their gradients and the input's), but every expert
-weighted 1/N, with no softmax, combination, threshold or top-k, forward or backward (the routers'
-rows get a zero gradient through the same matmul). Its step is the floor of any implementation of
-the routing at a size: what the mixture's matmuls and the group's fixed costs take alone. It is a
-timing control only; what it trains is not HDMoLE (a dense, uniform mixture).
+weighted 1/N: no softmax, combination, threshold or top-k is applied, forward or backward (the
+routers' rows get a zero gradient through the same matmul). What stays: the packing (the
+thresholds' sigmoid included, reported to the statistics), one autograd node per group, the
+accent head's posterior and the trainer's routing statistics (over the uniform weights). Its step
+is the floor of any routing implemented within this frame: what the mixture's matmuls and the
+group's fixed costs take alone; a leaner frame (a native group op, say) would lower the floor too.
+It is a timing control only; what it trains is not HDMoLE (a dense, uniform mixture).
 
 The switch is made per layer (an attribute the dispatch reads), so a routing-free system and the
-real one can share a process (``bench_llm_asr.py --interleave``). It covers the configurations the
+real one can share a process (``bench_llm_asr.py --interleave``; the real layers then pass through
+the dispatch, one Python call more per group, microseconds a step). It covers the configurations the
 recipe ships: no dropout on the experts' input is needed, but a threshold per token and the
 load-balancing loss are refused (they read the routing).
 
@@ -73,6 +77,8 @@ class RoutingFree(torch.autograd.Function):
         grp, n, r, d = len(layers), first.num_experts, first.rank, first.in_features
         t, gn = x.shape[0], grp * n
         need = ctx.needs_input_grad  # layers, x, x_experts, g, token_theta, need_local, *params
+        per_layer = (len(need) - 6) // grp
+        need_params = any(need[6:])
         dzw, d_b = zw.new_empty(grp, n * r, t), []
         for j, dd in enumerate(grads[:grp]):
             if dd is None:
@@ -80,18 +86,28 @@ class RoutingFree(torch.autograd.Function):
                 d_b.append(None)
                 continue
             torch.mm(packed["B"][j].t(), dd.t(), out=dzw[j])
-            d_b.append(zw[j].mm(dd).t().view(-1, n, r))
-        dout = torch.cat([dzw.new_zeros(gn, t), dzw.view(gn * r, t) * (1.0 / n)])
+            d_b.append(zw[j].mm(dd).t().view(-1, n, r) if need[6 + j * per_layer + 3] else None)
+        dz = dzw.view(gn * r, t) * (1.0 / n)
+        dlogits = dz.new_zeros(gn, t)  # no routing: the routers' rows get nothing
+        dx = dxe = d_in = None
         w_in = packed["in"]
-        d_in = dout.mm(x) if x_experts is None else torch.cat([dout[:gn].mm(x), dout[gn:].mm(x_experts)])
-        d_in[gn:].mul_(first.scaling)
-        dx = dxe = None
         if x_experts is None:
-            dx = dout.t().mm(w_in) if need[1] else None
+            dout = torch.cat([dlogits, dz])
+            if need_params:
+                d_in = dout.mm(x)
+            if need[1]:
+                dx = dout.t().mm(w_in)
         else:
-            dx = dout[:gn].t().mm(w_in[:gn]) if need[1] else None
-            dxe = dout[gn:].t().mm(w_in[gn:]) if need[2] else None
+            if need_params:
+                d_in = torch.cat([dlogits.mm(x), dz.mm(x_experts)])
+            if need[1]:
+                dx = dlogits.t().mm(w_in[:gn])
+            if need[2]:
+                dxe = dz.t().mm(w_in[gn:])
         out = [None, dx, dxe, None, None, None]
+        if not need_params:
+            return tuple(out + [None] * (len(need) - 6))
+        d_in[gn:].mul_(first.scaling)
         for j in range(grp):
             out += [d_in[j * n:(j + 1) * n], d_in.new_zeros(n), d_in[gn + j * n * r:gn + (j + 1) * n * r].view(n, r, d),
                     d_b[j]]

@@ -202,3 +202,36 @@ def test_routing_free_control_runs_the_matmuls_of_the_real_mixture():
             model(ids).logits.sum().backward()
         seen.append(mode.seen)
     assert sum(seen[0].values()) > 30 and seen[0] == seen[1]
+
+
+def test_routing_free_control_with_dropout_on_the_experts_input():
+    """With expert dropout the routers read x and the experts the dropped x: the control's output
+    and gradients are those of scaling / N * drop(x) A^T B^T, the routers' weight, bias and
+    threshold get zero gradients."""
+    import routing_free_control
+    from test_hdmole_layer import make_layer
+
+    from espnet_hdmole import domain_posterior
+
+    torch.manual_seed(0)
+    layer = make_layer(num_domains=3, experts_per_domain=2, rank=2, dropout_rate=0.3).train()
+    routing_free_control.install(torch.nn.Sequential(layer))
+    x = torch.randn(2, 5, 12, requires_grad=True)
+    g = torch.softmax(torch.randn(2, 3), -1)
+    n, r = layer.num_experts, layer.rank
+    a, b = layer.lora_A.reshape(n * r, -1), layer.lora_B.reshape(-1, n * r)
+    with domain_posterior(g):
+        torch.manual_seed(5)
+        got = layer(x)
+    torch.manual_seed(5)
+    xd = layer.lora_dropout(x.reshape(-1, 12)).view(x.shape)  # the same mask: the same draw
+    assert not torch.equal(xd, x)
+    want = torch.nn.functional.linear(x, layer.weight, layer.bias) + layer.scaling / n * (xd @ a.t()) @ b.t()
+    torch.testing.assert_close(got, want)
+    target = torch.randn_like(got)
+    wrt = [x, layer.lora_A, layer.lora_B]
+    for name, u, v in zip(["x", "A", "B"], torch.autograd.grad((got * target).sum(), wrt, retain_graph=True),
+                          torch.autograd.grad((want * target).sum(), wrt)):
+        torch.testing.assert_close(u, v, msg=name)
+    zero = torch.autograd.grad((got * target).sum(), [layer.router.weight, layer.router.bias, layer.threshold])
+    assert all(torch.all(z == 0) for z in zero)
