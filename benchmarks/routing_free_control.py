@@ -18,10 +18,10 @@ the dispatch, one Python call more per group, microseconds a step). It covers th
 recipe ships: no dropout on the experts' input is needed, but a threshold per token and the
 load-balancing loss are refused (they read the routing).
 
-Its backward repeats the matmul part of ``GroupMixture.backward`` on purpose: the control must do
-that node's matmul work and nothing of its routing. tests/test_benchmarks.py checks that both run
-the same matmuls, of the same shapes, forward and backward, so that a change to one without the
-other fails.
+Its backward runs the B matmuls with the real node's own ``b_matmuls_backward``; the control must
+do that node's matmul work and nothing of its routing. tests/test_benchmarks.py checks that both
+run the same matmuls, of the same shapes, forward and backward, so that a change to one without
+the other fails.
 """
 import torch
 
@@ -79,14 +79,8 @@ class RoutingFree(torch.autograd.Function):
         need = ctx.needs_input_grad  # layers, x, x_experts, g, token_theta, need_local, *params
         per_layer = (len(need) - 6) // grp
         need_params = any(need[6:])
-        dzw, d_b = zw.new_empty(grp, n * r, t), []
-        for j, dd in enumerate(grads[:grp]):
-            if dd is None:
-                dzw[j].zero_()
-                d_b.append(None)
-                continue
-            torch.mm(packed["B"][j].t(), dd.t(), out=dzw[j])
-            d_b.append(zw[j].mm(dd).t().view(-1, n, r) if need[6 + j * per_layer + 3] else None)
+        dzw, d_b = group_mixture.b_matmuls_backward(grads[:grp], packed["B"], zw, r,
+                                                    [need[6 + j * per_layer + 3] for j in range(grp)])
         dz = dzw.view(gn * r, t) * (1.0 / n)
         dlogits = dz.new_zeros(gn, t)  # no routing: the routers' rows get nothing
         dx = dxe = d_in = None

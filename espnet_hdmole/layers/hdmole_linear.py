@@ -298,7 +298,8 @@ class HDMoLELinear(torch.nn.Linear):
         Returns False (nothing marked) when the last input was not laid out as (batch, T, d)."""
         if self._last is None or tuple(self._last["lead"]) != tuple(kinds.shape):
             return False
-        self._last["kinds"] = kinds.reshape(-1).to(self._last["w"].device)
+        # (the routing lies on the adapter's device: reading _last["w"] for it would copy the layer's weights out)
+        self._last["kinds"] = kinds.reshape(-1).to(self.lora_A.device)
         return True
 
     def _positions(self, kind: Optional[int] = None) -> Optional[torch.Tensor]:
