@@ -18,6 +18,9 @@ character tokenizer. Systems:
   hdmole_no_routing  a control (optional): hdmole with its routing taken out, the same matmuls with
              every expert weighted 1/N (benchmarks/routing_free_control.py): the floor of any
              implementation of the routing
+  hdmole_native  a control (optional): hdmole with its autograd node's forward and backward in C++
+             (benchmarks/native_group_control.py; the same operations, bit for bit; compiled at first
+             use): what a native node per group would save
 The presets only change sizes: `demo` is the recipe's (encoder 144 x 4 blocks, linear_units 576,
 conv2d6; projector hidden 256; LLM 4 layers x 256; ~3000 characters; batches of 16
 utterances of ~3.5 s (350 frames of 10 ms, +-10%) with ~14-token transcripts); `tiny` is for
@@ -54,9 +57,10 @@ Columns:
                  the median of --decode_passes timed passes over the utterances.
 The target lines compare hdmole with lora (step time <= 1.2x, 1.1x at the wide preset; decoding
 RTF <= 1.2x) and with full_ft (step time <= 1x); with hdmole_no_routing among the systems, a
-line compares it with full_ft too. --repeats K runs every system K times, in turn,
-and reports the medians of the timings (the speed targets are judged on the median of 3 runs),
-and after each target line the ratio in each run (how far it moves from run to run).
+line compares it with full_ft too, and likewise hdmole_native (and it with hdmole).
+--repeats K runs every system K times, in turn, and reports the medians of the timings (the
+speed targets are judged on the median of 3 runs), and after each target line the ratio in
+each run (how far it moves from run to run).
 --interleave instead builds every system in one process and times them round by round, each
 system in turn (benchmarks/timed_system.py): a round is a short untimed decoding and one timed
 pass per beam, or one untimed and --block timed training steps (--steps, the timed steps per
@@ -239,6 +243,10 @@ def main_systems(a, cfg):
     if "hdmole_no_routing" in by and "full_ft" in by and "step_s" in by["hdmole_no_routing"]:
         # the control against the same target: could any routing meet it at this size?
         ratio("step time", "full_ft", "step_s", 1, system="hdmole_no_routing")
+    if "hdmole_native" in by and "step_s" in by["hdmole_native"]:
+        for other in ("full_ft", "hdmole"):  # a native node against the target, and what it saves
+            if other in by:
+                ratio("step time", other, "step_s", 1, system="hdmole_native")
     return rows
 
 

@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE_CONF = ROOT / "egs2" / "kespeech_hdmole" / "asr1" / "conf" / "tuning"
 SYSTEM_YAML = {"full_ft": "finetune_full.yaml", "lora": "finetune_lora.yaml",
                "hdmole": "finetune_hdmole.yaml", "mole_topk": "finetune_mole_topk.yaml",
-               "hdmole_no_routing": "finetune_hdmole.yaml"}
-# timing controls: a system built as its YAML says, then changed (routing_free_control.py)
-CONTROLS = {"hdmole_no_routing": "routing_free"}
+               "hdmole_no_routing": "finetune_hdmole.yaml", "hdmole_native": "finetune_hdmole.yaml"}
+# timing controls: a system built as its YAML says, then changed (routing_free_control.py,
+# native_group_control.py)
+CONTROLS = {"hdmole_no_routing": "routing_free", "hdmole_native": "native_group"}
 
 PRESETS = {
     # checks that the script runs (seconds)
@@ -123,6 +124,10 @@ def build(cfg, spec, workdir):
         import routing_free_control
 
         routing_free_control.install(model)
+    elif spec.get("bench_control") == "native_group":
+        import native_group_control
+
+        native_group_control.install(model)
     return model, trainable_parameter_report(model), vocab
 
 

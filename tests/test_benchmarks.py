@@ -1,6 +1,7 @@
 """The benchmark script of the fine-tuning systems runs on the tiny preset and reports what it
 promises; its synthetic CTC path gives the LLM one position per 4 encoder frames."""
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -235,3 +236,70 @@ def test_routing_free_control_with_dropout_on_the_experts_input():
         torch.testing.assert_close(u, v, msg=name)
     zero = torch.autograd.grad((got * target).sum(), [layer.router.weight, layer.router.bias, layer.threshold])
     assert all(torch.all(z == 0) for z in zero)
+
+
+def _can_build_extensions() -> bool:
+    from torch.utils.cpp_extension import is_ninja_available
+
+    return is_ninja_available() and shutil.which("c++") is not None
+
+
+def _graph_nodes(fn) -> set:
+    """The names of the autograd nodes behind ``fn``."""
+    seen, todo = set(), [fn]
+    while todo:
+        f = todo.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        todo.extend(nxt for nxt, _ in f.next_functions)
+    return {type(f).__name__ for f in seen}
+
+
+@pytest.mark.skipif(not _can_build_extensions(), reason="the native control compiles C++ (needs c++ and ninja)")
+def test_native_group_control_trains_hdmole_bit_for_bit():
+    """The bench's native node (native_group_control.cpp) runs the Python node's operations in the
+    same order: a training forward and backward through a tiny Qwen2 with q/k/v and gate/up groups
+    and two experts per domain give the same logits, gradients and routing statistics, bit for bit
+    (fails when either side's arithmetic changes alone); a model not switched keeps the Python
+    node; settings the node does not implement are refused, naming the layer."""
+    import native_group_control
+    from test_shared_input import adapted, run
+
+    from espnet_hdmole import domain_posterior
+    from espnet_hdmole.layers import shared_input
+
+    ids = torch.tensor([[5, 9, 3, 7, 2, 0, 0], [4, 8, 6, 1, 3, 9, 2]])
+    g = torch.softmax(torch.randn(2, 3, generator=torch.Generator().manual_seed(3)), -1)
+    got = []
+    for native in (False, True):
+        model = adapted(None).train()
+        with torch.no_grad():  # thresholds of their own, so that the active sets differ by layer
+            for k, (_, layer) in enumerate(hdmole_layers(model)):
+                layer.threshold.fill_(0.3 * (k % 5) - 0.6)
+        if native:
+            python_node = adapted(None).train()
+            before = run(python_node, ids, g)
+            assert native_group_control.install(model) == len(list(hdmole_layers(model)))
+            assert shared_input.GroupMixture is not native_group_control.NativeGroupMixture
+        got.append(run(model, ids, g))
+        with domain_posterior(g):  # which node the groups ran
+            nodes = _graph_nodes(model(input_ids=ids).logits.grad_fn)
+        assert ("NativeGroupMixtureBackward" in nodes, "GroupMixtureBackward" in nodes) == (native, not native)
+    (logits0, grads0, stats0), (logits1, grads1, stats1) = got
+    assert torch.equal(logits0, logits1)
+    assert grads0.keys() == grads1.keys() and len(grads0) > 40
+    for name in grads0:
+        assert torch.equal(grads0[name], grads1[name]), name
+    assert any("threshold" in name for name in grads0) and any("router" in name for name in grads0)
+    assert stats0.keys() == stats1.keys() and stats0
+    for name in stats0:
+        assert torch.equal(torch.as_tensor(stats0[name]), torch.as_tensor(stats1[name])), name
+    # a model that was not switched, in the same process: still the Python node, the same figures
+    after = run(python_node, ids, g)
+    assert torch.equal(before[0], after[0]) and all(torch.equal(before[1][k], after[1][k]) for k in before[1])
+    assert not python_node.model.layers[0].self_attn.q_proj.__dict__.get(native_group_control.FLAG)
+    with pytest.raises(ValueError, match=r"q_proj.*'activation': 'topk'"):
+        native_group_control.install(adapted(None, activation="topk", top_k=2))
+    with pytest.raises(ValueError, match="no HDMoLE layer"):
+        native_group_control.install(torch.nn.Linear(2, 2))
