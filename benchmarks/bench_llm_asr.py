@@ -300,7 +300,9 @@ def main():
                     help="all systems in one process, timed round by round (see above); ratios with 95%% intervals")
     ap.add_argument("--block", type=int, default=3,
                     help="--interleave: timed training steps per system and round (after one untimed step)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads (default 2: this project's machine); the recipe's stage 5 gives each "
+                         "training job nproc / jobs threads, 1 on a 2-core machine (local/recipe_lib.sh)")
     ap.add_argument("--json", type=str, default=None, help="also write the configuration and all results here")
     a = ap.parse_args()
     p = PRESETS[a.preset]
