@@ -63,10 +63,10 @@ std::vector<Tensor> group_forward(const std::vector<Tensor>& params, const Tenso
   return res;
 }
 
-// ``grads``: each delta's gradient (undefined where it got none). Returns the input's gradient
+// ``grads``: each delta's gradient (None where it got none). Returns the input's gradient
 // (undefined unless ``need_x``), then per layer the gradients of the router's weight and bias,
 // A, B and theta.
-std::vector<Tensor> group_backward(const std::vector<Tensor>& grads, const std::vector<Tensor>& params,
+std::vector<Tensor> group_backward(const std::vector<std::optional<Tensor>>& grads, const std::vector<Tensor>& params,
                                    const Tensor& x, const Tensor& g, const Tensor& p, const Tensor& w,
                                    const Tensor& active, const Tensor& norm, const Tensor& z, const Tensor& zw,
                                    const Tensor& w_in, const Tensor& minus_dtau,
@@ -77,12 +77,12 @@ std::vector<Tensor> group_backward(const std::vector<Tensor>& grads, const std::
   Tensor dzw = zw_flat.new_empty(zw_flat.sizes());
   std::vector<Tensor> d_b;
   for (int64_t j = 0; j < G; ++j) {
-    const Tensor& dd = grads[j];
-    if (!dd.defined()) {
+    if (!grads[j].has_value() || !grads[j]->defined()) {
       dzw[j].zero_();
       d_b.push_back(Tensor());
       continue;
     }
+    const Tensor& dd = *grads[j];
     Tensor dzw_j = dzw[j];
     at::mm_out(dzw_j, packed_b(params, j, N * r).t(), dd.t());
     d_b.push_back(zw_flat[j].mm(dd).t().view({dd.size(1), -1, r}));

@@ -303,3 +303,35 @@ def test_native_group_control_trains_hdmole_bit_for_bit():
         native_group_control.install(adapted(None, activation="topk", top_k=2))
     with pytest.raises(ValueError, match="no HDMoLE layer"):
         native_group_control.install(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.skipif(not _can_build_extensions(), reason="the native control compiles C++ (needs c++ and ninja)")
+def test_native_group_control_where_a_member_gets_no_gradient():
+    """A group of q/k/v whose k output is left out of the loss: the native node's backward takes
+    no gradient for it (None), as the Python node does, with the same gradients bit for bit (the
+    Python node zeroes that member's part and gives its B no gradient); a gradient of x and of
+    every other parameter arrives."""
+    import native_group_control
+    from test_shared_input import adapted
+
+    from espnet_hdmole.layers.group_mixture import GroupMixture, layer_parameters
+
+    model = adapted(None).train()
+    native_group_control.install(model)
+    attn = model.model.layers[0].self_attn
+    layers = [attn.q_proj, attn.k_proj, attn.v_proj]
+    params = [p for m in layers for p in layer_parameters(m)]
+    g = torch.softmax(torch.randn(2, 3), -1)
+    x0 = torch.randn(2 * 7, layers[0].in_features)
+    got = []
+    for node in (GroupMixture, native_group_control.NativeGroupMixture):
+        x = x0.clone().requires_grad_()
+        outs = node.apply(layers, x, None, g, None, False, *params)
+        wrt = [x] + params
+        grads = torch.autograd.grad(outs[0].pow(2).sum() + outs[2].sum(), wrt, allow_unused=True)
+        got.append(grads)
+    k_b = 5 + 3  # the k layer's B: the fourth of its 5 parameters (router weight, bias, A, B, theta)
+    assert all(k[1 + k_b] is None or not k[1 + k_b].any() for k in got)  # nothing reached k's B
+    for i, (u, v) in enumerate(zip(*got)):
+        assert (u is None) == (v is None) and (u is None or torch.equal(u, v)), i
+    assert got[1][0].abs().sum() > 0 and got[1][1 + 2 * 5 + 3].abs().sum() > 0  # x, and v's B
