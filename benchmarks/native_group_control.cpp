@@ -9,6 +9,7 @@
 // (N, r, d), B (d_out_j, N, r) and the threshold's theta (a scalar): layer_parameters' order.
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <vector>
 
 using at::Tensor;
@@ -21,12 +22,13 @@ Tensor packed_b(const std::vector<Tensor>& params, int64_t j, int64_t nr) {
 }
 }  // namespace
 
+// ``ge``: the log domain posterior expanded to the experts, (1, N, B, 1), as
+// routing.expert_posterior gives it (the Python node computes it once per forward, not per group).
 // Returns the G deltas (T, d_out_j), then p, w, active, norm (G, N, T) / (G, 1, T), z and zw
 // (G, N, r, T), the packed first weight, minus d tau / d theta and tau (G, 1, 1).
-std::vector<Tensor> group_forward(const std::vector<Tensor>& params, const Tensor& x, const Tensor& g,
-                                  int64_t G, int64_t N, int64_t r, int64_t experts_per_domain,
-                                  double scaling, double tau_max) {
-  const int64_t d = x.size(1), T = x.size(0), gn = G * N, b = g.size(0);
+std::vector<Tensor> group_forward(const std::vector<Tensor>& params, const Tensor& x, const Tensor& ge,
+                                  int64_t G, int64_t N, int64_t r, double scaling, double tau_max) {
+  const int64_t d = x.size(1), T = x.size(0), gn = G * N, b = ge.size(2);
   // packing: [routers ; c A's] (G*N + G*N*r, d), its bias column, the thresholds
   std::vector<Tensor> rows, biases, thetas;
   for (int64_t j = 0; j < G; ++j) rows.push_back(params[kPerLayer * j]);
@@ -46,9 +48,7 @@ std::vector<Tensor> group_forward(const std::vector<Tensor>& params, const Tenso
   Tensor logits = out.slice(0, 0, gn).view({G, N, T});
   Tensor z = out.slice(0, gn);
   // product combination: softmax(logits + log g), the utterance's posterior over its tokens
-  Tensor ge = experts_per_domain == 1 ? g : g.repeat_interleave(experts_per_domain, -1);
-  ge = ge.t().reshape({1, -1, b, 1}).log();
-  Tensor p = at::softmax(logits.view({G, N, b, T / b}) + ge, 1).view({G, N, T});
+  Tensor p = at::softmax(logits.view({G, N, b, T / std::max<int64_t>(b, 1)}) + ge, 1).view({G, N, T});
   // dynamic threshold: (p - tau) on the active experts, renormalised
   Tensor active = p >= tau;
   Tensor u = (p - tau).clamp_min(0.0);
@@ -63,15 +63,17 @@ std::vector<Tensor> group_forward(const std::vector<Tensor>& params, const Tenso
   return res;
 }
 
-// ``grads``: each delta's gradient (None where it got none). Returns the input's gradient
-// (undefined unless ``need_x``), then per layer the gradients of the router's weight and bias,
-// A, B and theta.
+// ``grads``: each delta's gradient (None where it got none); ``need_b``: whether each layer's B
+// needs its gradient. Returns the input's gradient (None unless ``need_x``), then, where
+// ``need_params``, per layer the gradients of the router's weight and bias, A, B (None where not
+// needed) and theta.
 std::vector<Tensor> group_backward(const std::vector<std::optional<Tensor>>& grads, const std::vector<Tensor>& params,
-                                   const Tensor& x, const Tensor& g, const Tensor& p, const Tensor& w,
+                                   const Tensor& x, int64_t b, const Tensor& p, const Tensor& w,
                                    const Tensor& active, const Tensor& norm, const Tensor& z, const Tensor& zw,
                                    const Tensor& w_in, const Tensor& minus_dtau,
-                                   int64_t G, int64_t N, int64_t r, double scaling, bool need_x) {
-  const int64_t d = x.size(1), T = x.size(0), gn = G * N, b = g.size(0);
+                                   int64_t G, int64_t N, int64_t r, double scaling, bool need_x,
+                                   const std::vector<bool>& need_b, bool need_params) {
+  const int64_t d = x.size(1), T = x.size(0), gn = G * N;
   // the B matmuls (b_matmuls_backward)
   Tensor zw_flat = zw.view({G, N * r, T});
   Tensor dzw = zw_flat.new_empty(zw_flat.sizes());
@@ -85,7 +87,7 @@ std::vector<Tensor> group_backward(const std::vector<std::optional<Tensor>>& gra
     const Tensor& dd = *grads[j];
     Tensor dzw_j = dzw[j];
     at::mm_out(dzw_j, packed_b(params, j, N * r).t(), dd.t());
-    d_b.push_back(zw_flat[j].mm(dd).t().view({dd.size(1), -1, r}));
+    d_b.push_back(need_b[j] ? zw_flat[j].mm(dd).t().view({dd.size(1), -1, r}) : Tensor());
   }
   dzw = dzw.view({G, N, r, T});
   Tensor dz = dzw * w.unsqueeze(2);
@@ -93,13 +95,15 @@ std::vector<Tensor> group_backward(const std::vector<std::optional<Tensor>>& gra
   // the threshold, the product's softmax
   Tensor dp = (dw - (dw * w).sum(1, true)) / norm * active;
   Tensor d_theta = dp.sum({1, 2}, true) * minus_dtau;
-  const std::vector<int64_t> shape{G, N, b, T / b};
+  const std::vector<int64_t> shape{G, N, b, T / std::max<int64_t>(b, 1)};
   Tensor dlogits = at::_softmax_backward_data(dp.view(shape), p.view(shape), 1, p.scalar_type()).view({G, N, T});
   // the first matmul
   Tensor dout = at::cat({dlogits.view({gn, T}), dz.view({gn * r, T})});
-  Tensor d_in = dout.mm(x);
   std::vector<Tensor> res;
+  Tensor d_in;
+  if (need_params) d_in = dout.mm(x);
   res.push_back(need_x ? dout.t().mm(w_in) : Tensor());
+  if (!need_params) return res;
   d_in.slice(0, gn).mul_(scaling);
   Tensor d_bias = dlogits.sum(2);
   for (int64_t j = 0; j < G; ++j) {

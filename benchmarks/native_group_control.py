@@ -13,20 +13,21 @@ the rest. Decoding (no autograd) keeps the Python ``mixture_forward``.
 
 The extension is compiled at first use with torch.utils.cpp_extension (g++ and ninja; about 25 s
 on this project's 2-core machine, then cached under $TORCH_EXTENSIONS_DIR, by default
-~/.cache/torch_extensions). The switch is made per layer, so a native system and the real one
-can share an interleaved process (bench_llm_asr.py --interleave).
+~/.cache/torch_extensions). The node stays a Python ``autograd.Function`` (its wrapper, the
+saving of its tensors and one dispatch call per group remain). The switch is made per layer
+(control_dispatch.py), so a native system and the real one can share an interleaved process
+(bench_llm_asr.py --interleave).
 """
 from pathlib import Path
 
 import torch
 
-from espnet_hdmole.layers import shared_input
+import control_dispatch
 from espnet_hdmole.layers.hdmole_linear import HDMoLELinear
+from espnet_hdmole.layers.routing import expert_posterior
 
-FLAG = "_bench_native_group"
 SOURCE = Path(__file__).with_suffix(".cpp")
 _EXT = []
-_FALLBACK = []  # what shared_input.GroupMixture was before install (the real node, or another control)
 
 
 def extension():
@@ -42,11 +43,13 @@ def check_layer(m) -> None:
     """Refuse a layer whose settings the C++ body does not implement."""
     wanted = dict(activation="threshold", combine="product", output_scale="expert", temperature=1.0, lb_weight=0)
     bad = {k: getattr(m, k) for k, v in wanted.items() if getattr(m, k) != v}
+    if m.global_router == "none":
+        bad["global_router"] = m.global_router
     if not isinstance(m.lora_dropout, torch.nn.Identity):
         bad["dropout_rate"] = m.lora_dropout.p
     if bad:
         raise ValueError(f"native_group_control: layer '{m.name}' has {bad}; the native node implements "
-                         f"{wanted} without dropout on the experts' input")
+                         f"{wanted} with a global router and without dropout on the experts' input")
 
 
 class NativeGroupMixture(torch.autograd.Function):
@@ -58,12 +61,13 @@ class NativeGroupMixture(torch.autograd.Function):
         if x_experts is not None or token_theta is not None or need_local or g is None or g.requires_grad:
             raise ValueError("native_group_control: dropout, a token threshold, the local router's output, no "
                              "domain posterior or its gradient (a trained accent head) are not implemented")
-        res = extension().group_forward(list(params), x, g, grp, first.num_experts, first.rank,
-                                        first.experts_per_domain, first.scaling, first.tau_max)
+        ge = expert_posterior(g, first.experts_per_domain, log=True)  # (once per forward, as the Python node)
+        res = extension().group_forward(list(params), x, ge, grp, first.num_experts, first.rank, first.scaling,
+                                        first.tau_max)
         p, w, active, norm, z, zw, w_in, minus_dtau, tau = res[grp:]
         ctx.set_materialize_grads(False)
-        ctx.layers = layers
-        ctx.save_for_backward(x, g, p, w, active, norm, z, zw, w_in, minus_dtau, *params)
+        ctx.layers, ctx.utterances = layers, g.shape[0]
+        ctx.save_for_backward(x, p, w, active, norm, z, zw, w_in, minus_dtau, *params)
         return (*res[:grp], None, {"p": p, "w": w, "active": active, "tau": tau.view(grp)})
 
     @staticmethod
@@ -71,20 +75,14 @@ class NativeGroupMixture(torch.autograd.Function):
     def backward(ctx, *grads):
         layers = ctx.layers
         first, grp = layers[0], len(layers)
-        x, g, p, w, active, norm, z, zw, w_in, minus_dtau, *params = ctx.saved_tensors
+        x, p, w, active, norm, z, zw, w_in, minus_dtau, *params = ctx.saved_tensors
         need = ctx.needs_input_grad  # layers, x, x_experts, g, token_theta, need_local, *params
-        res = extension().group_backward(list(grads[:grp]), params, x, g, p, w, active, norm, z, zw, w_in,
-                                         minus_dtau, grp, first.num_experts, first.rank, first.scaling, need[1])
+        res = extension().group_backward(list(grads[:grp]), params, x, ctx.utterances, p, w, active, norm, z, zw,
+                                         w_in, minus_dtau, grp, first.num_experts, first.rank, first.scaling, need[1],
+                                         [need[6 + 5 * j + 3] for j in range(grp)], any(need[6:]))
+        if len(res) == 1:  # no parameter needs a gradient
+            return (None, res[0], None, None, None, None) + (None,) * len(params)
         return (None, res[0], None, None, None, None, *[gr if n else None for gr, n in zip(res[1:], need[6:])])
-
-
-class _GroupMixtureDispatch:
-    """Stands for ``GroupMixture`` in espnet_hdmole.layers.shared_input: the native node for the
-    layers marked, what was there before for every other."""
-
-    @staticmethod
-    def apply(layers, *args):
-        return (NativeGroupMixture if layers[0].__dict__.get(FLAG) else _FALLBACK[0]).apply(layers, *args)
 
 
 def install(model: torch.nn.Module) -> int:
@@ -97,9 +95,4 @@ def install(model: torch.nn.Module) -> int:
     for m in layers:
         check_layer(m)
     extension()
-    if shared_input.GroupMixture is not _GroupMixtureDispatch:
-        _FALLBACK[:] = [shared_input.GroupMixture]
-        shared_input.GroupMixture = _GroupMixtureDispatch
-    for m in layers:
-        m.__dict__[FLAG] = True  # (a plain attribute: no Module.__setattr__)
-    return len(layers)
+    return control_dispatch.switch(layers, NativeGroupMixture)

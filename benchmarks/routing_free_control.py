@@ -12,7 +12,7 @@ is the floor of any routing implemented within this frame: what the mixture's ma
 group's fixed costs take alone; a leaner frame (a native group op, say) would lower the floor too.
 It is a timing control only; what it trains is not HDMoLE (a dense, uniform mixture).
 
-The switch is made per layer (an attribute the dispatch reads), so a routing-free system and the
+The switch is made per layer (control_dispatch.py), so a routing-free system and the
 real one can share a process (``bench_llm_asr.py --interleave``; the real layers then pass through
 the dispatch, one Python call more per group, microseconds a step). It covers the configurations the
 recipe ships: no dropout on the experts' input is needed, but a threshold per token and the
@@ -25,11 +25,10 @@ the other fails.
 """
 import torch
 
-from espnet_hdmole.layers import group_mixture, shared_input
+import control_dispatch
+from espnet_hdmole.layers import group_mixture
 from espnet_hdmole.layers.hdmole_linear import HDMoLELinear
 
-FLAG = "_bench_routing_free"
-_REAL = {"GroupMixture": shared_input.GroupMixture, "mixture_forward": shared_input.mixture_forward}
 
 
 def _matmuls_forward(layers, x, x_experts, token_theta, need_local, params):
@@ -112,18 +111,8 @@ class RoutingFree(torch.autograd.Function):
         return tuple(out)
 
 
-class _GroupMixtureDispatch:
-    """Stands for ``GroupMixture`` in espnet_hdmole.layers.shared_input: the control for the layers
-    marked routing-free, the real node for every other."""
-
-    @staticmethod
-    def apply(layers, *args):
-        return (RoutingFree if layers[0].__dict__.get(FLAG) else _REAL["GroupMixture"]).apply(layers, *args)
-
-
-def _mixture_forward_dispatch(layers, x, x_experts, g, token_theta, need_local, params=None):
-    if not layers[0].__dict__.get(FLAG):
-        return _REAL["mixture_forward"](layers, x, x_experts, g, token_theta, need_local, params)
+def _mixture_forward_free(layers, x, x_experts, g, token_theta, need_local, params=None):
+    """``mixture_forward``'s interface (no autograd), routing-free."""
     packed, zw, factors, routing = _matmuls_forward(layers, x, x_experts, token_theta, need_local, params)
     return factors, None, routing, None
 
@@ -134,7 +123,4 @@ def install(model: torch.nn.Module) -> int:
     layers = [m for m in model.modules() if isinstance(m, HDMoLELinear)]
     if not layers:
         raise ValueError("routing_free_control.install: the model has no HDMoLE layer (adapter: hdmole)")
-    shared_input.GroupMixture, shared_input.mixture_forward = _GroupMixtureDispatch, _mixture_forward_dispatch
-    for m in layers:
-        m.__dict__[FLAG] = True  # (a plain attribute: no Module.__setattr__)
-    return len(layers)
+    return control_dispatch.switch(layers, RoutingFree, _mixture_forward_free)

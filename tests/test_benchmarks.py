@@ -298,7 +298,9 @@ def test_native_group_control_trains_hdmole_bit_for_bit():
     # a model that was not switched, in the same process: still the Python node, the same figures
     after = run(python_node, ids, g)
     assert torch.equal(before[0], after[0]) and all(torch.equal(before[1][k], after[1][k]) for k in before[1])
-    assert not python_node.model.layers[0].self_attn.q_proj.__dict__.get(native_group_control.FLAG)
+    with domain_posterior(g):
+        nodes = _graph_nodes(python_node(input_ids=ids).logits.grad_fn)
+    assert "GroupMixtureBackward" in nodes and "NativeGroupMixtureBackward" not in nodes
     with pytest.raises(ValueError, match=r"q_proj.*'activation': 'topk'"):
         native_group_control.install(adapted(None, activation="topk", top_k=2))
     with pytest.raises(ValueError, match="no HDMoLE layer"):
@@ -335,3 +337,27 @@ def test_native_group_control_where_a_member_gets_no_gradient():
     for i, (u, v) in enumerate(zip(*got)):
         assert (u is None) == (v is None) and (u is None or torch.equal(u, v)), i
     assert got[1][0].abs().sum() > 0 and got[1][1 + 2 * 5 + 3].abs().sum() > 0  # x, and v's B
+
+@pytest.mark.skipif(not _can_build_extensions(), reason="the native control compiles C++ (needs c++ and ninja)")
+def test_controls_switched_in_any_order_keep_to_their_own_models():
+    """Both controls in one process, installed in turn on different models (native, routing-free,
+    native again): each model runs the node it was switched to, and a model switched to neither the
+    real node, whatever the order (control_dispatch.py: no control chains onto another)."""
+    import native_group_control
+    import routing_free_control
+    from test_shared_input import adapted
+
+    from espnet_hdmole import domain_posterior
+
+    models = [adapted(None).train() for _ in range(4)]
+    native_group_control.install(models[0])
+    routing_free_control.install(models[1])
+    native_group_control.install(models[2])
+    ids = torch.randint(1, 50, (2, 6))
+    g = torch.softmax(torch.randn(2, 3), -1)
+    want = ["NativeGroupMixtureBackward", "RoutingFreeBackward", "NativeGroupMixtureBackward", "GroupMixtureBackward"]
+    kinds = set(want)
+    for model, node in zip(models, want):
+        with domain_posterior(g):
+            nodes = _graph_nodes(model(input_ids=ids).logits.grad_fn)
+        assert nodes & kinds == {node}
