@@ -43,7 +43,3 @@ def switch(layers: Sequence, GroupMixture, mixture_forward: Optional[Callable] =
         m.__dict__[ATTR] = record  # (a plain attribute: no Module.__setattr__)
     return len(layers)
 
-
-def switched_to(layer) -> Optional[object]:
-    """The node ``layer`` was switched to, or None."""
-    return layer.__dict__.get(ATTR, {}).get("GroupMixture")

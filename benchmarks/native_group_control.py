@@ -77,12 +77,12 @@ class NativeGroupMixture(torch.autograd.Function):
         first, grp = layers[0], len(layers)
         x, p, w, active, norm, z, zw, w_in, minus_dtau, *params = ctx.saved_tensors
         need = ctx.needs_input_grad  # layers, x, x_experts, g, token_theta, need_local, *params
+        per_layer = len(params) // grp
         res = extension().group_backward(list(grads[:grp]), params, x, ctx.utterances, p, w, active, norm, z, zw,
                                          w_in, minus_dtau, grp, first.num_experts, first.rank, first.scaling, need[1],
-                                         [need[6 + 5 * j + 3] for j in range(grp)], any(need[6:]))
-        if len(res) == 1:  # no parameter needs a gradient
-            return (None, res[0], None, None, None, None) + (None,) * len(params)
-        return (None, res[0], None, None, None, None, *[gr if n else None for gr, n in zip(res[1:], need[6:])])
+                                         [need[6 + j * per_layer + 3] for j in range(grp)], any(need[6:]))
+        d_params = res[1:] or [None] * len(params)  # (none where no parameter needs a gradient)
+        return (None, res[0], None, None, None, None, *[gr if n else None for gr, n in zip(d_params, need[6:])])
 
 
 def install(model: torch.nn.Module) -> int:

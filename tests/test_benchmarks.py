@@ -338,6 +338,7 @@ def test_native_group_control_where_a_member_gets_no_gradient():
         assert (u is None) == (v is None) and (u is None or torch.equal(u, v)), i
     assert got[1][0].abs().sum() > 0 and got[1][1 + 2 * 5 + 3].abs().sum() > 0  # x, and v's B
 
+
 @pytest.mark.skipif(not _can_build_extensions(), reason="the native control compiles C++ (needs c++ and ninja)")
 def test_controls_switched_in_any_order_keep_to_their_own_models():
     """Both controls in one process, installed in turn on different models (native, routing-free,
