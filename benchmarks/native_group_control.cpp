@@ -24,10 +24,12 @@ Tensor packed_b(const std::vector<Tensor>& params, int64_t j, int64_t nr) {
 
 // ``ge``: the log domain posterior expanded to the experts, (1, N, B, 1), as
 // routing.expert_posterior gives it (the Python node computes it once per forward, not per group).
-// Returns the G deltas (T, d_out_j), then p, w, active, norm (G, N, T) / (G, 1, T), z and zw
+// ``base_w``/``base_b``: the layers' frozen base weights and biases where the node computes their
+// whole outputs (else empty). Returns the G deltas (T, d_out_j) (or outputs), then p, w, active, norm (G, N, T) / (G, 1, T), z and zw
 // (G, N, r, T), the packed first weight, minus d tau / d theta and tau (G, 1, 1).
 std::vector<Tensor> group_forward(const std::vector<Tensor>& params, const Tensor& x, const Tensor& ge,
-                                  int64_t G, int64_t N, int64_t r, double scaling, double tau_max) {
+                                  int64_t G, int64_t N, int64_t r, double scaling, double tau_max,
+                                  const std::vector<Tensor>& base_w, const std::vector<std::optional<Tensor>>& base_b) {
   const int64_t d = x.size(1), T = x.size(0), gn = G * N, b = ge.size(2);
   // packing: [routers ; c A's] (G*N + G*N*r, d), its bias column, the thresholds
   std::vector<Tensor> rows, biases, thetas;
@@ -58,13 +60,22 @@ std::vector<Tensor> group_forward(const std::vector<Tensor>& params, const Tenso
   Tensor zw = z * w.unsqueeze(2);
   Tensor zwt = zw.view({G, N * r, T}).transpose(1, 2);
   std::vector<Tensor> res;
-  for (int64_t j = 0; j < G; ++j) res.push_back(zwt[j].mm(packed_b(params, j, N * r).t()));
+  for (int64_t j = 0; j < G; ++j) {
+    if (base_w.empty()) {
+      res.push_back(zwt[j].mm(packed_b(params, j, N * r).t()));
+      continue;
+    }
+    // the layer's whole output (group_mixture.base_outputs): its frozen base linear, the delta added by addmm_
+    Tensor y = base_b[j].has_value() && base_b[j]->defined() ? at::addmm(*base_b[j], x, base_w[j].t())
+                                                            : x.mm(base_w[j].t());
+    res.push_back(y.addmm_(zwt[j], packed_b(params, j, N * r).t()));
+  }
   for (const Tensor& t : {p, w, active, norm, z, zw, w_in, minus_dtau, tau}) res.push_back(t);
   return res;
 }
 
 // ``grads``: each delta's gradient (None where it got none); ``need_b``: whether each layer's B
-// needs its gradient. Returns the input's gradient (None unless ``need_x``), then, where
+// needs its gradient; ``base_w`` as in group_forward. Returns the input's gradient (None unless ``need_x``), then, where
 // ``need_params``, per layer the gradients of the router's weight and bias, A, B (None where not
 // needed) and theta.
 std::vector<Tensor> group_backward(const std::vector<std::optional<Tensor>>& grads, const std::vector<Tensor>& params,
@@ -72,7 +83,8 @@ std::vector<Tensor> group_backward(const std::vector<std::optional<Tensor>>& gra
                                    const Tensor& active, const Tensor& norm, const Tensor& z, const Tensor& zw,
                                    const Tensor& w_in, const Tensor& minus_dtau,
                                    int64_t G, int64_t N, int64_t r, double scaling, bool need_x,
-                                   const std::vector<bool>& need_b, bool need_params) {
+                                   const std::vector<bool>& need_b, bool need_params,
+                                   const std::vector<Tensor>& base_w) {
   const int64_t d = x.size(1), T = x.size(0), gn = G * N;
   // the B matmuls (b_matmuls_backward)
   Tensor zw_flat = zw.view({G, N * r, T});
@@ -102,7 +114,12 @@ std::vector<Tensor> group_backward(const std::vector<std::optional<Tensor>>& gra
   std::vector<Tensor> res;
   Tensor d_in;
   if (need_params) d_in = dout.mm(x);
-  res.push_back(need_x ? dout.t().mm(w_in) : Tensor());
+  Tensor dx = need_x ? dout.t().mm(w_in) : Tensor();
+  if (need_x) {  // group_mixture.add_base_input_grads: through the frozen base linears
+    for (size_t j = 0; j < base_w.size(); ++j)
+      if (grads[j].has_value() && grads[j]->defined()) dx.addmm_(*grads[j], base_w[j]);
+  }
+  res.push_back(dx);
   if (!need_params) return res;
   d_in.slice(0, gn).mul_(scaling);
   Tensor d_bias = dlogits.sum(2);

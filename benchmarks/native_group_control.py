@@ -24,6 +24,7 @@ import torch
 
 import control_dispatch
 from espnet_hdmole.layers.hdmole_linear import HDMoLELinear
+from espnet_hdmole.layers.group_mixture import P0
 from espnet_hdmole.layers.routing import expert_posterior
 
 SOURCE = Path(__file__).with_suffix(".cpp")
@@ -52,21 +53,30 @@ def check_layer(m) -> None:
                          f"{wanted} with a global router and without dropout on the experts' input")
 
 
+def _base(layers, with_base: bool):
+    """The layers' frozen base weights and biases where the node computes their base linears
+    (``with_base``), else two empty lists."""
+    if not with_base:
+        return [], []
+    return [m._parameters["weight"] for m in layers], [m._parameters.get("bias") for m in layers]
+
+
 class NativeGroupMixture(torch.autograd.Function):
     """``GroupMixture``'s interface (the same arguments and outputs), its body in C++."""
 
     @staticmethod
-    def forward(ctx, layers, x, x_experts, g, token_theta, need_local, *params):
+    def forward(ctx, layers, x, x_experts, g, token_theta, need_local, with_base, *params):
         first, grp = layers[0], len(layers)
         if x_experts is not None or token_theta is not None or need_local or g is None or g.requires_grad:
             raise ValueError("native_group_control: dropout, a token threshold, the local router's output, no "
                              "domain posterior or its gradient (a trained accent head) are not implemented")
         ge = expert_posterior(g, first.experts_per_domain, log=True)  # (once per forward, as the Python node)
+        base_w, base_b = _base(layers, with_base)
         res = extension().group_forward(list(params), x, ge, grp, first.num_experts, first.rank, first.scaling,
-                                        first.tau_max)
+                                        first.tau_max, base_w, base_b)
         p, w, active, norm, z, zw, w_in, minus_dtau, tau = res[grp:]
         ctx.set_materialize_grads(False)
-        ctx.layers, ctx.utterances = layers, g.shape[0]
+        ctx.layers, ctx.utterances, ctx.with_base = layers, g.shape[0], with_base
         ctx.save_for_backward(x, p, w, active, norm, z, zw, w_in, minus_dtau, *params)
         return (*res[:grp], None, {"p": p, "w": w, "active": active, "tau": tau.view(grp)})
 
@@ -76,13 +86,15 @@ class NativeGroupMixture(torch.autograd.Function):
         layers = ctx.layers
         first, grp = layers[0], len(layers)
         x, p, w, active, norm, z, zw, w_in, minus_dtau, *params = ctx.saved_tensors
-        need = ctx.needs_input_grad  # layers, x, x_experts, g, token_theta, need_local, *params
+        need, p0 = ctx.needs_input_grad, P0  # NODE_ARGS, then the layers' parameters
         per_layer = len(params) // grp
         res = extension().group_backward(list(grads[:grp]), params, x, ctx.utterances, p, w, active, norm, z, zw,
                                          w_in, minus_dtau, grp, first.num_experts, first.rank, first.scaling, need[1],
-                                         [need[6 + j * per_layer + 3] for j in range(grp)], any(need[6:]))
+                                         [need[p0 + j * per_layer + 3] for j in range(grp)], any(need[p0:]),
+                                         _base(layers, ctx.with_base)[0])
         d_params = res[1:] or [None] * len(params)  # (none where no parameter needs a gradient)
-        return (None, res[0], None, None, None, None, *[gr if n else None for gr, n in zip(d_params, need[6:])])
+        return (None, res[0], None, None, None, None, None,
+                *[gr if n else None for gr, n in zip(d_params, need[p0:])])
 
 
 def install(model: torch.nn.Module) -> int:

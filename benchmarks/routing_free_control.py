@@ -60,12 +60,13 @@ class RoutingFree(torch.autograd.Function):
     """``GroupMixture``'s interface and matmuls, with a uniform mixture for its routing."""
 
     @staticmethod
-    def forward(ctx, layers, x, x_experts, g, token_theta, need_local, *params):
+    def forward(ctx, layers, x, x_experts, g, token_theta, need_local, with_base, *params):
         packed, zw, factors, routing = _matmuls_forward(layers, x, x_experts, token_theta, need_local, params)
         ctx.set_materialize_grads(False)
-        ctx.layers, ctx.packed, ctx.zw = layers, packed, zw
+        ctx.layers, ctx.packed, ctx.zw, ctx.with_base = layers, packed, zw, with_base
         ctx.save_for_backward(x, x_experts)
-        return (*[a.mm(b) for a, b in factors], None, routing)
+        outs = group_mixture.base_outputs(layers, x, factors) if with_base else [a.mm(b) for a, b in factors]
+        return (*outs, None, routing)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -75,11 +76,12 @@ class RoutingFree(torch.autograd.Function):
         first = layers[0]
         grp, n, r, d = len(layers), first.num_experts, first.rank, first.in_features
         t, gn = x.shape[0], grp * n
-        need = ctx.needs_input_grad  # layers, x, x_experts, g, token_theta, need_local, *params
-        per_layer = (len(need) - 6) // grp
-        need_params = any(need[6:])
+        need = ctx.needs_input_grad  # group_mixture.NODE_ARGS, then the layers' parameters
+        p0 = group_mixture.P0
+        per_layer = (len(need) - p0) // grp
+        need_params = any(need[p0:])
         dzw, d_b = group_mixture.b_matmuls_backward(grads[:grp], packed["B"], zw, r,
-                                                    [need[6 + j * per_layer + 3] for j in range(grp)])
+                                                    [need[p0 + j * per_layer + 3] for j in range(grp)])
         dz = dzw.view(gn * r, t) * (1.0 / n)
         dlogits = dz.new_zeros(gn, t)  # no routing: the routers' rows get nothing
         dx = dxe = d_in = None
@@ -97,9 +99,11 @@ class RoutingFree(torch.autograd.Function):
                 dx = dlogits.t().mm(w_in[:gn])
             if need[2]:
                 dxe = dz.t().mm(w_in[gn:])
-        out = [None, dx, dxe, None, None, None]
+        if dx is not None and ctx.with_base:
+            group_mixture.add_base_input_grads(layers, grads[:grp], dx)
+        out = [None, dx, dxe, None, None, None, None]
         if not need_params:
-            return tuple(out + [None] * (len(need) - 6))
+            return tuple(out + [None] * (len(need) - p0))
         d_in[gn:].mul_(first.scaling)
         for j in range(grp):
             out += [d_in[j * n:(j + 1) * n], d_in.new_zeros(n), d_in[gn + j * n * r:gn + (j + 1) * n * r].view(n, r, d),

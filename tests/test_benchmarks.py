@@ -308,11 +308,12 @@ def test_native_group_control_trains_hdmole_bit_for_bit():
 
 
 @pytest.mark.skipif(not _can_build_extensions(), reason="the native control compiles C++ (needs c++ and ninja)")
-def test_native_group_control_where_a_member_gets_no_gradient():
+@pytest.mark.parametrize("with_base", [False, True], ids=["delta", "with_base"])
+def test_native_group_control_where_a_member_gets_no_gradient(with_base):
     """A group of q/k/v whose k output is left out of the loss: the native node's backward takes
     no gradient for it (None), as the Python node does, with the same gradients bit for bit (the
     Python node zeroes that member's part and gives its B no gradient); a gradient of x and of
-    every other parameter arrives."""
+    every other parameter arrives. ``with_base``: the nodes' outputs include the base linears."""
     import native_group_control
     from test_shared_input import adapted
 
@@ -328,7 +329,7 @@ def test_native_group_control_where_a_member_gets_no_gradient():
     got = []
     for node in (GroupMixture, native_group_control.NativeGroupMixture):
         x = x0.clone().requires_grad_()
-        outs = node.apply(layers, x, None, g, None, False, *params)
+        outs = node.apply(layers, x, None, g, None, False, with_base, *params)
         wrt = [x] + params
         grads = torch.autograd.grad(outs[0].pow(2).sum() + outs[2].sum(), wrt, allow_unused=True)
         got.append(grads)

@@ -83,8 +83,11 @@ def test_load_balancing_and_dropout_gradients_equal_autograd_through_route(conf)
                                   dict(activation="token_threshold", combine="mix", temperature=1.5),
                                   dict(activation="topk", top_k=2, output_scale="lora")],
                          ids=lambda c: c["activation"])
-def test_group_of_two_passes_gradcheck_in_float64(conf):
-    """Finite differences of GroupMixture itself, two layers routed together, every input."""
+@pytest.mark.parametrize("with_base", [False, True], ids=["delta", "with_base"])
+def test_group_of_two_passes_gradcheck_in_float64(conf, with_base):
+    """Finite differences of GroupMixture itself, two layers routed together, every input; with
+    ``with_base`` the node's outputs include the frozen base linears (the input's gradient
+    through them)."""
     torch.manual_seed(3)
     layers = [HDMoLELinear(torch.nn.Linear(6, 5).double(), num_domains=3, rank=2, **conf) for _ in range(2)]
     for m in layers:
@@ -99,7 +102,7 @@ def test_group_of_two_passes_gradcheck_in_float64(conf):
     params = [p for m in layers for p in layer_parameters(m)]
 
     def mixture(x, g, tok, *params):  # the layers read their parameters, which gradcheck perturbs in place
-        *deltas, local, routing = GroupMixture.apply(layers, x, None, g, tok, True, *params)
+        *deltas, local, routing = GroupMixture.apply(layers, x, None, g, tok, True, with_base, *params)
         return (*deltas, local)
 
     assert torch.autograd.gradcheck(mixture, (x, g, tok, *params), eps=1e-6, atol=1e-5, fast_mode=True)

@@ -143,3 +143,61 @@ def test_outputs_without_autograd_follow_every_change_of_the_parameters():
     torch.testing.assert_close(logits(model), logits(model, grad=True))
     model.load_state_dict(other.state_dict())
     torch.testing.assert_close(logits(model), logits(other, grad=True))
+
+
+def _output_nodes(model, g, ids):
+    """{layer name: the autograd node that made its output} in a training forward."""
+    nodes, hooks = {}, []
+    for name, m in espnet_hdmole.hdmole_layers(model):
+        def hook(mod, args, out, name=name):
+            fn = out.grad_fn
+            nodes[name] = type(fn.next_functions[0][0] if type(fn).__name__ == "ViewBackward0" else fn).__name__
+        hooks.append(m.register_forward_hook(hook))
+    with domain_posterior(g):
+        model(input_ids=ids).logits.sum().backward()
+    for h in hooks:
+        h.remove()
+    return nodes
+
+
+@pytest.mark.parametrize("groups", [None, []], ids=["grouped", "alone"])
+@pytest.mark.parametrize("conf", [dict(activation="threshold"), dict(activation="token_threshold", combine="mix")],
+                         ids=lambda c: c["activation"])
+def test_base_linears_in_the_node_equal_them_outside(monkeypatch, conf, groups):
+    """In training the group's node computes each layer's whole output, its frozen base linear
+    included (group_mixture.base_in_node): the same outputs, gradients and statistics as the base
+    linear run outside the node with the delta added to it (the path taken where it cannot)."""
+    from espnet_hdmole.layers import hdmole_linear
+
+    ids = torch.randint(0, 50, (2, 7))
+    g = torch.softmax(torch.randn(2, 3), -1)
+    inside = adapted(groups, **conf).train()
+    assert set(_output_nodes(inside, g, ids).values()) == {"GroupMixtureBackward"}
+    y1, g1, s1 = run(inside, ids, g)
+    monkeypatch.setattr(hdmole_linear, "base_in_node", lambda layers, x: False)
+    outside = adapted(groups, **conf).train()
+    assert "GroupMixtureBackward" not in set(_output_nodes(outside, g, ids).values())
+    y2, g2, s2 = run(outside, ids, g)
+    torch.testing.assert_close(y1, y2, atol=1e-5, rtol=1e-5)
+    assert g1.keys() == g2.keys()
+    for k in g1:
+        torch.testing.assert_close(g1[k], g2[k], atol=1e-5, rtol=1e-4, msg=k)
+    for k in s1:
+        torch.testing.assert_close(s1[k], s2[k], atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_base_linears_stay_outside_the_node_where_they_must():
+    """The base linear runs outside the node under autocast (in the autocast dtype) and where its
+    weight is trained (it then gets its gradient); elsewhere inside."""
+    ids = torch.randint(0, 50, (2, 7))
+    g = torch.softmax(torch.randn(2, 3), -1)
+    model = adapted(None).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "GroupMixtureBackward" not in set(_output_nodes(model, g, ids).values())
+    q = model.model.layers[0].self_attn.q_proj
+    q.weight.requires_grad_(True)
+    nodes = _output_nodes(model, g, ids)
+    # q's group (q/k/v of block 0) falls back as a whole; the other groups keep the base in the node
+    assert "GroupMixtureBackward" not in {nodes[f"model.layers.0.self_attn.{n}_proj"] for n in "qkv"}
+    assert nodes["model.layers.1.self_attn.q_proj"] == "GroupMixtureBackward"
+    assert q.weight.grad is not None and q.weight.grad.abs().sum() > 0

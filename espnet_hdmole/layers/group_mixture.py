@@ -22,6 +22,13 @@ node. At the demo's sizes (a few hundred tokens, 9 experts of rank 2) those smal
 the matmuls, set the time of a training step (benchmarks/bench_llm_asr.py). The backward is
 checked against autograd through the same forward (tests/test_group_mixture.py); it is not
 itself differentiable (no double backward).
+
+In training the node also takes the layers' frozen base linears where it can (``base_in_node``):
+it returns each layer's whole output, y_j = x W_j^T + b_j + delta_j, the delta added by the base
+output's own matmul (``addmm_``), and its backward adds dy_j W_j to the input's gradient. Outside
+the node each layer would record its base linear and the add of its delta, and autograd would sum
+the input's gradient from every layer of the group: about 7% of a demo training step
+(benchmarks/bench_llm_asr.py).
 """
 import contextlib
 import contextvars
@@ -186,9 +193,49 @@ def b_matmuls_backward(grads: Sequence[Optional[torch.Tensor]], bs: Sequence[tor
     return dzw, d_b
 
 
+def base_in_node(layers: Sequence, x: torch.Tensor) -> bool:
+    """Whether the group's node can compute its layers' base linears on ``x`` (training): every
+    base weight and bias frozen and in the adapter's dtype, which is x's, and autocast off on x's
+    device (under autocast the base runs in the autocast dtype, outside the node)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return False
+    for m in layers:
+        own = m._parameters
+        w, b, dtype = own["weight"], own.get("bias"), own["lora_A"].dtype
+        if w.requires_grad or w.dtype != dtype or x.dtype != dtype or (
+                b is not None and (b.requires_grad or b.dtype != dtype)):
+            return False
+    return True
+
+
+def base_outputs(layers: Sequence, x: torch.Tensor, factors: Sequence) -> list:
+    """Each layer's whole output (T, d_out_j) from the tokens x (T, d_in) and its delta's factors
+    (a, b), delta = a b: the frozen base linear, the delta added in its output by one matmul."""
+    out = []
+    for m, (a, b) in zip(layers, factors):
+        w, bias = m._parameters["weight"], m._parameters.get("bias")
+        y = x.mm(w.t()) if bias is None else torch.addmm(bias, x, w.t())
+        out.append(y.addmm_(a, b))
+    return out
+
+
+def add_base_input_grads(layers: Sequence, grads: Sequence[Optional[torch.Tensor]], dx: torch.Tensor) -> torch.Tensor:
+    """``dx`` plus the gradient of the input through each layer's frozen base linear (in place)."""
+    for m, dy in zip(layers, grads):
+        if dy is not None:
+            dx.addmm_(dy, m._parameters["weight"])
+    return dx
+
+
+# GroupMixture's arguments before the layers' parameters
+NODE_ARGS = ("layers", "x", "x_experts", "g", "token_theta", "need_local", "with_base")
+P0 = len(NODE_ARGS)
+
+
 class GroupMixture(torch.autograd.Function):
-    """``GroupMixture.apply(layers, x, x_experts, g, token_theta, need_local, *params)`` ->
-    (delta_1 .. delta_G, local, routing): each layer's c * sum_i w_i E_i(x) (T, d_out_j); the
+    """``GroupMixture.apply(layers, x, x_experts, g, token_theta, need_local, with_base, *params)``
+    -> (delta_1 .. delta_G, local, routing): each layer's c * sum_i w_i E_i(x) (T, d_out_j), or
+    with ``with_base`` its whole output, the frozen base linear's included (``base_in_node``); the
     local router's softmax (G, N, T) where ``need_local`` or the combination computes it (else
     None), differentiable (the load-balancing loss reads it); and the routing {"p", "w",
     "active", "tau"} of ``group_routing``, not differentiable (for the statistics).
@@ -200,11 +247,12 @@ class GroupMixture(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, layers, x, x_experts, g, token_theta, need_local, *params):
+    def forward(ctx, layers, x, x_experts, g, token_theta, need_local, with_base, *params):
         factors, local, routing, (packed, rt, z, zw, ws, logits) = mixture_forward(
             layers, x, x_experts, g, token_theta, need_local, params)
-        deltas = [a.mm(b) for a, b in factors]
+        deltas = base_outputs(layers, x, factors) if with_base else [a.mm(b) for a, b in factors]
         ctx.set_materialize_grads(False)
+        ctx.with_base = with_base
         # local is an output: saved as one (held on ctx it would make a reference cycle); p, w
         # and the weighted ws are local itself for combine 'none' with the dense activation
         ctx.layers, ctx.packed, ctx.z, ctx.zw, ctx.logits = layers, packed, z, zw, logits
@@ -225,13 +273,13 @@ class GroupMixture(torch.autograd.Function):
         first = layers[0]
         grp, n, r, d = len(layers), first.num_experts, first.rank, first.in_features
         t, gn = x.shape[0], grp * n
-        need = ctx.needs_input_grad  # layers, x, x_experts, g, token_theta, need_local, *params
-        per_layer = (len(need) - 6) // grp
-        need_params = any(need[6:])
+        need = ctx.needs_input_grad  # NODE_ARGS, then the layers' parameters
+        per_layer = (len(need) - P0) // grp
+        need_params = any(need[P0:])
 
         # the B matmuls: d zw (G, N, r, T), and each B's gradient
         dzw, d_b = b_matmuls_backward(grads[:grp], packed["B"], zw.view(grp, n * r, t), r,
-                                      [need[6 + j * per_layer + 3] for j in range(grp)])
+                                      [need[P0 + j * per_layer + 3] for j in range(grp)])
         dzw = dzw.view(grp, n, r, t)
         dz = dzw * ws.unsqueeze(2)
         dw = (dzw * z).sum(dim=2)
@@ -253,7 +301,7 @@ class GroupMixture(torch.autograd.Function):
         else:
             b = g.shape[0]
             shape = (grp, n, b, t // max(b, 1))
-            need_share = first.combine == "mix" and any(need[6 + (j + 1) * per_layer - 1] for j in range(grp))
+            need_share = first.combine == "mix" and any(need[P0 + (j + 1) * per_layer - 1] for j in range(grp))
             loc = local
             if first.combine == "product" and need[3] and loc is None:
                 loc = torch.softmax(ctx.logits if first.temperature == 1.0 else ctx.logits / first.temperature, 1)
@@ -289,9 +337,11 @@ class GroupMixture(torch.autograd.Function):
             if need[2]:
                 dxe = dz.t().mm(w_in[gn:])
 
-        out = [None, dx, dxe, dg, d_tok, None]
+        if dx is not None and ctx.with_base:
+            add_base_input_grads(layers, grads[:grp], dx)
+        out = [None, dx, dxe, dg, d_tok, None, None]
         if not need_params:
-            return tuple(out + [None] * (len(need) - 6))
+            return tuple(out + [None] * (len(need) - P0))
         d_in[gn:].mul_(first.scaling)
         d_bias = dlogits.sum(dim=2)
         for j in range(grp):

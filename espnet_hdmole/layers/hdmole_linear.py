@@ -48,7 +48,7 @@ from espnet_hdmole.layers.cpu_dropout import CPUDropout
 from espnet_hdmole.layers.precision import at_least_fp32, autocast_off, params_to_fp32
 
 from espnet_hdmole.layers.routing import ACTIVATIONS, PAD, COMBINES, GLOBAL_ROUTERS, current_domain_posterior
-from espnet_hdmole.layers.group_mixture import group_routing
+from espnet_hdmole.layers.group_mixture import base_in_node, group_routing
 from espnet_hdmole.layers.shared_input import stacked_mixtures
 
 
@@ -268,11 +268,17 @@ class HDMoLELinear(torch.nn.Linear):
         return rt["w"][0].t(), rt["p"][0].t(), rt["local"][0].t(), None if active is None else active[0].t(), tau
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, group = x.shape[:-1], self._shared_input_group
+        if torch.is_grad_enabled() and base_in_node(group.layers if group is not None else (self,), x):
+            # training: the group's node computes the whole output, the frozen base linear's included
+            with autocast_off(x.device.type):
+                y = (group.output(self, x, lead, True) if group is not None
+                     else stacked_mixtures([self], x.reshape(-1, self.in_features), lead, True)[0])
+            return y.view(*lead, self.out_features)
         y = F.linear(x, self.weight, self.bias)
-        lead = x.shape[:-1]
         with autocast_off(x.device.type):  # routing and experts in the adapter's dtype (float32)
-            if self._shared_input_group is not None:  # computed with its siblings on the same input
-                delta = self._shared_input_group.delta(self, x, lead)
+            if group is not None:  # computed with its siblings on the same input
+                delta = group.output(self, x, lead)
             else:
                 delta = stacked_mixtures([self], x.reshape(-1, self.in_features).to(self.lora_A.dtype), lead)[0]
             # without autograd the delta comes as its factors (a, b): where y is in their dtype, the

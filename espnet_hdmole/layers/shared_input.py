@@ -21,7 +21,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from espnet_hdmole.layers.group_mixture import GroupMixture, LastRouting, layer_parameters, mixture_forward
+from espnet_hdmole.layers.group_mixture import (GroupMixture, LastRouting, base_outputs, layer_parameters,
+                                                mixture_forward)
 
 DEFAULT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # settings that must agree for layers to be routed together
@@ -29,11 +30,13 @@ _SHARED = ("in_features", "num_experts", "num_domains", "experts_per_domain", "r
            "global_router", "combine", "activation", "top_k", "tau_max", "output_scale")
 
 
-def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size) -> List:
+def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size, with_base: bool = False) -> List:
     """Each layer's ``c * sum_i w_i E_i(x)`` for the same flattened tokens xt (T, d_in), as one
     autograd node (espnet_hdmole.layers.group_mixture); records each layer's routing (``_last``)
     and load-balancing loss. Where nothing needs a gradient, a delta comes as its factors (a, b),
-    delta = a b (``mixture_forward``), for ``HDMoLELinear.forward`` to add in one matmul."""
+    delta = a b (``mixture_forward``), for ``HDMoLELinear.forward`` to add in one matmul. With
+    ``with_base`` (where ``group_mixture.base_in_node`` allows it) each layer's whole output comes
+    instead (T, d_out): its frozen base linear plus its delta."""
     first = layers[0]
     g = first._utterance_posterior(lead, xt.dtype)
     x_experts = None if isinstance(first.lora_dropout, torch.nn.Identity) else first.lora_dropout(xt)  # (groups of one)
@@ -42,9 +45,12 @@ def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size) -> Li
     need_local = any(m.training and m.lb_weight > 0 for m in layers)
     params = [p for m in layers for p in layer_parameters(m)] if torch.is_grad_enabled() else []
     if any(v is not None and v.requires_grad for v in params + [xt, x_experts, g, token_theta]):
-        *deltas, local, routing = GroupMixture.apply(layers, xt, x_experts, g, token_theta, need_local, *params)
+        *deltas, local, routing = GroupMixture.apply(layers, xt, x_experts, g, token_theta, need_local, with_base,
+                                                     *params)
     else:  # nothing needs a gradient (validation, decoding)
         deltas, local, routing, _ = mixture_forward(layers, xt, x_experts, g, token_theta, need_local)
+        if with_base:
+            deltas = base_outputs(layers, xt, deltas)
     for j, m in enumerate(layers):
         aux = None
         if need_local and m.training and m.lb_weight > 0:
@@ -64,9 +70,10 @@ class SharedInputGroup:
         self._key = None
         self._pending = {}
 
-    def delta(self, layer, x: torch.Tensor, lead: torch.Size):
-        """``layer``'s delta for its input x, as ``stacked_mixtures`` gives it."""
-        key = (x._version, torch.is_grad_enabled(), layer.training)
+    def output(self, layer, x: torch.Tensor, lead: torch.Size, with_base: bool = False):
+        """``layer``'s delta for its input x, or its whole output ``with_base``, as
+        ``stacked_mixtures`` gives it."""
+        key = (x._version, torch.is_grad_enabled(), layer.training, with_base)
         if self._key is not None and self._key[0] is x and self._key[1:] == key and layer in self._pending:
             out = self._pending.pop(layer)
             if not self._pending:
@@ -75,8 +82,8 @@ class SharedInputGroup:
         xt = x.reshape(-1, layer.in_features).to(layer.lora_A.dtype)
         if any(m.training != layer.training for m in self.layers):
             self._key, self._pending = None, {}
-            return stacked_mixtures([layer], xt, lead)[0]
-        deltas = stacked_mixtures(self.layers, xt, lead)
+            return stacked_mixtures([layer], xt, lead, with_base)[0]
+        deltas = stacked_mixtures(self.layers, xt, lead, with_base)
         self._pending = {m: dm for m, dm in zip(self.layers, deltas) if m is not layer}
         self._key = (x,) + key if self._pending else None
         return deltas[self.layers.index(layer)]
