@@ -186,18 +186,31 @@ def test_base_linears_in_the_node_equal_them_outside(monkeypatch, conf, groups):
         torch.testing.assert_close(s1[k], s2[k], atol=1e-6, rtol=1e-5, msg=k)
 
 
-def test_base_linears_stay_outside_the_node_where_they_must():
+@pytest.mark.parametrize("trained", ["weight", "bias"])
+def test_base_linears_stay_outside_the_node_where_they_must(trained):
     """The base linear runs outside the node under autocast (in the autocast dtype) and where its
-    weight is trained (it then gets its gradient); elsewhere inside."""
+    weight or bias is trained (it then gets its gradient); elsewhere inside."""
     ids = torch.randint(0, 50, (2, 7))
     g = torch.softmax(torch.randn(2, 3), -1)
     model = adapted(None).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert "GroupMixtureBackward" not in set(_output_nodes(model, g, ids).values())
     q = model.model.layers[0].self_attn.q_proj
-    q.weight.requires_grad_(True)
+    getattr(q, trained).requires_grad_(True)
     nodes = _output_nodes(model, g, ids)
     # q's group (q/k/v of block 0) falls back as a whole; the other groups keep the base in the node
     assert "GroupMixtureBackward" not in {nodes[f"model.layers.0.self_attn.{n}_proj"] for n in "qkv"}
     assert nodes["model.layers.1.self_attn.q_proj"] == "GroupMixtureBackward"
-    assert q.weight.grad is not None and q.weight.grad.abs().sum() > 0
+    got = getattr(q, trained).grad
+    assert got is not None and got.abs().sum() > 0
+
+
+def test_a_layer_on_a_device_without_autocast_runs_its_base_outside():
+    """The meta device has no autocast (asking whether it is enabled there raises): the layer runs
+    there, shapes only, with its base linear outside the node."""
+    with torch.device("meta"):
+        layer = HDMoLELinear(torch.nn.Linear(8, 6), num_domains=3, rank=2)
+        x, g = torch.randn(2, 5, 8, requires_grad=True), torch.softmax(torch.randn(2, 3), -1)
+    with domain_posterior(g):
+        y = layer(x)
+    assert y.shape == (2, 5, 6) and y.device.type == "meta"

@@ -197,7 +197,8 @@ def base_in_node(layers: Sequence, x: torch.Tensor) -> bool:
     """Whether the group's node can compute its layers' base linears on ``x`` (training): every
     base weight and bias frozen and in the adapter's dtype, which is x's, and autocast off on x's
     device (under autocast the base runs in the autocast dtype, outside the node)."""
-    if torch.is_autocast_enabled(x.device.type):
+    dev = x.device.type
+    if not torch.amp.is_autocast_available(dev) or torch.is_autocast_enabled(dev):  # (meta has no autocast)
         return False
     for m in layers:
         own = m._parameters
