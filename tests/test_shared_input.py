@@ -167,14 +167,14 @@ def test_base_linears_in_the_node_equal_them_outside(monkeypatch, conf, groups):
     """In training the group's node computes each layer's whole output, its frozen base linear
     included (group_mixture.base_in_node): the same outputs, gradients and statistics as the base
     linear run outside the node with the delta added to it (the path taken where it cannot)."""
-    from espnet_hdmole.layers import hdmole_linear
+    from espnet_hdmole.layers import shared_input
 
     ids = torch.randint(0, 50, (2, 7))
     g = torch.softmax(torch.randn(2, 3), -1)
     inside = adapted(groups, **conf).train()
     assert set(_output_nodes(inside, g, ids).values()) == {"GroupMixtureBackward"}
     y1, g1, s1 = run(inside, ids, g)
-    monkeypatch.setattr(hdmole_linear, "base_in_node", lambda layers, x: False)
+    monkeypatch.setattr(shared_input, "base_in_node", lambda layers, x: False)
     outside = adapted(groups, **conf).train()
     assert "GroupMixtureBackward" not in set(_output_nodes(outside, g, ids).values())
     y2, g2, s2 = run(outside, ids, g)
@@ -214,3 +214,30 @@ def test_a_layer_on_a_device_without_autocast_runs_its_base_outside():
     with domain_posterior(g):
         y = layer(x)
     assert y.shape == (2, 5, 6) and y.device.type == "meta"
+
+
+@pytest.mark.parametrize("trained", [None, "weight"])
+def test_without_autograd_the_base_linear_is_added_to_by_the_mixture(monkeypatch, trained):
+    """Without autograd (decoding, validation) each layer's whole output comes from
+    group_mixture.base_outputs, a trained base weight included (no gradient is asked of it): the
+    same logits as the base linear run by the layer with the delta added to it."""
+    from espnet_hdmole.layers import group_mixture, shared_input
+
+    ids = torch.randint(0, 50, (2, 7))
+    g = torch.softmax(torch.randn(2, 3), -1)
+    model = adapted(None)
+    if trained:
+        model.model.layers[0].self_attn.q_proj.weight.requires_grad_(True)
+    calls = []
+    real = group_mixture.base_outputs
+    monkeypatch.setattr(shared_input, "base_outputs", lambda *a: calls.append(len(a[0])) or real(*a))
+    with torch.no_grad(), domain_posterior(g):
+        inside = model(input_ids=ids).logits
+    # per block: q/k/v, gate/up as groups, o and down alone
+    assert sorted(calls) == [1, 1, 1, 1, 2, 2, 3, 3]
+    monkeypatch.setattr(shared_input, "base_in_node", lambda layers, x: False)
+    calls.clear()
+    with torch.no_grad(), domain_posterior(g):
+        outside = model(input_ids=ids).logits
+    assert calls == []
+    torch.testing.assert_close(inside, outside, atol=1e-5, rtol=1e-5)

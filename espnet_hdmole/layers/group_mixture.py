@@ -23,12 +23,13 @@ the matmuls, set the time of a training step (benchmarks/bench_llm_asr.py). The 
 checked against autograd through the same forward (tests/test_group_mixture.py); it is not
 itself differentiable (no double backward).
 
-In training the node also takes the layers' frozen base linears where it can (``base_in_node``):
-it returns each layer's whole output, y_j = x W_j^T + b_j + delta_j, the delta added by the base
-output's own matmul (``addmm_``), and its backward adds dy_j W_j to the input's gradient. Outside
-the node each layer would record its base linear and the add of its delta, and autograd would sum
-the input's gradient from every layer of the group: about 7% of a demo training step
-(benchmarks/bench_llm_asr.py).
+The node also takes the layers' frozen base linears where it can (``base_in_node``): it returns
+each layer's whole output, y_j = x W_j^T + b_j + delta_j, the delta added by the base output's own
+matmul (``addmm_``, in ``base_outputs``), and its backward adds dy_j W_j to the input's gradient.
+Outside the node each layer would record its base linear and the add of its delta, and autograd
+would sum the input's gradient from every layer of the group: about 7% of a demo training step
+(benchmarks/bench_llm_asr.py). Without autograd ``base_outputs`` does the same from
+``mixture_forward``'s factors.
 """
 import contextlib
 import contextvars
@@ -148,8 +149,8 @@ def mixture_forward(layers: Sequence, x: torch.Tensor, x_experts: Optional[torch
                     params: Optional[Sequence[torch.Tensor]] = None):
     """The group's mixture, as ``GroupMixture`` computes it (arguments as there), with nothing
     recorded: returns (deltas, local, routing, state), ``state`` what the backward reads. Each
-    delta comes as its two factors (zw (T, N*r), B^T (N*r, d_out)), delta = zw B^T: without
-    autograd the layer adds their product to its base output in one matmul (``Tensor.addmm_``)."""
+    delta comes as its two factors (zw (T, N*r), B^T (N*r, d_out)), delta = zw B^T, for
+    ``base_outputs`` to add their product to the base output in one matmul (``Tensor.addmm_``)."""
     first = layers[0]
     grp, n, r = len(layers), first.num_experts, first.rank
     t, gn = x.shape[0], grp * first.num_experts
@@ -194,17 +195,19 @@ def b_matmuls_backward(grads: Sequence[Optional[torch.Tensor]], bs: Sequence[tor
 
 
 def base_in_node(layers: Sequence, x: torch.Tensor) -> bool:
-    """Whether the group's node can compute its layers' base linears on ``x`` (training): every
-    base weight and bias frozen and in the adapter's dtype, which is x's, and autocast off on x's
-    device (under autocast the base runs in the autocast dtype, outside the node)."""
+    """Whether the group's mixture can compute its layers' base linears on ``x`` as well: every
+    base weight and bias in the adapter's dtype, which is x's, and frozen where grad is enabled
+    (the node gives them no gradient), and autocast off on x's device (under autocast the base runs
+    in the autocast dtype, outside the node)."""
     dev = x.device.type
     if not torch.amp.is_autocast_available(dev) or torch.is_autocast_enabled(dev):  # (meta has no autocast)
         return False
+    training = torch.is_grad_enabled()
     for m in layers:
         own = m._parameters
         w, b, dtype = own["weight"], own.get("bias"), own["lora_A"].dtype
-        if w.requires_grad or w.dtype != dtype or x.dtype != dtype or (
-                b is not None and (b.requires_grad or b.dtype != dtype)):
+        if w.dtype != dtype or x.dtype != dtype or (training and w.requires_grad) or (
+                b is not None and (b.dtype != dtype or (training and b.requires_grad))):
             return False
     return True
 

@@ -45,11 +45,11 @@ import torch.nn.functional as F
 
 from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.cpu_dropout import CPUDropout
-from espnet_hdmole.layers.precision import at_least_fp32, autocast_off, params_to_fp32
+from espnet_hdmole.layers.precision import at_least_fp32, params_to_fp32
 
 from espnet_hdmole.layers.routing import ACTIVATIONS, PAD, COMBINES, GLOBAL_ROUTERS, current_domain_posterior
-from espnet_hdmole.layers.group_mixture import base_in_node, group_routing
-from espnet_hdmole.layers.shared_input import stacked_mixtures
+from espnet_hdmole.layers.group_mixture import group_routing
+from espnet_hdmole.layers.shared_input import layer_outputs
 
 
 OUTPUT_SCALES = ("expert", "lora")
@@ -269,26 +269,14 @@ class HDMoLELinear(torch.nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, group = x.shape[:-1], self._shared_input_group
-        if torch.is_grad_enabled() and base_in_node(group.layers if group is not None else (self,), x):
-            # training: the group's node computes the whole output, the frozen base linear's included
-            with autocast_off(x.device.type):
-                y = (group.output(self, x, lead, True) if group is not None
-                     else stacked_mixtures([self], x.reshape(-1, self.in_features), lead, True)[0])
-            return y.view(*lead, self.out_features)
-        y = F.linear(x, self.weight, self.bias)
-        with autocast_off(x.device.type):  # routing and experts in the adapter's dtype (float32)
-            if group is not None:  # computed with its siblings on the same input
-                delta = group.output(self, x, lead)
-            else:
-                delta = stacked_mixtures([self], x.reshape(-1, self.in_features).to(self.lora_A.dtype), lead)[0]
-            # without autograd the delta comes as its factors (a, b): where y is in their dtype, the
-            # matmul adds their product itself; else it is taken here, in the adapter's dtype
-            if isinstance(delta, tuple) and not (delta[0].dtype == y.dtype and y.is_contiguous()):
-                delta = delta[0].mm(delta[1])
-        if isinstance(delta, tuple):
-            y.view(-1, self.out_features).addmm_(*delta)  # (in-place ops are left alone by autocast)
-            return y
-        return y.add_(delta.view(y.shape).to(y.dtype))  # y is F.linear's own: added in place
+        if group is not None:  # computed with its siblings on the same input
+            out, whole = group.output(self, x, lead)
+        else:
+            (out,), whole = layer_outputs([self], x, lead)
+        if whole:  # the mixture computed the whole output, the frozen base linear's included
+            return out.view(*lead, self.out_features)
+        y = F.linear(x, self.weight, self.bias)  # (under autocast: in its dtype)
+        return y.add_(out.view(y.shape).to(y.dtype))  # y is F.linear's own: added in place
 
     def load_balancing_loss(self, local: torch.Tensor, dispatch: torch.Tensor) -> torch.Tensor:
         """Switch-style loss N * sum_i f_i P_i: f_i the share of token dispatch to expert i

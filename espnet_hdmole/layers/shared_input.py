@@ -17,12 +17,13 @@ members and keeps the others' results; a member then called on that same tensor 
 not modified in place since, in the same grad mode) takes its result, and a member called on any
 other input computes alone. A wrong grouping can thus only cost time, never change an output.
 """
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from espnet_hdmole.layers.group_mixture import (GroupMixture, LastRouting, base_outputs, layer_parameters,
-                                                mixture_forward)
+from espnet_hdmole.layers.group_mixture import (GroupMixture, LastRouting, base_in_node, base_outputs,
+                                                layer_parameters, mixture_forward)
+from espnet_hdmole.layers.precision import autocast_off
 
 DEFAULT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # settings that must agree for layers to be routed together
@@ -34,9 +35,9 @@ def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size, with_
     """Each layer's ``c * sum_i w_i E_i(x)`` for the same flattened tokens xt (T, d_in), as one
     autograd node (espnet_hdmole.layers.group_mixture); records each layer's routing (``_last``)
     and load-balancing loss. Where nothing needs a gradient, a delta comes as its factors (a, b),
-    delta = a b (``mixture_forward``), for ``HDMoLELinear.forward`` to add in one matmul. With
-    ``with_base`` (where ``group_mixture.base_in_node`` allows it) each layer's whole output comes
-    instead (T, d_out): its frozen base linear plus its delta."""
+    delta = a b (``mixture_forward``). With ``with_base`` (where ``group_mixture.base_in_node``
+    allows it) each layer's whole output comes instead (T, d_out): its frozen base linear plus its
+    delta, added by the base output's own matmul (``group_mixture.base_outputs``)."""
     first = layers[0]
     g = first._utterance_posterior(lead, xt.dtype)
     x_experts = None if isinstance(first.lora_dropout, torch.nn.Identity) else first.lora_dropout(xt)  # (groups of one)
@@ -61,6 +62,21 @@ def stacked_mixtures(layers: Sequence, xt: torch.Tensor, lead: torch.Size, with_
     return deltas
 
 
+def layer_outputs(layers: Sequence, x: torch.Tensor, lead: torch.Size) -> Tuple[List, bool]:
+    """What each layer adds for its input x (..., d_in), from ``stacked_mixtures`` on the flattened
+    tokens in the adapter's dtype with autocast off: ``(outputs, whole)``. ``whole`` is
+    ``group_mixture.base_in_node``, decided once for the layers (before autocast is turned off):
+    then each output is the layer's whole output (T, d_out), its frozen base linear included; else
+    its delta (T, d_out) in the adapter's dtype, for the layer to add to its base linear."""
+    whole = base_in_node(layers, x)
+    first = layers[0]
+    with autocast_off(x.device.type):  # routing and experts in the adapter's dtype (float32)
+        outs = stacked_mixtures(layers, x.reshape(-1, first.in_features).to(first.lora_A.dtype), lead, whole)
+        if not whole:  # without autograd a delta comes as its factors
+            outs = [o[0].mm(o[1]) if isinstance(o, tuple) else o for o in outs]
+    return outs, whole
+
+
 class SharedInputGroup:
     """Layers called one after another on the same input tensor, computed together (see module
     docstring). Not a module: it holds no parameters and leaves state dicts unchanged."""
@@ -70,23 +86,24 @@ class SharedInputGroup:
         self._key = None
         self._pending = {}
 
-    def output(self, layer, x: torch.Tensor, lead: torch.Size, with_base: bool = False):
-        """``layer``'s delta for its input x, or its whole output ``with_base``, as
-        ``stacked_mixtures`` gives it."""
-        key = (x._version, torch.is_grad_enabled(), layer.training, with_base)
-        if self._key is not None and self._key[0] is x and self._key[1:] == key and layer in self._pending:
+    def output(self, layer, x: torch.Tensor, lead: torch.Size):
+        """``layer``'s ``(output, whole)`` for its input x, as ``layer_outputs`` gives it: computed
+        for every member at the first call on x."""
+        key = (x._version, torch.is_grad_enabled(), layer.training)
+        if self._key is not None and self._key[0] is x and self._key[1:-1] == key and layer in self._pending:
             out = self._pending.pop(layer)
+            whole = self._key[-1]
             if not self._pending:
                 self._key = None  # every member served: drop the references
-            return out
-        xt = x.reshape(-1, layer.in_features).to(layer.lora_A.dtype)
+            return out, whole
         if any(m.training != layer.training for m in self.layers):
             self._key, self._pending = None, {}
-            return stacked_mixtures([layer], xt, lead, with_base)[0]
-        deltas = stacked_mixtures(self.layers, xt, lead, with_base)
-        self._pending = {m: dm for m, dm in zip(self.layers, deltas) if m is not layer}
-        self._key = (x,) + key if self._pending else None
-        return deltas[self.layers.index(layer)]
+            (out,), whole = layer_outputs([layer], x, lead)
+            return out, whole
+        outs, whole = layer_outputs(self.layers, x, lead)
+        self._pending = {m: o for m, o in zip(self.layers, outs) if m is not layer}
+        self._key = (x,) + key + (whole,) if self._pending else None
+        return outs[self.layers.index(layer)], whole
 
 
 def _can_share(layers: Sequence) -> bool:
