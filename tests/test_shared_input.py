@@ -241,3 +241,18 @@ def test_without_autograd_the_base_linear_is_added_to_by_the_mixture(monkeypatch
         outside = model(input_ids=ids).logits
     assert calls == []
     torch.testing.assert_close(inside, outside, atol=1e-5, rtol=1e-5)
+
+
+def test_a_member_called_under_autocast_after_its_sibling_without_computes_anew():
+    """The kept result holds for the autocast state it was made under: a member called under
+    autocast after its sibling ran without gets its base linear in the autocast dtype."""
+    torch.manual_seed(0)
+    a, b = (HDMoLELinear(torch.nn.Linear(8, d), num_domains=2, experts_per_domain=1, rank=2, name=f"m{d}")
+            for d in (6, 5))
+    group = SharedInputGroup([a, b])
+    a._shared_input_group = b._shared_input_group = group
+    x, g = torch.randn(2, 3, 8), torch.softmax(torch.randn(2, 2), -1)
+    with torch.no_grad(), domain_posterior(g):
+        assert a(x).dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert b(x).dtype == torch.bfloat16

@@ -41,10 +41,16 @@ def params_to_fp32(params: Iterable[torch.nn.Parameter]) -> int:
     return n
 
 
+def autocast_on(device_type: str) -> bool:
+    """Whether autocast (AMP) is enabled on ``device_type``; False where the device has none
+    (asking there raises, e.g. on meta)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def autocast_off(device_type: str) -> ContextManager:
     """A block where autocast (AMP) is disabled on ``device_type``, so that float32 inputs and
     weights give float32 results; a no-op context where the device has no autocast."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    if autocast_on(device_type):
         return torch.autocast(device_type, enabled=False)
     return nullcontext()  # (entering a disabling autocast block costs ~25 us per layer call)
 

@@ -23,7 +23,7 @@ import torch
 
 from espnet_hdmole.layers.group_mixture import (GroupMixture, LastRouting, base_in_node, base_outputs,
                                                 layer_parameters, mixture_forward)
-from espnet_hdmole.layers.precision import autocast_off
+from espnet_hdmole.layers.precision import autocast_off, autocast_on
 
 DEFAULT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # settings that must agree for layers to be routed together
@@ -66,8 +66,8 @@ def layer_outputs(layers: Sequence, x: torch.Tensor, lead: torch.Size) -> Tuple[
     """What each layer adds for its input x (..., d_in), from ``stacked_mixtures`` on the flattened
     tokens in the adapter's dtype with autocast off: ``(outputs, whole)``. ``whole`` is
     ``group_mixture.base_in_node``, decided once for the layers (before autocast is turned off):
-    then each output is the layer's whole output (T, d_out), its frozen base linear included; else
-    its delta (T, d_out) in the adapter's dtype, for the layer to add to its base linear."""
+    then each output is the layer's whole output (T, d_out), its base linear included; else its
+    delta (T, d_out) in the adapter's dtype, for the layer to add to its base linear."""
     whole = base_in_node(layers, x)
     first = layers[0]
     with autocast_off(x.device.type):  # routing and experts in the adapter's dtype (float32)
@@ -89,7 +89,7 @@ class SharedInputGroup:
     def output(self, layer, x: torch.Tensor, lead: torch.Size):
         """``layer``'s ``(output, whole)`` for its input x, as ``layer_outputs`` gives it: computed
         for every member at the first call on x."""
-        key = (x._version, torch.is_grad_enabled(), layer.training)
+        key = (x._version, torch.is_grad_enabled(), layer.training, autocast_on(x.device.type))
         if self._key is not None and self._key[0] is x and self._key[1:-1] == key and layer in self._pending:
             out = self._pending.pop(layer)
             whole = self._key[-1]
