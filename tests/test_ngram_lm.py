@@ -177,3 +177,21 @@ def test_compiled_tables_kept_beside_the_arpa_give_the_same_scores(tmp_path, tok
     other = load_tokenizer(make_llm_dir(tmp_path / "llm2", "大" + "".join(SENTENCES) + "世界"))
     got, fresh_other = NgramScorer(arpa, other), NgramScorer(arpa, other, compiled_cache=False)
     assert got.size == fresh_other.size and torch.equal(got(histories, got.size), fresh_other(histories, got.size))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@torch.no_grad()
+def test_greedy_and_beam_search_on_a_gpu_say_what_they_say_on_the_cpu(llm):
+    """Greedy search kept its bookkeeping on the CPU and mixed it with the GPU's log-probabilities
+    (torch.where of a CPU mask and a CUDA tensor); both searches now give the CPU's hypotheses."""
+    model, tok = llm
+    ctx = contexts(model)
+    eos = tok.eos_token_id
+    want_g, want_b = greedy_search(model, ctx, eos, 8), beam_search(model, ctx, eos, 8, 3)
+    gpu = model.to("cuda")
+    try:
+        got_g = greedy_search(gpu, [c.cuda() for c in ctx], eos, 8)
+        got_b = beam_search(gpu, [c.cuda() for c in ctx], eos, 8, 3)
+    finally:
+        model.to("cpu")
+    assert [h for h, _ in got_g] == [h for h, _ in want_g] and [h for h, _ in got_b] == [h for h, _ in want_b]

@@ -40,3 +40,30 @@ def test_model_does_not_depend_on_utterance_ids_or_file_order(tmp_path):
     assert same(ref, pretrain(tmp_path, "renamed", [second, renamed]))
     # a control: another seed gives another model, so the comparison above can fail
     assert not same(ref, pretrain(tmp_path, "seed1", [first, second], seed=1))
+
+
+def test_a_config_sets_the_options_and_names_a_key_it_does_not_know(tmp_path):
+    """hdmole.sh's --llm_conf is passed as --config: its keys are the options (the command line wins),
+    and a key that is no option is one ERROR line naming the YAML (it was argparse's 'unrecognized
+    arguments' in a log tail); a file that is no YAML mapping names its line."""
+    import pytest
+
+    text = tmp_path / "t.text"
+    text.write_text("".join(f"u{i} {s}\n" for i, s in enumerate(SENTENCES)), encoding="utf-8")
+    conf = tmp_path / "llm.yaml"
+    conf.write_text("hidden_size: 16\nnum_layers: 1\nnum_heads: 2\nnum_kv_heads: 1\nepochs: 1\nbatch_size: 3\n")
+    out = tmp_path / "llm"
+    assert pretrain_llm.main(["--train_text", str(text), "--out_dir", str(out), "--config", str(conf),
+                              "--threads", "1", "--num_layers", "2"]) == 0
+    import json
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["hidden_size"] == 16 and cfg["num_hidden_layers"] == 2  # the YAML's, and the command line's
+    conf.write_text("hidden_size: 16\nnum_layer: 1\n")
+    with pytest.raises(SystemExit, match=rf"ERROR: {conf}: 'num_layer' is no option of local/pretrain_llm.py"):
+        pretrain_llm.main(["--train_text", str(text), "--out_dir", str(tmp_path / "x"), "--config", str(conf)])
+    conf.write_text("hidden_size: 16\nlr: [0.1\n")
+    with pytest.raises(SystemExit, match=rf"ERROR: {conf}:3:1: not valid YAML: .* starts at line 2"):
+        pretrain_llm.main(["--train_text", str(text), "--out_dir", str(tmp_path / "x"), "--config", str(conf)])
+    conf.write_text("- 1\n")
+    with pytest.raises(SystemExit, match=rf"ERROR: {conf}: expected a mapping of settings"):
+        pretrain_llm.main(["--train_text", str(text), "--out_dir", str(tmp_path / "x"), "--config", str(conf)])

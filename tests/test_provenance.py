@@ -135,3 +135,17 @@ def test_a_record_that_names_a_path_setting_among_the_model_settings_still_match
     with pytest.raises(UserError, match="freeze"):
         provenance.check(tmp_path / "config.yaml", tmp_path / "1epoch.pth",
                          {**conf, "encoder_conf": {"whisper_dir": "x", "freeze": False}}, uses_base=False, uses_llm_dir=False)
+
+
+def test_init_param_keys_read_a_spec_as_espnet_loads_it(tmp_path):
+    """The keys an --init_param spec gives (path:src_key:dst_key:excludes): excluded prefixes are
+    not given (they were counted as given, so a partial checkpoint missing them loaded silently)."""
+    from espnet_hdmole.tasks.provenance import init_param_keys
+
+    ckpt = tmp_path / "base.pth"
+    torch.save({"encoder.w": torch.zeros(1), "ctc.w": torch.zeros(1), "llm.a.w": torch.zeros(1)}, ckpt)
+    assert init_param_keys(str(ckpt)) == {"encoder.w", "ctc.w", "llm.a.w"}
+    assert init_param_keys(f"{ckpt}:::ctc") == {"encoder.w", "llm.a.w"}
+    assert init_param_keys(f"{ckpt}:::ctc,encoder") == {"llm.a.w"}
+    assert init_param_keys(f"{ckpt}:llm:dec") == {"dec.a.w"}
+    assert init_param_keys(f"{ckpt}:llm:dec:llm.a") == set()  # excluded before src_key is taken off

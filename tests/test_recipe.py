@@ -339,6 +339,20 @@ def test_subset_decode_keeps_every_system_in_results(recipe):
     assert result_rows(tmp / "exp") == before and set(SYSTEMS) <= set(before)
 
 
+def test_a_decoding_of_fewer_sets_leaves_no_older_set_behind(recipe):
+    """--test_sets of one set decoded it anew, while the other sets' scores of the previous decoding
+    stayed and were averaged with it in the tables (found in review, session 33)."""
+    tmp, _, _ = recipe
+    lora = tmp / "exp" / "lora"
+    sets = sorted(d.name for d in lora.glob("decode_*") if d.name != "decode_union")
+    assert len(sets) > 2
+    out = run(["--stage", "6", "--stop_stage", "6", "--systems", "lora", "--test_sets", sets[0][len("decode_"):]], tmp)
+    assert f"lora: removed {lora / sets[1]}, made from the decoding this one replaces" in out
+    assert sorted(d.name for d in lora.glob("decode_*")) == sorted(["decode_union", sets[0]])
+    run(["--stage", "6", "--stop_stage", "6", "--systems", "lora"], tmp)  # every set again, for the tests after
+    assert sorted(d.name for d in lora.glob("decode_*") if d.name != "decode_union") == sets
+
+
 def test_train_seeds_run_every_system_again_and_results_report_the_spread(recipe):
     """Issue 13 item 2: --train_seeds trains each system again with another seed, into its own
     directory, and RESULTS.md reports the mean and spread over the runs."""
@@ -443,3 +457,34 @@ def test_changed_data_redoes_features_with_the_reason(recipe):
     out = run(["--stage", "2", "--stop_stage", "2"], tmp)
     assert re.search(r"dump/fbank_pitch/dev: \S*data/dev/text changed since the features were made: redone", out), out[-3000:]
     assert re.search(r"  dev: \d+ utterances \(done\)", out) and re.search(r"  train: \d+ utterances \(skipped", out)
+
+
+# ---------------------------------------------------------------- found in review (session 33)
+def test_a_broken_yaml_is_one_error_line_naming_its_line_and_nothing_trains(recipe, tmp_path):
+    """A fine-tuning YAML that does not parse: stage 5's job ignored the merge's failure (set -e does
+    not hold in run_marked's subshell), trained the previous merged config and marked it done."""
+    tmp, _, _ = recipe
+    cfg = tmp_path / "finetune_lora.yaml"
+    cfg.write_text((RECIPE / "conf" / "finetune_lora.yaml").read_text() + "optim_conf: {lr: [0.004\n")
+    before = sorted(p.name for p in (tmp / "exp").iterdir())
+    err = run_fails(["--stage", "5", "--stop_stage", "5", "--train_configs", str(cfg)], tmp)
+    assert re.search(rf"ERROR: {re.escape(str(cfg))}:\d+:\d+: not valid YAML", err), err
+    assert sorted(p.name for p in (tmp / "exp").iterdir()) == before  # nothing moved aside, nothing trained
+
+
+def test_a_system_may_not_train_into_another_ones_dir(recipe, tmp_path):
+    """A system is named after its YAML: conf/finetune_llm.yaml moved the stage-3 LLM aside and trained
+    into exp/llm; two YAMLs of one name trained into one dir at once."""
+    tmp, _, _ = recipe
+    text = (RECIPE / "conf" / "finetune_lora.yaml").read_text()
+    (tmp_path / "a").mkdir()
+    for f in (tmp_path / "finetune_llm.yaml", tmp_path / "finetune_lora.yaml", tmp_path / "a" / "finetune_lora.yaml"):
+        f.write_text(text)
+    err = run_fails(["--stage", "5", "--stop_stage", "5", "--train_configs", str(tmp_path / "finetune_llm.yaml")], tmp)
+    assert f"names the system 'llm' (after its file name), but {tmp / 'exp' / 'llm'} holds the recipe's own llm" in err
+    err = run_fails(["--stage", "5", "--stop_stage", "5", "--train_configs",
+                     f"{tmp_path / 'finetune_lora.yaml'} {tmp_path / 'a' / 'finetune_lora.yaml'}"], tmp)
+    assert "both name the system 'lora'" in err
+    err = run_fails(["--stage", "3", "--stop_stage", "3", "--llm_conf", str(tmp_path / "nope.yaml")], tmp)
+    assert f"--llm_conf {tmp_path / 'nope.yaml'} does not exist" in err
+

@@ -1,4 +1,5 @@
 """Helpers of the recipe's local/recipe_lib.sh."""
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -118,3 +119,48 @@ decode_system() {{ echo "decoded $1" >> "$exp_dir/events"; }}
     out = run_bash('rm -f "$stage5_inputs_done"; touch "$stage5_inputs_done.failed"; stage5_decode_job source')
     assert out.returncode != 0 and "the decoding inputs could not be written" in out.stderr
     assert not (tmp_path / "exp" / "events").exists()
+
+
+def test_several_gpus_train_with_one_process_each():
+    """ESPnet's --ngpu N > 1 alone runs one process with DataParallel (its --multiprocessing_distributed
+    defaults to false), which the HDMoLE layers refuse: the recipe asks for one process per GPU."""
+    opts = LIB.parent / "recipe_train_opts.sh"
+    script = f'. "{opts}"; llm_dir_eff=L; data_dir=D; feats=F; feats_type=fbank; whisper_dir=""; seed=0; ngpu=$1; common_model_opts'
+    for ngpu, want in (("0", False), ("1", False), ("2", True)):
+        out = subprocess.run(["bash", "-c", script, "bash", ngpu], capture_output=True, text=True, timeout=60,
+                             env={"PATH": "/usr/bin:/bin"})
+        assert ("--multiprocessing_distributed true" in out.stdout) == want, (ngpu, out.stdout, out.stderr)
+
+
+def _run_sh(tmp_path: Path, *args: str) -> list:
+    """run.sh with a stand-in hdmole.sh that prints its arguments, one a line."""
+    (tmp_path / "run.sh").write_text((LIB.parents[1] / "run.sh").read_text())
+    (tmp_path / "hdmole.sh").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    (tmp_path / "hdmole.sh").chmod(0o755)
+    out = subprocess.run(["bash", str(tmp_path / "run.sh"), *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def test_run_sh_trains_briefly_at_tiny_in_either_option_form_and_keeps_the_users_training_args(tmp_path):
+    """run.sh shortened the training only for an argument that is exactly 'tiny' (not --demo_size=tiny),
+    and a user's --train_args replaced the shortening instead of adding to it."""
+    for form in (["--demo_size", "tiny"], ["--demo_size=tiny"]):
+        got = _run_sh(tmp_path, *form, "--train_args", "--ngpu 0")
+        assert got[-4:] == ["--source_train_args", "--max_epoch 2", "--train_args", "--max_epoch 1 --ngpu 0"], got
+    got = _run_sh(tmp_path, "--demo_size", "small", "--train_args", "--ngpu 0")
+    assert got[-2:] == ["--train_args", "--ngpu 0"] and "--max_epoch 1" not in got
+
+
+def test_run_sh_help_gives_what_it_passes_and_every_line_of_each_setting(tmp_path):
+    """--help printed the first comment line of each setting only, and hdmole.sh's own default of
+    --decode_args, not the one run.sh passes."""
+    recipe = LIB.parents[1]
+    out = subprocess.run(["./run.sh", "--help"], cwd=recipe, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    run_sh = (recipe / "run.sh").read_text()
+    decode_args = re.search(r'^decode_args="(.*)"', run_sh, re.M).group(1)
+    assert f'--decode_args "{decode_args}"' in out.stdout
+    hdmole = (recipe / "hdmole.sh").read_text()
+    continued = [line.strip()[2:] for line in hdmole.splitlines() if re.match(r"^ {10,}# ", line)]
+    assert len(continued) > 20 and all(c in out.stdout for c in continued)

@@ -5,6 +5,7 @@ import torch
 
 import espnet_hdmole
 from espnet_hdmole import HDMoLELinear, domain_posterior
+from espnet_hdmole.errors import UserError
 from espnet_hdmole.layers.shared_input import SharedInputGroup
 
 
@@ -256,3 +257,17 @@ def test_a_member_called_under_autocast_after_its_sibling_without_computes_anew(
         assert a(x).dtype == torch.float32
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert b(x).dtype == torch.bfloat16
+
+
+
+def test_a_data_parallel_replica_is_refused_with_what_to_do():
+    """torch.nn.DataParallel (ESPnet's --ngpu N without --multiprocessing_distributed) copies the
+    modules for each device and holds their parameters as plain attributes, not the groups they
+    point to: a replica would have failed with a KeyError or 'not in list'. It is one clear error."""
+    model = adapted(None)
+    q = model.model.layers[0].self_attn.q_proj
+    replica = q._replicate_for_data_parallel()  # what DataParallel's replicate makes of it
+    with domain_posterior(torch.softmax(torch.randn(2, 3), -1)):
+        q(torch.randn(2, 5, 32))  # the layer itself runs
+        with pytest.raises(UserError, match=r"DataParallel replica.*--multiprocessing_distributed true"):
+            replica(torch.randn(2, 5, 32))

@@ -59,11 +59,12 @@ def greedy_search(
     embed = llm.get_input_embeddings()
     for _ in range(max_new_tokens):
         tok = logp.argmax(-1)
-        scores += torch.where(done, 0.0, logp.gather(1, tok[:, None])[:, 0]).cpu()
+        step, tok_cpu = logp.gather(1, tok[:, None])[:, 0].cpu(), tok.cpu()  # (the bookkeeping stays on the CPU)
+        scores += torch.where(done, 0.0, step)
         for i in range(b):
-            if not done[i] and tok[i] != eos_id:
-                hyps[i].append(int(tok[i]))
-        done |= (tok == eos_id).cpu()
+            if not done[i] and tok_cpu[i] != eos_id:
+                hyps[i].append(int(tok_cpu[i]))
+        done |= tok_cpu == eos_id
         if done.all():
             break
         mask = torch.cat([mask, mask.new_ones(b, 1)], 1)

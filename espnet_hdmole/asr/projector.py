@@ -9,7 +9,9 @@ from espnet_hdmole.errors import UserError
 class FrameStackProjector(torch.nn.Module):
     """Stack k consecutive encoder frames, then ``linear1`` -> GELU -> ``linear2``.
 
-    (B, T, d_enc) -> (B, ceil(T / k), d_llm). The two linears are named so that an adapter's
+    (B, T, d_enc) -> (B, ceil(T / k), d_llm). An utterance's last position stacks its last frames
+    with zeros, whatever the batch holds past its length, so its output does not depend on the
+    batch. The two linears are named so that an adapter's
     ``target_modules`` can pick them (``projector.linear1``, ``projector.linear2``).
 
     Args:
@@ -32,6 +34,8 @@ class FrameStackProjector(torch.nn.Module):
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         b, t, d = x.shape
         k = self.stack
+        if k > 1:  # frames past an utterance's length (the batch's padding, not zeros after an encoder) read as zeros
+            x = x.masked_fill(torch.arange(t, device=x.device)[None, :, None] >= lengths.to(x.device)[:, None, None], 0.0)
         pad = (-t) % k
         if pad:
             x = torch.nn.functional.pad(x, (0, 0, 0, pad))

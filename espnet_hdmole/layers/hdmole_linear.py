@@ -268,6 +268,11 @@ class HDMoLELinear(torch.nn.Linear):
         return rt["w"][0].t(), rt["p"][0].t(), rt["local"][0].t(), None if active is None else active[0].t(), tau
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.__dict__.get("_is_replica"):  # (set by Module._replicate_for_data_parallel)
+            raise UserError(
+                f"HDMoLE layer '{self.name}' runs in a torch.nn.DataParallel replica, which it does not support: "
+                "train on several GPUs with one process each (ESPnet's --multiprocessing_distributed true, which "
+                "the recipe passes with --ngpu > 1)")
         lead, group = x.shape[:-1], self._shared_input_group
         if group is not None:  # computed with its siblings on the same input
             out, whole = group.output(self, x, lead)

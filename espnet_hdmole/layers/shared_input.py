@@ -14,8 +14,9 @@ one (its router and A then share one matmul). ``group_shared_inputs(model, group
 sibling layers named in ``groups`` (by default q/k/v and gate/up, the names of Qwen2, Llama and
 Whisper blocks) into a ``SharedInputGroup``: the first member called on a new input computes all
 members and keeps the others' results; a member then called on that same tensor (the same object,
-not modified in place since, in the same grad mode) takes its result, and a member called on any
-other input computes alone. A wrong grouping can thus only cost time, never change an output.
+not modified in place since, in the same grad mode, training mode and autocast state) takes its
+result, and a member called on any other input computes alone. A wrong grouping can thus only
+cost time, never change an output.
 """
 from typing import List, Optional, Sequence, Tuple
 

@@ -366,15 +366,7 @@ class LLMASRTask(TrainDtypeMixin, AbsTask):
 
             for spec in args.init_param or []:
                 load_pretrained_model(spec, model, ignore_init_mismatch=False, map_location=device)
-                path, *keys = spec.split(":")
-                src_key = keys[0] if len(keys) > 0 and keys[0] else None
-                dst_key = keys[1] if len(keys) > 1 and keys[1] else None
-                for k in torch.load(path, map_location="cpu", weights_only=False):
-                    if src_key is not None:
-                        if not k.startswith(src_key + "."):
-                            continue
-                        k = k[len(src_key) + 1:]
-                    missing.discard(f"{dst_key}.{k}" if dst_key else k)
+                missing -= provenance.init_param_keys(spec)
             if missing:
                 raise UserError(
                     f"{model_file} is a partial checkpoint and {sorted(missing)[:10]} are given neither by it "

@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import torch
+
 from espnet_hdmole.errors import UserError
 from espnet_hdmole.utils.fingerprint import file_sha256, files_sha256
 
@@ -173,3 +175,24 @@ def check(config_file, model_file, conf, uses_base: bool, uses_llm_dir: bool) ->
         if len(then) != len(now["init_param"]):
             raise UserError(f"{config_file} names {len(now['init_param'])} --init_param files, {prov_path} "
                             f"records {len(then)}: the config does not belong to {model_file}")
+
+
+def init_param_keys(spec: str) -> set:
+    """The model's parameter names that an ``--init_param`` spec ``path[:src_key[:dst_key[:excludes]]]``
+    gives, read as ESPnet's ``load_pretrained_model`` reads it: the keys of the checkpoint at path
+    that start with none of the comma-separated excluded prefixes, then those under src_key with
+    it taken off, then dst_key put in front."""
+    path, *keys = spec.split(":")
+    src_key = keys[0] if len(keys) > 0 and keys[0] else None
+    dst_key = keys[1] if len(keys) > 1 and keys[1] else None
+    excluded = tuple(keys[2].split(",")) if len(keys) > 2 and keys[2] else ()
+    out = set()
+    for k in torch.load(path, map_location="cpu", weights_only=False):
+        if excluded and k.startswith(excluded):  # (dropped before src_key is applied)
+            continue
+        if src_key is not None:
+            if not k.startswith(src_key + "."):
+                continue
+            k = k[len(src_key) + 1:]
+        out.add(f"{dst_key}.{k}" if dst_key else k)
+    return out

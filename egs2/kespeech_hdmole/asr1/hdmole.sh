@@ -96,9 +96,11 @@ command_line="$0 $*"
 given=" "   # the settings given on the command line
 default_train_configs=$train_configs   # their order is the order of the results table
 declared=$(sed -n '/^# ---* settings/,/^# ---* option parsing/p' "$0" | grep -oE '^[a-z_]+=' | tr -d '=')
-print_settings() {
+print_settings() {  # each setting, its default and its whole comment
     echo "Settings (--name value):"
-    sed -n '/^# ---* settings/,/^# ---* option parsing/p' "$0" | grep -E '^[a-z_]+=' | sed 's/^/  --/; s/=/ /'
+    awk '/^# -+ settings/ { on = 1; next } /^# -+ option parsing/ { on = 0 }
+         on && /^[a-z_]+=/ { sub(/=/, " "); print "  --" $0; next }
+         on && /^ +#/ { sub(/^ +# ?/, ""); print "          " $0 }' "$0"
 }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -157,6 +159,11 @@ fi
 [ -z "$source_dir" ] && source_dir=${SOURCE_DIR:-}
 case "$demo_size" in tiny|small|default) ;; *) die "--demo_size must be tiny, small or default, not '$demo_size'" ;; esac
 for c in $source_config $train_configs; do [ -f "$c" ] || die "training config '$c' does not exist"; done
+# every YAML given parses to a mapping of settings (one ERROR line names the file and line), before any stage runs
+yamls=($source_config $train_configs $source_encoder_config $source_tone_config $accent_id_config)
+if [ -z "$llm_dir" ]; then [ -f "$llm_conf" ] || die "--llm_conf $llm_conf does not exist"; yamls+=("$llm_conf"); fi
+yaml_check=$($python local/merge_config.py --check "${yamls[@]}" 2>&1) || die "$(tail -n 1 <<< "$yaml_check" | sed 's/^ERROR: //')"
+check_system_names $train_configs
 if [ -n "$whisper_dir" ] && [ "$($python -c "import sys, yaml; print((yaml.safe_load(open(sys.argv[1], encoding='utf-8')) or {}).get('encoder'))" "$source_config")" != whisper ]; then
     die "--whisper_dir needs a source config with 'encoder: whisper', but $source_config has another encoder (e.g. conf/train_source_whisper.yaml)"
 fi
@@ -252,7 +259,6 @@ for f in sys.argv[1:]:
 print("".join(sorted(chars)))
 PY
 )
-        llm_opts=$($python -c "import yaml,sys; d=yaml.safe_load(open('$llm_conf')) or {}; print(' '.join(f'--{k} {v}' for k,v in d.items()))")
         texts=(); for s in source_train train; do [ -f "$data_dir/$s/text" ] && texts+=("$data_dir/$s/text"); done
         valid=(); for s in source_dev dev; do [ -f "$data_dir/$s/text" ] && valid+=("$data_dir/$s/text"); done
         plain=(); [ -f "$data_dir/lm_text" ] && plain=(--plain_text "$data_dir/lm_text")
@@ -260,7 +266,7 @@ PY
                 --value "prompt characters=$prompts" --value "seed=$seed"; then
             run_logged "$train_cmd" "$exp_dir/logs/stage3_llm.log" $python local/pretrain_llm.py \
                 --train_text "${texts[@]}" "${plain[@]}" --valid_text "${valid[@]}" --vocab_text "${valid[@]}" \
-                --extra_chars "$prompts" --out_dir "$llm_dir_eff" --seed "$seed" $llm_opts
+                --extra_chars "$prompts" --out_dir "$llm_dir_eff" --seed "$seed" --config "$llm_conf"
             mark_done "$llm_dir_eff"
         fi
         grep -E "^epoch|parameters" "$exp_dir/logs/stage3_llm.log" | tail -n 2 | sed 's/^/    /' || true

@@ -9,17 +9,51 @@ train_configs="conf/finetune_full.yaml conf/finetune_lora.yaml conf/finetune_mol
   conf/finetune_mole_dense.yaml conf/finetune_hdmole.yaml conf/finetune_hdmole_nohier.yaml
   conf/finetune_hdmole_topk.yaml conf/finetune_hdmole_oracle.yaml
   conf/finetune_full_proj.yaml conf/finetune_lora_proj.yaml conf/finetune_hdmole_proj.yaml"
-
+llm_conf=conf/llm_demo.yaml
+demo_size=default
 # decoding: 64 utterances a batch (the longest first, so of similar lengths) gave the hypotheses
 # of 16 a batch for every utterance in 0.66x the time with the demo's small LLM; with a large LLM
 # on a GPU, lower it to what its memory holds.
-# the tiny demo (CI) trains for a moment only: it checks the pipeline, not the method
-extra=()
-for a in "$@"; do [ "$a" = tiny ] && extra=(--source_train_args "--max_epoch 2" --train_args "--max_epoch 1"); done
+decode_args="--beam_size 4 --batch_size 64 --max_new_tokens 48"
+ours=(--train_configs "$(echo $train_configs)" --llm_conf "$llm_conf" --demo_size "$demo_size" --decode_args "$decode_args")
 
-./hdmole.sh \
-    --train_configs "$(echo $train_configs)" \
-    --llm_conf conf/llm_demo.yaml \
-    --demo_size default \
-    --decode_args "--beam_size 4 --batch_size 64 --max_new_tokens 48" \
-    "${extra[@]}" "$@"
+for a in "$@"; do
+    case $a in -h|--help)
+        sed -n '2,3p' "$0" | sed 's/^# \{0,1\}//'
+        echo "run.sh runs ./hdmole.sh with these settings before yours (yours win):"
+        printf '  %s "%s"\n' "${ours[@]}"
+        echo "and, at --demo_size tiny, with short training: --max_epoch 2 in stage 4, 1 in stage 5, before"
+        echo "your own --source_train_args / --train_args. The settings of ./hdmole.sh:"
+        echo
+        exec ./hdmole.sh --help ;;
+    esac
+done
+
+# the tiny demo (CI) trains for a moment only: it checks the pipeline, not the method. Its short
+# training goes in front of the user's own --source_train_args / --train_args, which then win.
+given_size=$demo_size prev=""
+for a in "$@"; do
+    [ "$prev" != --demo_size ] || given_size=$a
+    case $a in --demo_size=*) given_size=${a#*=} ;; esac
+    prev=$a
+done
+args=()
+if [ "$given_size" = tiny ]; then
+    source_short="--max_epoch 2"; train_short="--max_epoch 1"
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --source_train_args=*) source_short="--max_epoch 2 ${1#*=}"; shift ;;
+            --train_args=*) train_short="--max_epoch 1 ${1#*=}"; shift ;;
+            --source_train_args|--train_args)
+                if [ $# -lt 2 ]; then args+=("$1"); shift; continue; fi  # (hdmole.sh says it needs a value)
+                if [ "$1" = --train_args ]; then train_short="--max_epoch 1 $2"; else source_short="--max_epoch 2 $2"; fi
+                shift 2 ;;
+            *) args+=("$1"); shift ;;
+        esac
+    done
+    args+=(--source_train_args "$source_short" --train_args "$train_short")
+else
+    args=("$@")
+fi
+
+./hdmole.sh "${ours[@]}" "${args[@]}"

@@ -11,6 +11,11 @@ Stage 5 (a system on the source model), stage 4 steps 1, 1b (encoder over the so
 With --accent_head_from, a system with an accent head (model_conf.use_accent_head: true) takes the
 head's shape (model_conf.accent_head_conf) from that config: the one the head was trained with in
 stage 4 step 3, so that its checkpoint fits.
+
+    python local/merge_config.py --check conf/train_source.yaml conf/finetune_hdmole.yaml ...
+
+only reads the YAMLs: each must parse to a mapping of settings, else one ERROR line names the file,
+the line and the problem (hdmole.sh checks every YAML it is given before any stage runs).
 """
 import sys
 from pathlib import Path
@@ -20,6 +25,30 @@ import yaml
 ARCH_KEYS = ("frontend", "frontend_conf", "normalize", "normalize_conf", "input_size", "encoder", "encoder_conf",
              "model_conf")
 MERGED = ("encoder_conf", "model_conf", "frontend_conf", "normalize_conf", "optim_conf", "scheduler_conf")
+
+
+def read_yaml(path) -> dict:
+    """The settings of a YAML file (an empty file: none). A file that cannot be read, does not
+    parse or holds something other than a mapping exits with one ERROR line naming the file (and
+    the line and column where the parser stopped)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        sys.exit(f"ERROR: cannot read the config {path}: {e}")
+    try:
+        conf = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = getattr(e, "problem", None) or str(e)
+        if getattr(e, "context", None):
+            what += f" ({e.context}{f' that starts at line {context.line + 1}' if context is not None else ''})"
+        sys.exit(f"ERROR: {where}: not valid YAML: {what}")
+    if conf is None:
+        return {}
+    if not isinstance(conf, dict):
+        sys.exit(f"ERROR: {path}: expected a mapping of settings (key: value lines), got a {type(conf).__name__}")
+    return conf
 
 
 def overlay(out: dict, system: dict) -> dict:
@@ -40,18 +69,22 @@ def merge(base: dict, *systems: dict) -> dict:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--check"]:
+        for f in argv[1:]:
+            read_yaml(f)
+        return 0
     head_from = None
     if len(argv) >= 5 and argv[-2] == "--accent_head_from":
         head_from, argv = argv[-1], argv[:-2]
     if len(argv) < 3 or argv[0] in ("-h", "--help"):
         print(__doc__, file=sys.stderr)
         return 2
-    base = yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")) or {}
-    systems = [yaml.safe_load(Path(f).read_text(encoding="utf-8")) or {} for f in argv[1:-1]]
+    base = read_yaml(argv[0])
+    systems = [read_yaml(f) for f in argv[1:-1]]
     merged = merge(base, *systems)
     mc = merged.get("model_conf") or {}
     if head_from and mc.get("use_accent_head"):
-        head = (yaml.safe_load(Path(head_from).read_text(encoding="utf-8")) or {}).get("model_conf") or {}
+        head = read_yaml(head_from).get("model_conf") or {}
         mc["accent_head_conf"] = head.get("accent_head_conf")
     out = Path(argv[-1])
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,10 @@
 """Stage 3 (demo): a character tokenizer and a small Qwen2-style causal LM pre-trained on text.
 
     python local/pretrain_llm.py --train_text data/source_train/text data/train/text \\
-        --valid_text data/source_dev/text --out_dir exp/llm --extra_chars "转写"
+        --valid_text data/source_dev/text --out_dir exp/llm --extra_chars "转写" [--config conf/llm_demo.yaml]
+
+--config: a YAML of these options (``hidden_size: 256``, ...), e.g. hdmole.sh's --llm_conf; options
+given on the command line win over it. A key that is no option of this script is an error.
 
 Writes a normal `transformers` model directory (config.json, model.safetensors, tokenizer.json,
 tokenizer_config.json) that `model_conf.llm_dir` can point at. Kaldi-style text files ('uid text')
@@ -55,6 +58,20 @@ def collate(seqs, pad_id):
     return x, mask, labels
 
 
+def config_defaults(ap: argparse.ArgumentParser, path: str) -> None:
+    """The options of the YAML ``path`` as ``ap``'s defaults; exits with one ERROR line naming the
+    file and the key where a key is no option of ``ap``, or the file is no YAML mapping."""
+    from merge_config import read_yaml  # (beside this script)
+
+    conf = read_yaml(path)
+    options = {a.dest for a in ap._actions if a.option_strings and a.dest not in ("help", "config")}
+    unknown = sorted(set(conf) - options)
+    if unknown:
+        sys.exit(f"ERROR: {path}: {', '.join(map(repr, unknown))} is no option of local/pretrain_llm.py "
+                 f"(its options: {', '.join(sorted(options))})")
+    ap.set_defaults(**conf)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train_text", nargs="+", required=True, help="Kaldi-style text files to train on")
@@ -73,6 +90,10 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--config", default=None, help="a YAML of these options (see above)")
+    known, _ = ap.parse_known_args(argv)
+    if known.config:
+        config_defaults(ap, known.config)
     a = ap.parse_args(argv)
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

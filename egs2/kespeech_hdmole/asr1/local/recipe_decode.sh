@@ -43,6 +43,10 @@ stage6_systems() {
 union=$exp_dir/decode_inputs
 write_decode_inputs() {  # (test_sets set)
     local s
+    for s in $test_sets; do  # (checked here: stage 5's tail runs this through run_marked, which ignores set -e)
+        [ -f "$feats/$s/speech_shape" ] && [ -f "$feats/$s/$speech_file" ] \
+            || die "test set '$s': $feats/$s has no speech_shape and $speech_file (stage 2 makes them; --test_sets names sets of $feats)"
+    done
     mkdir -p "$union"
     for s in $test_sets; do cat "$feats/$s/speech_shape"; done | decode_order "$union/keys"
     for s in $test_sets; do cat "$feats/$s/$speech_file"; done | in_decode_order "$union/keys" "$union/$speech_file"
@@ -135,6 +139,12 @@ decode_system() {  # decode_system SYSTEM: all test sets with one system, then s
             --asr_train_config "$out/config.yaml" --asr_model_file "$out/$decode_model" \
             --data_path_and_name_and_type "$union/$speech_file,speech,$speech_type" \
             "${accent_opts[@]}" "${stored_opts[@]}" "${ngram_opts[@]}" --ngpu "$decode_ngpu" $decode_args)
+        # the per-set results of the decoding this one replaces: a set it does not decode again
+        # (--test_sets of fewer sets) must not stay behind to mix with this decoding's in the tables
+        for d in "$out"/decode_*; do
+            [ -d "$d" ] && [ "$d" != "$dec" ] || continue
+            rm -rf "$d"; log "  $sys: removed $d, made from the decoding this one replaces"
+        done
         if [ "$inference_nj" -le 1 ]; then
             run_logged "$decode_cmd" "$dec/decode.log" "${infer[@]}" --output_dir "$dec"
         else

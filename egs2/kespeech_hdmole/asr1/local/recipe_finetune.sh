@@ -23,14 +23,14 @@ train_system() {  # train_system CONFIG[@SEED]: one stage-5 system (with another
     if [ "$cfg" != "$1" ]; then run_seed=${1##*@}; fi
     out=$exp_dir/$sys
     merged=$cache_dir/$sys.train_config.yaml
-    $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$merged"
+    merge_config "$(dirname "$init_model")/config.yaml" "$cfg" "$merged"
     # a system with an accent head (use_accent_head) starts from step 3's trained head (and
     # waits for it if step 3 still trains beside this stage), and takes its shape
     aid_init=(); aid_input=()
     if [ "$(model_conf_get "$merged" use_accent_head None)" = True ]; then
         [ "$(dirname "$aid_model")" != "$aid_exp" ] || wait_for_accent_head
         if [ -f "$(dirname "$aid_model")/config.yaml" ]; then
-            $python local/merge_config.py "$(dirname "$init_model")/config.yaml" "$cfg" "$merged" \
+            merge_config "$(dirname "$init_model")/config.yaml" "$cfg" "$merged" \
                 --accent_head_from "$(dirname "$aid_model")/config.yaml"
         fi
         [ -f "$aid_model" ] || die "$cfg uses an accent head (model_conf.use_accent_head), which stage 4 step 3 trains: $aid_model does not exist (run stage 4 with --accent_id_config, or set use_accent_head: false)"
@@ -43,7 +43,7 @@ train_system() {  # train_system CONFIG[@SEED]: one stage-5 system (with another
     fi
     t0=$(date +%s)
     log "  $sys: $cfg -> $out (resumes from $out/checkpoint.pth if present)"
-    cp "$merged" "$out/train_config.yaml"
+    cp "$merged" "$out/train_config.yaml" || die "cannot write $out/train_config.yaml"
     # the source model's CTC head is kept only where the system uses it (ctc_compress)
     init_spec=$init_model:::ctc
     compress=$(model_conf_get "$out/train_config.yaml" ctc_compress none) || exit 1

@@ -64,7 +64,29 @@ model_conf_get() {
     $python -c "import sys, yaml; mc = (yaml.safe_load(open(sys.argv[1], encoding='utf-8')) or {}).get('model_conf') or {}; print(mc.get(sys.argv[2], sys.argv[3]))" "$1" "$2" "$3" \
         || die "cannot read model_conf.$2 from $1"
 }
+# merge_config ARG...: local/merge_config.py ARG... (a training config from YAMLs); a bad YAML stops
+# the recipe with the tool's ERROR line (checked here: functions that run_marked runs ignore set -e)
+merge_config() {
+    local msg
+    msg=$($python local/merge_config.py "$@" 2>&1) || die "$(tail -n 1 <<< "$msg" | sed 's/^ERROR: //') (local/merge_config.py $*)"
+}
 system_name() { local b; b=$(basename "$1" .yaml); b=${b#finetune_}; echo "${b#train_}"; }
+# check_system_names CONFIG...: a system trains into $exp_dir/<its name> (system_name: the YAML's
+# file name), so no name may be a directory other stages write there, repeat another's, or look
+# like another seed's run (<system>_seed<k>) or a superseded one (<dir>.stale-<time>)
+recipe_exp_dirs="source source_encoder source_encoder_tone accent_id llm ngram encoder_out decode_inputs logs plots tune_dev tune_dev_proj"
+check_system_names() {
+    local c n; local -A first=()
+    for c in "$@"; do
+        n=$(system_name "$c")
+        case " $recipe_exp_dirs " in *" $n "*)
+            die "training config $c names the system '$n' (after its file name), but $exp_dir/$n holds the recipe's own $n: rename the file" ;; esac
+        [[ ! $n =~ _seed[0-9]+$ ]] || die "training config $c names the system '$n', the name of another system's run with --train_seeds: rename the file"
+        [[ $n != *.stale-* ]] || die "training config $c names the system '$n', a name the recipe gives superseded runs: rename the file"
+        [ -z "${first[$n]+set}" ] || die "training configs ${first[$n]} and $c both name the system '$n' (after their file names), which would share $exp_dir/$n: list it once, or rename one"
+        first[$n]=$c
+    done
+}
 stage_start() { STAGE_T0=$(date +%s); log "stage $1: $2"; }
 stage_end() { log "stage $1 done in $(( $(date +%s) - STAGE_T0 )) s"; echo "$1 $(( $(date +%s) - STAGE_T0 ))" >> "${exp_dir}/stage_times.txt"; }
 

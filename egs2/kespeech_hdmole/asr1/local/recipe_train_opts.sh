@@ -15,6 +15,9 @@ train_data_opts() {  # train_data_opts TRAIN_SET VALID_SET
 common_model_opts() {
     echo --model_conf "llm_dir=$llm_dir_eff" --model_conf "accent_list=[$(paste -sd, "$data_dir/accents.txt")]" \
          --ngpu "$ngpu" --seed "$seed" --resume true
+    # N GPUs: one process each (ESPnet's DDP, as its own recipes ask for it); without this ESPnet runs
+    # one process with DataParallel (--train_args "--multiprocessing_distributed false" still asks for that)
+    [ "$ngpu" -le 1 ] || echo --multiprocessing_distributed true
     if [ "$feats_type" != raw ]; then
         echo --normalize global_mvn --normalize_conf "stats_file=$feats/cmvn_stats.npz" \
              --input_size "$([ "$feats_type" = fbank_pitch ] && echo 83 || echo 80)"
