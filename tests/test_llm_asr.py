@@ -387,3 +387,16 @@ def test_the_model_marks_speech_text_and_padding_for_the_routing_statistics(work
     assert (kinds == PAD).sum() > 0  # utterances of different lengths: the batch has padding
     p1 = model.projector.linear1
     assert (p1._last["kinds"].view(len(ids), -1) == SPEECH).sum(1).tolist() == s_lens.tolist()
+
+
+def test_several_gpus_in_one_process_are_refused_for_hdmole(work):
+    """ESPnet runs --ngpu N > 1 without --multiprocessing_distributed as one process with
+    DataParallel, whose replicas the HDMoLE layers cannot run (a KeyError deep in a replica, or an
+    error wrapped in DataParallel's traceback): refused before anything starts, saying what to add."""
+    from espnet_hdmole.errors import UserError
+
+    w, llm, data = work
+    with pytest.raises(UserError, match=r"--ngpu 2 without --multiprocessing_distributed true runs "
+                                        r"torch.nn.DataParallel.*add --multiprocessing_distributed true"):
+        run_main(w, data, llm, extra=["--ngpu", "2", "--use_adapter", "true", "--adapter", "hdmole",
+                                      "--adapter_conf", "target_modules=['q_proj']"])

@@ -64,6 +64,9 @@ def test_a_config_sets_the_options_and_names_a_key_it_does_not_know(tmp_path):
     conf.write_text("hidden_size: 16\nlr: [0.1\n")
     with pytest.raises(SystemExit, match=rf"ERROR: {conf}:3:1: not valid YAML: .* starts at line 2"):
         pretrain_llm.main(["--train_text", str(text), "--out_dir", str(tmp_path / "x"), "--config", str(conf)])
+    conf.write_text("hidden_size: 16\nepochs: 4.0\n")  # a float where the option takes an int
+    with pytest.raises(SystemExit, match=rf"ERROR: {conf}: epochs: 4.0 is no int"):
+        pretrain_llm.main(["--train_text", str(text), "--out_dir", str(tmp_path / "x"), "--config", str(conf)])
     conf.write_text("- 1\n")
     with pytest.raises(SystemExit, match=rf"ERROR: {conf}: expected a mapping of settings"):
         pretrain_llm.main(["--train_text", str(text), "--out_dir", str(tmp_path / "x"), "--config", str(conf)])

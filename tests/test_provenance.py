@@ -149,3 +149,6 @@ def test_init_param_keys_read_a_spec_as_espnet_loads_it(tmp_path):
     assert init_param_keys(f"{ckpt}:::ctc,encoder") == {"llm.a.w"}
     assert init_param_keys(f"{ckpt}:llm:dec") == {"dec.a.w"}
     assert init_param_keys(f"{ckpt}:llm:dec:llm.a") == set()  # excluded before src_key is taken off
+    assert init_param_keys(f"{ckpt}:::") == set()  # an empty field excludes every key, as ESPnet reads it
+    torch.save({"module": {"encoder.w": torch.zeros(1)}}, ckpt)  # a wrapped state dict
+    assert init_param_keys(str(ckpt)) == {"encoder.w"}

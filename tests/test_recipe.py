@@ -347,7 +347,7 @@ def test_a_decoding_of_fewer_sets_leaves_no_older_set_behind(recipe):
     sets = sorted(d.name for d in lora.glob("decode_*") if d.name != "decode_union")
     assert len(sets) > 2
     out = run(["--stage", "6", "--stop_stage", "6", "--systems", "lora", "--test_sets", sets[0][len("decode_"):]], tmp)
-    assert f"lora: removed {lora / sets[1]}, made from the decoding this one replaces" in out
+    assert f"lora: removed {lora / sets[1]}, made from the decoding this one replaced" in out
     assert sorted(d.name for d in lora.glob("decode_*")) == sorted(["decode_union", sets[0]])
     run(["--stage", "6", "--stop_stage", "6", "--systems", "lora"], tmp)  # every set again, for the tests after
     assert sorted(d.name for d in lora.glob("decode_*") if d.name != "decode_union") == sets

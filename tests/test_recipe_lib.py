@@ -148,8 +148,13 @@ def test_run_sh_trains_briefly_at_tiny_in_either_option_form_and_keeps_the_users
     for form in (["--demo_size", "tiny"], ["--demo_size=tiny"]):
         got = _run_sh(tmp_path, *form, "--train_args", "--ngpu 0")
         assert got[-4:] == ["--source_train_args", "--max_epoch 2", "--train_args", "--max_epoch 1 --ngpu 0"], got
+    got = _run_sh(tmp_path, "--demo-size", "tiny", "--train-args=--ngpu 0", "--stage", "5")  # hdmole.sh's dash forms
+    assert got[-6:] == ["--stage", "5", "--source_train_args", "--max_epoch 2", "--train_args", "--max_epoch 1 --ngpu 0"], got
     got = _run_sh(tmp_path, "--demo_size", "small", "--train_args", "--ngpu 0")
     assert got[-2:] == ["--train_args", "--ngpu 0"] and "--max_epoch 1" not in got
+    out = subprocess.run(["bash", str(tmp_path / "run.sh"), "--demo_size", "tiny", "--train_args"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "option --train_args needs a value" in out.stderr
 
 
 def test_run_sh_help_gives_what_it_passes_and_every_line_of_each_setting(tmp_path):
@@ -164,3 +169,18 @@ def test_run_sh_help_gives_what_it_passes_and_every_line_of_each_setting(tmp_pat
     hdmole = (recipe / "hdmole.sh").read_text()
     continued = [line.strip()[2:] for line in hdmole.splitlines() if re.match(r"^ {10,}# ", line)]
     assert len(continued) > 20 and all(c in out.stdout for c in continued)
+
+
+def test_a_merge_that_fails_stops_the_job_even_where_set_e_does_not_hold(tmp_path):
+    """Stage 5's jobs run under run_marked's `if ( ... )`, where bash ignores set -e: an unchecked
+    failing merge went on with the previous merged config. merge_config stops with the tool's ERROR."""
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: 1\nb: [1\n")
+    script = (f'set -euo pipefail; . "{LIB}"; verbose=false; python="{sys.executable}"\n'
+              f'job() {{ merge_config "{bad}" "{bad}" "{tmp_path}/out.yaml"; echo "went on"; }}\n'
+              'if ( job ); then echo "job ok"; else echo "job failed"; fi')
+    out = subprocess.run(["bash", "-c", script], cwd=LIB.parents[1], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["job", "failed"], out.stdout
+    assert f"ERROR: {bad}:3:1: not valid YAML" in out.stderr and not (tmp_path / "out.yaml").exists()

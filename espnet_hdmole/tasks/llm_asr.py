@@ -15,6 +15,7 @@ It uses ESPnet's AbsTask, Trainer, CommonCollateFn, checkpointing, --resume, n-b
 import argparse
 import inspect
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -270,6 +271,12 @@ class LLMASRTask(TrainDtypeMixin, AbsTask):
                 rank = (args.adapter_conf or {}).get("rank", 1)
                 if not isinstance(rank, int) or rank < 1:
                     raise UserError(f"adapter_conf.rank must be an integer >= 1, got {rank!r}")
+            if (args.adapter == "hdmole" and args.ngpu > 1 and not args.multiprocessing_distributed
+                    and int(os.environ.get("WORLD_SIZE", "1")) <= 1):  # (ESPnet's trainer would use DataParallel)
+                raise UserError(
+                    f"--ngpu {args.ngpu} without --multiprocessing_distributed true runs torch.nn.DataParallel, whose "
+                    "replicas the HDMoLE layers cannot run: add --multiprocessing_distributed true (one process "
+                    "per GPU; the recipe passes it with --ngpu > 1)")
             if args.adapter == "hdmole" and args.save_strategy == "adapter_only":
                 raise UserError(
                     "save_strategy: adapter_only is ESPnet's path for lora/houlsby only; for adapter: hdmole "

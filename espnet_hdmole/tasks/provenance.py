@@ -180,14 +180,17 @@ def check(config_file, model_file, conf, uses_base: bool, uses_llm_dir: bool) ->
 def init_param_keys(spec: str) -> set:
     """The model's parameter names that an ``--init_param`` spec ``path[:src_key[:dst_key[:excludes]]]``
     gives, read as ESPnet's ``load_pretrained_model`` reads it: the keys of the checkpoint at path
-    that start with none of the comma-separated excluded prefixes, then those under src_key with
-    it taken off, then dst_key put in front."""
+    (of its "module" entry where it has one) that start with none of the comma-separated excluded
+    prefixes, then those under src_key with it taken off, then dst_key put in front."""
     path, *keys = spec.split(":")
     src_key = keys[0] if len(keys) > 0 and keys[0] else None
     dst_key = keys[1] if len(keys) > 1 and keys[1] else None
-    excluded = tuple(keys[2].split(",")) if len(keys) > 2 and keys[2] else ()
+    excluded = tuple(keys[2].split(",")) if len(keys) > 2 else ()  # (an empty field excludes every key, as there)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if "module" in state:  # (a wrapped state dict)
+        state = state["module"]
     out = set()
-    for k in torch.load(path, map_location="cpu", weights_only=False):
+    for k in state:
         if excluded and k.startswith(excluded):  # (dropped before src_key is applied)
             continue
         if src_key is not None:

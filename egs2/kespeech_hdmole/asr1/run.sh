@@ -31,23 +31,26 @@ done
 
 # the tiny demo (CI) trains for a moment only: it checks the pipeline, not the method. Its short
 # training goes in front of the user's own --source_train_args / --train_args, which then win.
+# (option names as hdmole.sh reads them: --name value or --name=value, '-' for '_' allowed)
+option() { local n=${1%%=*}; n=${n//-/_}; echo "${n#__}"; }
 given_size=$demo_size prev=""
 for a in "$@"; do
-    [ "$prev" != --demo_size ] || given_size=$a
-    case $a in --demo_size=*) given_size=${a#*=} ;; esac
-    prev=$a
+    [ "$prev" != demo_size ] || given_size=$a
+    prev=$(option "$a")
+    case $a in --*=*) [ "$prev" != demo_size ] || given_size=${a#*=}; prev="" ;; esac  # (its value is in it)
 done
 args=()
 if [ "$given_size" = tiny ]; then
     source_short="--max_epoch 2"; train_short="--max_epoch 1"
     while [ $# -gt 0 ]; do
-        case $1 in
-            --source_train_args=*) source_short="--max_epoch 2 ${1#*=}"; shift ;;
-            --train_args=*) train_short="--max_epoch 1 ${1#*=}"; shift ;;
-            --source_train_args|--train_args)
-                if [ $# -lt 2 ]; then args+=("$1"); shift; continue; fi  # (hdmole.sh says it needs a value)
-                if [ "$1" = --train_args ]; then train_short="--max_epoch 1 $2"; else source_short="--max_epoch 2 $2"; fi
-                shift 2 ;;
+        name=$(option "$1")
+        case $name in
+            source_train_args|train_args)
+                if [[ $1 == *=* ]]; then value=${1#*=}; shift
+                elif [ $# -ge 2 ]; then value=$2; shift 2
+                else echo "$0: option $1 needs a value" >&2; exit 2
+                fi
+                if [ "$name" = train_args ]; then train_short="--max_epoch 1 $value"; else source_short="--max_epoch 2 $value"; fi ;;
             *) args+=("$1"); shift ;;
         esac
     done

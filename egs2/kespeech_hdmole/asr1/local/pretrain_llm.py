@@ -64,11 +64,18 @@ def config_defaults(ap: argparse.ArgumentParser, path: str) -> None:
     from merge_config import read_yaml  # (beside this script)
 
     conf = read_yaml(path)
-    options = {a.dest for a in ap._actions if a.option_strings and a.dest not in ("help", "config")}
-    unknown = sorted(set(conf) - options)
+    options = {a.dest: a for a in ap._actions if a.option_strings and a.dest not in ("help", "config")}
+    unknown = sorted(set(conf) - set(options))
     if unknown:
         sys.exit(f"ERROR: {path}: {', '.join(map(repr, unknown))} is no option of local/pretrain_llm.py "
                  f"(its options: {', '.join(sorted(options))})")
+    for key, value in conf.items():  # each value as the command line would give it (a YAML 4.0 is no int)
+        kind = options[key].type
+        if kind is not None and not isinstance(value, (list, dict)) and not (type(value) is kind):
+            try:
+                conf[key] = kind(str(value))
+            except ValueError:
+                sys.exit(f"ERROR: {path}: {key}: {value!r} is no {kind.__name__}")
     ap.set_defaults(**conf)
 
 

@@ -139,18 +139,19 @@ decode_system() {  # decode_system SYSTEM: all test sets with one system, then s
             --asr_train_config "$out/config.yaml" --asr_model_file "$out/$decode_model" \
             --data_path_and_name_and_type "$union/$speech_file,speech,$speech_type" \
             "${accent_opts[@]}" "${stored_opts[@]}" "${ngram_opts[@]}" --ngpu "$decode_ngpu" $decode_args)
-        # the per-set results of the decoding this one replaces: a set it does not decode again
-        # (--test_sets of fewer sets) must not stay behind to mix with this decoding's in the tables
-        for d in "$out"/decode_*; do
-            [ -d "$d" ] && [ "$d" != "$dec" ] || continue
-            rm -rf "$d"; log "  $sys: removed $d, made from the decoding this one replaces"
-        done
         if [ "$inference_nj" -le 1 ]; then
             run_logged "$decode_cmd" "$dec/decode.log" "${infer[@]}" --output_dir "$dec"
         else
             decode_in_jobs "$dec" "${infer[@]}"
         fi
         mark_done "$dec"
+        # the per-set results of the decoding this one replaced: a set it did not decode again
+        # (--test_sets of fewer sets) must not stay behind to mix with this decoding's in the tables
+        for d in "$out"/decode_*; do
+            [ -d "$d" ] && [ "$d" != "$dec" ] || continue
+            case " $test_sets " in *" ${d#"$out"/decode_} "*) continue ;; esac  # (scored again below)
+            rm -rf "$d"; log "  $sys: removed $d, made from the decoding this one replaced"
+        done
     fi
     for s in $test_sets; do
         d=$out/decode_$s
