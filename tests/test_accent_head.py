@@ -237,9 +237,15 @@ def test_trained_head_is_loaded_and_stays_frozen_in_an_hdmole_system(work, tmp_p
     h, h_lens = model.encode(speech, lens)
     calls, real = [], model.accent_logits
     model.accent_logits = lambda *a: calls.append(1) or real(*a)
-    first = model.cached_accent_logits(speech, lens, h, h_lens, ["u1", "u2"])
-    again = model.cached_accent_logits(speech, lens, h, h_lens, ["u1", "u2"])
+    keys = model.cache_keys(speech, lens, ["u1", "u2"])
+    first = model.cached_accent_logits(speech, lens, h, h_lens, keys)
+    again = model.cached_accent_logits(speech, lens, h, h_lens, keys)
     assert len(calls) == 1 and torch.equal(first, again) and torch.equal(first, real(speech, lens, h, h_lens))
+    other, other_lens = speech.flip(0), lens.flip(0)  # the same ids, each with the other's input
+    h2, h2_lens = model.encode(other, other_lens)
+    other_keys = model.cache_keys(other, other_lens, ["u1", "u2"])
+    swapped = model.cached_accent_logits(other, other_lens, h2, h2_lens, other_keys)  # computed again
+    assert len(calls) == 2 and torch.equal(swapped, real(other, other_lens, h2, h2_lens))
     model.accent_head.output.weight.requires_grad_(True)  # a head that trains is run every time
-    model.cached_accent_logits(speech, lens, h, h_lens, ["u1", "u2"])
-    assert len(calls) == 2
+    model.cached_accent_logits(other, other_lens, h2, h2_lens, other_keys)
+    assert len(calls) == 3

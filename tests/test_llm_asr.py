@@ -1,4 +1,5 @@
 """The LLM-based ASR model through ESPnet's task and trainer: overfit, adapt, reload, decode."""
+import logging
 import sys
 from pathlib import Path
 
@@ -302,6 +303,40 @@ def test_encoder_cache_reuses_outputs_and_changes_nothing(work):
     assert len(calls) == 5
     torch.testing.assert_close(loss1, loss4)
     torch.testing.assert_close(loss1, loss5)
+
+
+def test_an_utterance_id_that_comes_back_with_another_input_is_encoded_again(work, caplog):
+    """The caches are keyed on the id and the input: a validation set that reuses a training
+    set's ids must not be given the training utterances' encoder outputs."""
+    from espnet_hdmole.asr.preprocessor import LLMASRPreprocessor
+
+    w, llm, data = work
+    args = LLMASRTask.get_parser().parse_args(train_args(w / "unused", data, llm,
+                                                         extra=["--model_conf", "cache_encoder_outputs=true"]))
+    model = LLMASRTask.build_model(args)
+    model.train()
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    feats = dict(kaldiio.load_scp(str(data / "feats.scp")))
+    text = read_kaldi(data / "text")
+    pre = LLMASRPreprocessor(False, llm)
+    ids = sorted(feats)
+    others = ids[1:] + ids[:1]  # each id given another utterance's features
+    collate = LLMASRTask.build_collate_fn(None, True)
+    _, batch = collate([(u, pre(u, {"speech": np.asarray(feats[u]), "text": text[u]})) for u in ids])
+    _, other = collate([(u, pre(u, {"speech": np.asarray(feats[o]), "text": text[u]})) for u, o in zip(ids, others)])
+    calls = []
+    model.encoder.register_forward_hook(lambda *a: calls.append(1))
+    model(**batch, utt_id=ids)
+    fresh, _, _ = model(**other)  # no ids: no cache
+    with caplog.at_level(logging.WARNING):
+        cached, _, _ = model(**other, utt_id=ids)
+    torch.testing.assert_close(cached, fresh)
+    assert len(calls) == 3 and model._enc_cache.mismatches == len(ids)
+    assert sum("came with an input other than" in r.getMessage() for r in caplog.records) == 1
+    again, _, _ = model(**other, utt_id=ids)  # the entries now hold the new inputs' outputs
+    assert len(calls) == 3
+    torch.testing.assert_close(again, fresh)
 
 
 def test_token_dropout_corrupts_teacher_forced_inputs_only_in_training(work, tmp_path):

@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from espnet_hdmole.asr.utterance_cache import UtteranceCache
+from espnet_hdmole.asr.utterance_cache import UtteranceCache, utterance_keys
 from espnet_hdmole.errors import UserError
 
 MB = 2**20
@@ -37,3 +37,31 @@ def test_an_entry_larger_than_the_bound_is_not_kept():
 def test_a_bad_bound_names_the_key(bad):
     with pytest.raises(UserError, match="model_conf.encoder_cache_mb"):
         UtteranceCache(bad)
+
+
+def test_an_entry_is_served_only_for_the_input_it_was_computed_from(caplog):
+    cache = UtteranceCache(1.0)
+    x = torch.ones(3)
+    cache.put("a", x, (10, 1.5))
+    assert cache.get("a", (10, 1.5)) is x
+    with caplog.at_level(logging.WARNING):
+        assert cache.get("a", (10, 2.5)) is None  # the same id, another input
+        assert cache.get("a", (11, 1.5)) is None
+    assert cache.mismatches == 2 and sum("'a'" in r.message for r in caplog.records) == 1  # said once
+    y = torch.zeros(3)
+    cache.put("a", y, (10, 2.5))  # replaced, counted once
+    assert cache.get("a", (10, 2.5)) is y and cache.get("a", (10, 1.5)) is None and cache.bytes == 12
+
+
+def test_utterance_keys_do_not_depend_on_the_batch_padding():
+    torch.manual_seed(0)
+    u = torch.randn(7, 4)
+    padded = torch.cat([torch.randn(2, 9, 4), torch.zeros(1, 9, 4)])
+    padded[2, :7] = u
+    short = u[None]
+    (_, sig_long), = utterance_keys(["u"], padded[2:], torch.tensor([7]))
+    (_, sig_short), = utterance_keys(["u"], short, torch.tensor([7]))
+    assert sig_long == sig_short == (7, u.double().sum().item())
+    keys = utterance_keys(["a", "b", "c"], padded, torch.tensor([9, 5, 7]))
+    assert [k[0] for k in keys] == ["a", "b", "c"] and keys[2][1] == sig_short
+    assert keys[1][1] == (5, padded[1, :5].double().sum().item())

@@ -43,17 +43,18 @@ class AccentRouting:
                 feats = feats[..., self.accent_head_dims[0] : self.accent_head_dims[1]]
         return self.accent_head(*head_input(self.accent_head_input, h, h_lens, self.ctc, feats, lens, self.accent_head_frames))
 
-    def cached_accent_logits(self, speech, speech_lengths, h, h_lens, utt_id=None) -> Optional[torch.Tensor]:
-        """``accent_logits``, kept per utterance id while the head, the CTC head and the encoder
-        are frozen and the encoder-output cache is enabled."""
-        if self.accent_head is None or not self._may_cache(utt_id) or any_trainable(self.accent_head, self.ctc):
+    def cached_accent_logits(self, speech, speech_lengths, h, h_lens, keys=None) -> Optional[torch.Tensor]:
+        """``accent_logits``, kept per utterance (``keys``: the encoder side's ``cache_keys``)
+        while the head, the CTC head and the encoder are frozen and the encoder-output cache is
+        enabled."""
+        if self.accent_head is None or not self._may_cache(keys) or any_trainable(self.accent_head, self.ctc):
             return self.accent_logits(speech, speech_lengths, h, h_lens)
-        got = [self._aid_cache.get(u) for u in utt_id]
+        got = [self._aid_cache.get(*k) for k in keys]
         if all(x is not None for x in got):
             return torch.stack(got).to(speech.device)
         logits = self.accent_logits(speech, speech_lengths, h, h_lens)
-        for u, x in zip(utt_id, logits.detach()):
-            self._aid_cache.put(u, x.clone())
+        for (u, sig), x in zip(keys, logits.detach()):
+            self._aid_cache.put(u, x.clone(), sig)
         return logits
 
     @torch.no_grad()
@@ -64,18 +65,20 @@ class AccentRouting:
         ``utt_id`` is given, or reads the stored encoder outputs when given."""
         h = h_lens = None
         if self.accent_head is not None and self.accent_head_input != "features":
-            h, h_lens = self.encode_cached(speech, speech_lengths, utt_id, (encoder_out, encoder_out_lengths))
+            keys = self.cache_keys(speech, speech_lengths, utt_id)
+            h, h_lens = self.encode_cached(speech, speech_lengths, keys, (encoder_out, encoder_out_lengths))
         return self.accent_logits(speech, speech_lengths, h, h_lens)
 
     def domain_posterior(
         self, speech, speech_lengths, h: torch.Tensor, h_lens: torch.Tensor, accent: Optional[torch.Tensor],
-        layers=None, utt_id=None,
+        layers=None, keys=None,
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """(accent logits or None, the posterior the HDMoLE layers read or None). With ``utt_id``
+        """(accent logits or None, the posterior the HDMoLE layers read or None). With ``keys``
+        (the encoder side's ``cache_keys``)
         and a frozen head on a frozen encoder (the systems that route with step 3's head), each
         utterance's logits are computed once and kept: the head then gives the same output in
         every epoch (no crop or dropout while it does not train)."""
-        logits = self.cached_accent_logits(speech, speech_lengths, h, h_lens, utt_id)
+        logits = self.cached_accent_logits(speech, speech_lengths, h, h_lens, keys)
         mode = self.global_router_mode(layers)
         if mode is None:
             return logits, None

@@ -21,6 +21,7 @@ import torch
 
 from espnet_hdmole.asr.encoder_store import DATA_NAME as ENCODER_OUT
 from espnet_hdmole.asr.encoder_store import check_stored_outputs
+from espnet_hdmole.asr.utterance_cache import utterance_keys
 
 
 def any_trainable(*modules) -> bool:
@@ -45,14 +46,25 @@ class EncoderSide:
     def encoder_is_frozen(self) -> bool:
         return not any_trainable(self.frontend, self.normalize, self.encoder)
 
-    def _may_cache(self, utt_id) -> bool:
-        """Per-utterance caching is enabled, the trainer passed the ids and the encoder is frozen."""
-        return self.cache_encoder_outputs and utt_id is not None and self.encoder_is_frozen()
+    def cache_keys(self, speech, speech_lengths, utt_id):
+        """The utterances' (id, input signature) for the per-utterance caches
+        (``utterance_cache.utterance_keys``; the signature None where caching is disabled), or
+        None where the trainer passed no ids."""
+        if utt_id is None:
+            return None
+        if not self.cache_encoder_outputs:
+            return [(u, None) for u in utt_id]
+        return utterance_keys(utt_id, speech, speech_lengths)
 
-    def encode_cached(self, speech, speech_lengths, utt_id, stored=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _may_cache(self, keys) -> bool:
+        """Per-utterance caching is enabled, the trainer passed the ids (``keys``: ``cache_keys``)
+        and the encoder is frozen."""
+        return self.cache_encoder_outputs and keys is not None and self.encoder_is_frozen()
+
+    def encode_cached(self, speech, speech_lengths, keys, stored=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``encode``, or the stored outputs ``stored`` = (encoder_out, lengths) of the frozen
         encoder (encoder_store.py) when given and allowed, or the per-utterance cache when it is
-        enabled and allowed."""
+        enabled and allowed (``keys``: ``cache_keys``)."""
         if stored is not None and stored[0] is not None:
             if self.training and not self.encoder_is_frozen() and not self._stored_ignored:
                 # the encoder trains: its outputs change, in training and in validation
@@ -60,19 +72,20 @@ class EncoderSide:
                 self._stored_ignored = True
             if not self._stored_ignored:
                 if self.training not in self._stored_checked:  # once in train mode, once in eval mode
-                    check_stored_outputs(self, speech, speech_lengths, stored[0], stored[1], utt_id)
+                    check_stored_outputs(self, speech, speech_lengths, stored[0], stored[1],
+                                         None if keys is None else [k[0] for k in keys])
                     self._stored_checked.add(self.training)
                 return stored[0].to(speech.device, self.encoder_dtype()), stored[1].to(speech.device)
-        if not self._may_cache(utt_id):
+        if not self._may_cache(keys):
             return self.encode(speech, speech_lengths)
-        got = [self._enc_cache.get(u) for u in utt_id]
+        got = [self._enc_cache.get(*k) for k in keys]
         missing = [i for i, x in enumerate(got) if x is None]
         if missing:
             idx = torch.tensor(missing, device=speech.device)
             h, h_lens = self.encode_frozen(speech[idx], speech_lengths[idx])
             for j, i in enumerate(missing):
                 got[i] = h[j, : h_lens[j]].detach().clone()
-                self._enc_cache.put(utt_id[i], got[i])
+                self._enc_cache.put(keys[i][0], got[i], keys[i][1])
         hs = [x.to(speech.device) for x in got]
         h_lens = torch.tensor([x.shape[0] for x in hs], device=speech.device)
         return torch.nn.utils.rnn.pad_sequence(hs, batch_first=True), h_lens

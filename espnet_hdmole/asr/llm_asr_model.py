@@ -71,9 +71,11 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         cache_encoder_outputs: when the frontend, normalize and encoder are all frozen, keep each
             utterance's encoder output (computed once, in eval mode, without gradients) in memory
             by utterance id and reuse it in later epochs (SpecAugment is then not applied). The
-            trainer passes the ids.
-        encoder_cache_mb: the bound of that cache, and of the one of its CTC-compressed form, in
-            megabytes each (espnet_hdmole.asr.utterance_cache: least recently used out first).
+            trainer passes the ids; an utterance whose input differs from the one its output was
+            cached for (an id repeated across sets) is computed again (utterance_cache.py).
+        encoder_cache_mb: the bound of that cache, of the one of its CTC-compressed form and of
+            the frozen accent head's outputs, in megabytes each (espnet_hdmole.asr.utterance_cache:
+            least recently used out first).
         ctc_weight: weight of an auxiliary CTC loss on the encoder output. It gives an encoder
             trained from scratch a direct signal; 0 adds no CTC loss (and builds no CTC head unless
             ctc_compress needs one).
@@ -225,12 +227,13 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
         """Shorten the encoder output along the CTC head's greedy path (see ``ctc_compress``)."""
         return ctc_compress(self.ctc, h, h_lens, self.ctc_compress)
 
-    def project(self, h: torch.Tensor, h_lens: torch.Tensor, utt_id=None, layers=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    def project(self, h: torch.Tensor, h_lens: torch.Tensor, keys=None,
+                layers=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Encoder output -> LLM input embeddings (CTC compression first when enabled; its result
-        is cached by utterance id along with the encoder output's)."""
+        is cached per utterance, ``keys`` being ``cache_keys``, along with the encoder output's)."""
         if self.ctc_compress != "none":
-            cached = self._may_cache(utt_id) and not any_trainable(self.ctc)
-            xs = [self._cmp_cache.get(u) for u in utt_id] if cached else [None]
+            cached = self._may_cache(keys) and not any_trainable(self.ctc)
+            xs = [self._cmp_cache.get(*k) for k in keys] if cached else [None]
             if all(x is not None for x in xs):
                 xs = [x.to(h.device) for x in xs]
                 h, h_lens = torch.nn.utils.rnn.pad_sequence(xs, batch_first=True), torch.tensor(
@@ -238,8 +241,8 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
             else:
                 h, h_lens = self.compress(h, h_lens)
                 if cached:
-                    for b, u in enumerate(utt_id):
-                        self._cmp_cache.put(u, h[b, : h_lens[b]].detach().clone())
+                    for b, (u, sig) in enumerate(keys):
+                        self._cmp_cache.put(u, h[b, : h_lens[b]].detach().clone(), sig)
         s, s_lens = self.projector(h, h_lens)
         # routing statistics of the projector's HDMoLE layers: its valid positions only
         mark_positions(self.projector, position_kinds(s.shape[1], s_lens), _under(layers, "projector."))
@@ -271,18 +274,19 @@ class LLMASRModel(EncoderSide, AccentRouting, AbsESPnetModel):
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
         batch_size = speech.shape[0]
         uses_ctc = self.ctc is not None and self.ctc_weight > 0
+        keys = self.cache_keys(speech, speech_lengths, kwargs.get("utt_id"))
         if self.asr_weight > 0 or uses_ctc or self.accent_head_input != "features":
             stored = (kwargs.get(ENCODER_OUT), kwargs.get(ENCODER_OUT + "_lengths"))
-            h, h_lens = self.encode_cached(speech, speech_lengths, kwargs.get("utt_id"), stored)
+            h, h_lens = self.encode_cached(speech, speech_lengths, keys, stored)
         else:  # accent-ID training of a head on the features: the encoder is not needed
             h, h_lens = None, None
         layers = hdmole_layers(self)  # once per step: walking the model's modules costs milliseconds
-        logits_aid, g = self.domain_posterior(speech, speech_lengths, h, h_lens, accent, layers, kwargs.get("utt_id"))
+        logits_aid, g = self.domain_posterior(speech, speech_lengths, h, h_lens, accent, layers, keys)
         stats: Dict[str, torch.Tensor] = {}
         loss = torch.zeros((), device=speech.device)
         if self.asr_weight > 0:
             with domain_posterior(g) if g is not None else nullcontext():
-                s, s_lens = self.project(h, h_lens, kwargs.get("utt_id"), layers)
+                s, s_lens = self.project(h, h_lens, keys, layers)
                 loss_asr, acc = self._llm_loss(s, s_lens, text, text_lengths, layers)
             loss = self.asr_weight * loss_asr
             stats["loss_asr"] = loss_asr.detach()
