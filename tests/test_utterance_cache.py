@@ -65,3 +65,9 @@ def test_utterance_keys_do_not_depend_on_the_batch_padding():
     keys = utterance_keys(["a", "b", "c"], padded, torch.tensor([9, 5, 7]))
     assert [k[0] for k in keys] == ["a", "b", "c"] and keys[2][1] == sig_short
     assert keys[1][1] == (5, padded[1, :5].double().sum().item())
+
+
+@pytest.mark.parametrize("ids", [["a"], ["ab", "cd", "ef"], "abc"])
+def test_utterance_keys_need_one_id_per_utterance(ids):
+    with pytest.raises(ValueError, match="one id"):
+        utterance_keys(ids, torch.zeros(2, 5, 3), torch.tensor([5, 4]))

@@ -4,8 +4,8 @@ espnet_hdmole.asr.accent_head) and the domain posterior the HDMoLE layers read, 
 
 The mixin reads the model's ``accent_head``, ``accent_head_input``, ``accent_head_dims``,
 ``accent_head_frames``, ``accent_list``, ``ctc``, ``normalize`` and ``_aid_cache`` (the frozen
-head's logits per utterance), and the encoder side's ``_extract_feats``, ``_may_cache`` and
-``encode_cached`` (espnet_hdmole.asr.encoder_side).
+head's logits per utterance), and the encoder side's ``_extract_feats``, ``cache_keys``,
+``_may_cache`` and ``encode_cached`` (espnet_hdmole.asr.encoder_side).
 """
 from typing import Optional, Tuple
 

@@ -48,18 +48,19 @@ class EncoderSide:
 
     def cache_keys(self, speech, speech_lengths, utt_id):
         """The utterances' (id, input signature) for the per-utterance caches
-        (``utterance_cache.utterance_keys``; the signature None where caching is disabled), or
-        None where the trainer passed no ids."""
+        (``utterance_cache.utterance_keys``) where caching is enabled and the encoder is frozen;
+        else their (id, None); None where the trainer passed no ids."""
         if utt_id is None:
             return None
-        if not self.cache_encoder_outputs:
+        if not (self.cache_encoder_outputs and self.encoder_is_frozen()):
             return [(u, None) for u in utt_id]
         return utterance_keys(utt_id, speech, speech_lengths)
 
-    def _may_cache(self, keys) -> bool:
-        """Per-utterance caching is enabled, the trainer passed the ids (``keys``: ``cache_keys``)
-        and the encoder is frozen."""
-        return self.cache_encoder_outputs and keys is not None and self.encoder_is_frozen()
+    @staticmethod
+    def _may_cache(keys) -> bool:
+        """The utterances may be cached (``keys``, from ``cache_keys``, carry their signatures):
+        caching is enabled, the trainer passed the ids and the encoder is frozen."""
+        return keys is not None and keys[0][1] is not None
 
     def encode_cached(self, speech, speech_lengths, keys, stored=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``encode``, or the stored outputs ``stored`` = (encoder_out, lengths) of the frozen

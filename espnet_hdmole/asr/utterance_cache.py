@@ -6,8 +6,8 @@ megabytes each.
 An entry also holds the signature of the input (the model's ``speech``) it was computed from
 (``utterance_keys``: its length and the sum of its values). An utterance whose input no longer
 matches (its id repeats in another set the trainer reads, such as a validation set beside the
-training set, or its input changes from one epoch to the next) is computed again, and the first
-such utterance is logged.
+training set, or its input changes from one epoch to the next) is computed again; each cache logs
+the first such utterance.
 
 When an entry would pass the bound, the least recently used entries go first; what is dropped is
 computed again when its utterance comes back. A training set larger than the bound then reads
@@ -34,6 +34,9 @@ def utterance_keys(utt_id: Sequence[str], speech: torch.Tensor, speech_lengths: 
     input's (length, sum of its values up to that length): the same for the same input in any
     batch (the sum runs over the utterance's own frames, whatever the batch's padding). The
     caches read them as ``cache.get(*key)`` and ``cache.put(key[0], x, key[1])``."""
+    if len(utt_id) != speech.shape[0] or any(not isinstance(u, str) for u in utt_id):
+        raise ValueError(f"utterance_keys needs one id (str) per utterance of the batch ({speech.shape[0]}), "
+                         f"got {utt_id!r:.200}")
     lengths = speech_lengths.tolist()
     sums = torch.stack([speech[i, :n].sum(dtype=torch.float64) for i, n in enumerate(lengths)]).tolist()
     return list(zip(utt_id, zip(lengths, sums)))
