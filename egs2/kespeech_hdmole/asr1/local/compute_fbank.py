@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Stage 2: 80-dim log-mel filterbank features (kaldi-native-fbank) for a data directory.
 
     python local/compute_fbank.py data/train dump/fbank/train --nj 2

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Reading and validating Kaldi-style data directories (wav.scp, text, utt2spk, spk2utt, utt2accent).
 
     python local/data_dir.py data/train [--accents data/accents.txt] [--check_audio true]

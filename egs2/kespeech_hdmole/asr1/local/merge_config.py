@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """The training config of a run that builds on another: the architecture of BASE (encoder, frontend,
 normalize, input size, model_conf: e.g. the init model's config.yaml) overlaid with one YAML or more
 (the later one's keys win; encoder_conf, model_conf, optim_conf and scheduler_conf merge key by key).

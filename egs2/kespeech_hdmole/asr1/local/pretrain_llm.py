@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Stage 3 (demo): a character tokenizer and a small Qwen2-style causal LM pre-trained on text.
 
     python local/pretrain_llm.py --train_text data/source_train/text data/train/text \\
